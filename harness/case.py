@@ -1,0 +1,139 @@
+"""The domain model of a case: frozen data, built only by `harness.schema` from a valid file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+STEP_KINDS = ("forward", "export", "train_step", "set_mode")
+EXPORT_TRAINING_OPTIONS = ("eval", "preserve", "training")
+
+
+@dataclass(frozen=True, slots=True)
+class BNConfig:
+    """The configuration every BatchNorm of the model is built with, in PyTorch's terms."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1  # None: cumulative moving average
+    affine: bool = True
+    track_running_stats: bool = True
+    weight: tuple[float, ...] | None = None
+    bias: tuple[float, ...] | None = None
+    running_mean: tuple[float, ...] | None = None
+    running_var: tuple[float, ...] | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, slots=True)
+class ModeSetting:
+    """Training flags set as a user would: parents first (`model.train()`, then `model.bn.eval()`)."""
+
+    assignments: tuple[tuple[str, bool], ...]  # (submodule path, training)
+
+    def describe(self) -> str:
+        """`train` for the whole model, else `{"": train, bn: eval}`."""
+        if len(self.assignments) == 1 and self.assignments[0][0] == "":
+            return "train" if self.assignments[0][1] else "eval"
+        inner = ", ".join(
+            f"{path or chr(34) * 2}: {'train' if training else 'eval'}" for path, training in self.assignments
+        )
+        return "{" + inner + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """How to make an input batch: a seeded normal distribution shaped per channel, or literals."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    seed: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+    channel_offset: tuple[float, ...] | None = None
+    channel_scale: tuple[float, ...] | None = None
+    constant_channels: tuple[tuple[int, float], ...] = ()
+    values: tuple[float, ...] | None = None  # flattened literal values, row-major
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """Options of an export step, named as in `torch.onnx.export`."""
+
+    training: str = "eval"  # eval | preserve | training -> torch.onnx.TrainingMode
+    opset: int | None = None  # None: the exporter's default
+    dynamic_batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a case, after `train_step: {repeat: N}` has been expanded."""
+
+    kind: str
+    seed: int | None = None  # the input batch of a forward / train_step
+    export: ExportOptions | None = None
+    mode: ModeSetting | None = None
+
+    def label(self) -> str:
+        """A short human name: `forward`, `export(training=eval)`, `set_mode(eval)`."""
+        if self.kind == "export" and self.export is not None:
+            options = [f"training={self.export.training}"]
+            if self.export.opset is not None:
+                options.append(f"opset={self.export.opset}")
+            if self.export.dynamic_batch:
+                options.append("dynamic_batch")
+            return f"export({', '.join(options)})"
+        if self.kind == "set_mode" and self.mode is not None:
+            return f"set_mode({self.mode.describe()})"
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A divergence the case is known to produce, with its reason and upstream link."""
+
+    runners: tuple[str, ...]
+    reason: str
+    fields: tuple[str, ...] = ()  # shell-style patterns over field names
+    steps: tuple[int, ...] | None = None  # None: at any step
+    status: str | None = None  # an expected runner status instead of fields
+    link: str | None = None
+    line: int | None = None
+
+    def describe(self) -> str:
+        """What is expected, in one line."""
+        runners = ", ".join(self.runners)
+        if self.status is not None:
+            return f"{runners} ends with status {self.status}"
+        where = "at any step" if self.steps is None else "after step " + ", ".join(map(str, self.steps))
+        return f"{', '.join(self.fields)} {where} differs in {runners}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToleranceOverride:
+    """A case's own (rtol, atol) for some dtypes, and why the defaults do not fit."""
+
+    reason: str
+    by_dtype: tuple[tuple[str, float, float], ...] = ()  # (dtype, rtol, atol)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A validated case file."""
+
+    case_id: str
+    path: str
+    description: str
+    model: str
+    bn: BNConfig
+    mode: ModeSetting
+    input: InputSpec
+    steps: tuple[Step, ...]
+    model_seed: int = 0
+    expectations: tuple[Expectation, ...] = ()
+    tolerance: ToleranceOverride | None = None
+    runners: tuple[str, ...] | None = None  # None: every registered runner
+
+    def step_label(self, index: int) -> str:
+        """`step 2 (forward)`."""
+        return f"step {index} ({self.steps[index].label()})"

@@ -1,0 +1,107 @@
+"""Run one case: every runner first, then compare each with the reference, then match the case's
+expectations. Also the explanation a failing case prints."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.case import Case
+from harness.compare import compare_runs
+from harness.errors import RunnerError
+from harness.expected import Classification, classify
+from harness.results import RunResult, Verdict
+from harness.runners import REFERENCE_RUNNER, create_runner, runner_names
+
+MAX_VERDICTS_SHOWN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """The outcome of one case file: passed, failed, skipped (no reference) or invalid."""
+
+    case_id: str
+    path: str
+    outcome: str
+    description: str = ""
+    runs: tuple[RunResult, ...] = ()
+    verdicts: tuple[Verdict, ...] = ()
+    classification: Classification | None = None
+    error: str | None = None
+
+    def explain(self) -> str:
+        """What went wrong, in the words a user needs to fix the case or report the bug."""
+        if self.error is not None:
+            return self.error
+        if self.classification is None:
+            return ""
+        return explain_classification(self.path, self.classification)
+
+
+def select_runners(case: Case, only: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The runners for `case`: the case's list (default all), narrowed by `only`; reference first.
+
+    Raises:
+        RunnerError: `only` names an unknown runner.
+    """
+    known = runner_names()
+    for name in only or ():
+        if name not in known:
+            raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join(known)}")
+    wanted = set(case.runners or known) & set(only or known)
+    wanted.add(REFERENCE_RUNNER)
+    return tuple(name for name in known if name in wanted)
+
+
+def run_case(case: Case, only: Sequence[str] | None = None) -> CaseResult:
+    """Run `case` on its runners and judge it against its expectations."""
+    runs = tuple(create_runner(name).run(case) for name in select_runners(case, only))
+    reference = runs[0]
+    if reference.status == "skipped":
+        return CaseResult(case.case_id, case.path, "skipped", case.description, runs,
+                          error=f"{REFERENCE_RUNNER} skipped: {reference.reason}")
+    verdicts = tuple(verdict for other in runs[1:] for verdict in compare_runs(case, reference, other))
+    classification = classify(case, runs, verdicts)
+    outcome = "passed" if classification.passed else "failed"
+    return CaseResult(case.case_id, case.path, outcome, case.description, runs, verdicts, classification)
+
+
+def explain_classification(path: str, found: Classification) -> str:
+    """Every new divergence, vanished expectation and unexpected status, with how to update the case."""
+    parts: list[str] = []
+    if found.new:
+        parts.append(f"{len(found.new)} divergence(s) not listed in expect:")
+        parts += [verdict.text for verdict in found.new[:MAX_VERDICTS_SHOWN]]
+        if len(found.new) > MAX_VERDICTS_SHOWN:
+            parts.append(f"... and {len(found.new) - MAX_VERDICTS_SHOWN} more (all are in results.json)")
+        parts.append("If these are real and understood, add to expect in " + path + ":\n" + _expect_snippet(found.new))
+    for gone in found.vanished:
+        where = f"{path}:{gone.expectation.line}" if gone.expectation.line else path
+        parts.append(
+            f"Expected divergence no longer reproduces ({where}): {gone.expectation.describe()}\n"
+            f"  reason given: {gone.expectation.reason}\n"
+            f"  link: {gone.expectation.link or '-'}\n"
+            f"  seen instead: {gone.seen_instead}\n"
+            f"  If the upstream behaviour changed for good, remove or narrow this entry."
+        )
+    for finding in found.statuses:
+        if finding.expectation is None:
+            parts.append(
+                f"{finding.runner} ended with status {finding.status}: {finding.reason}\n"
+                f"  If this is expected, add to expect in {path}:\n"
+                f"  - status: {finding.status}\n    runners: [{finding.runner}]\n    reason: <why, in one sentence>"
+            )
+    return "\n\n".join(parts)
+
+
+def _expect_snippet(new: Sequence[Verdict]) -> str:
+    steps_by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for verdict in new:
+        steps_by_key[(verdict.other, verdict.field)].append(verdict.step)
+    lines = []
+    for (runner, field), steps in steps_by_key.items():
+        step = str(steps[0]) if len(steps) == 1 else "[" + ", ".join(map(str, sorted(set(steps)))) + "]"
+        lines += [f"  - field: {field}", f"    step: {step}", f"    runners: [{runner}]",
+                  "    reason: <why, in one sentence>", "    link: <upstream issue or doc line>"]
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""results.json: the machine-readable record of a run, written atomically."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.engine import CaseResult
+
+SCHEMA_VERSION = 1
+FRAMEWORK_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "jsonschema", "PyYAML", "pytest")
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform and installed framework versions (read from metadata, nothing imported)."""
+    versions = {}
+    for package in FRAMEWORK_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+
+
+def case_record(result: CaseResult) -> dict[str, Any]:
+    """One case as JSON-able data."""
+    record: dict[str, Any] = {
+        "file": result.path,
+        "id": result.case_id,
+        "description": result.description,
+        "outcome": result.outcome,
+        "error": result.error,
+        "runners": {run.runner: {"status": run.status, "reason": run.reason, "details": run.details} for run in result.runs},
+        "comparisons": [],
+    }
+    found = result.classification
+    if found is None:
+        return record
+    known = {id(verdict): expectation for verdict, expectation in found.known}
+    for verdict in result.verdicts:
+        entry = verdict.to_json()
+        expectation = known.get(id(verdict))
+        entry["classification"] = "agree" if verdict else ("known" if expectation else "new")
+        if expectation is not None:
+            entry["expectation"] = _expectation_record(expectation)
+        record["comparisons"].append(entry)
+    record["vanished"] = [
+        {**_expectation_record(gone.expectation), "runner": gone.runner, "seen_instead": gone.seen_instead} for gone in found.vanished
+    ]
+    record["statuses"] = [
+        {"runner": f.runner, "status": f.status, "reason": f.reason, "expected": f.expectation is not None} for f in found.statuses
+    ]
+    record["unverified"] = [{**_expectation_record(expectation), "why": why} for expectation, why in found.unverified]
+    return record
+
+
+def _expectation_record(expectation) -> dict[str, Any]:
+    return {
+        "fields": list(expectation.fields),
+        "steps": None if expectation.steps is None else list(expectation.steps),
+        "status": expectation.status,
+        "runners": list(expectation.runners),
+        "reason": expectation.reason,
+        "link": expectation.link,
+        "line": expectation.line,
+    }
+
+
+def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """The whole record: schema version, environment, time, and every case."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "cases": [case_record(result) for result in results],
+    }
+
+
+def write_results(path: Path, results: Sequence[CaseResult]) -> None:
+    """Write results.json atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(results_document(results)), indent=1, default=_json_default, allow_nan=False)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

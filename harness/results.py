@@ -1,0 +1,77 @@
+"""Plain data passed between the stages: what a runner observed, verdicts, and case results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RUNNER_STATUSES = ("ok", "skipped", "export_failed", "run_failed")
+Scalar = bool | int | float | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One observed value: an array (kept in float64, with the framework's dtype) or a scalar."""
+
+    value: np.ndarray | Scalar
+    dtype: str | None = None  # set for arrays: float32, bfloat16, ...
+
+    @property
+    def is_array(self) -> bool:
+        """Whether this is a tensor compared with tolerances, not a flag or attribute."""
+        return isinstance(self.value, np.ndarray)
+
+
+StepField = tuple[int, str]  # (step index, field name)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything one runner observed on one case; framework objects never leave the runner."""
+
+    runner: str
+    status: str
+    reason: str | None = None
+    observations: Mapping[StepField, Observed] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts: graph, warnings
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The comparison of one field after one step between the reference and another runner."""
+
+    field: str
+    step: int
+    step_label: str
+    reference: str
+    other: str
+    close: bool
+    text: str
+    dtype: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    tolerance_source: str | None = None
+    mismatched: int = 0
+    total: int = 1
+    max_abs_diff: float | None = None
+    max_abs_index: tuple[int, ...] | None = None
+    max_rel_diff: float | None = None
+    max_rel_index: tuple[int, ...] | None = None
+    min_atol_to_pass: float | None = None
+    min_rtol_to_pass: float | None = None
+    reference_value: Scalar = None
+    other_value: Scalar = None
+
+    def __bool__(self) -> bool:
+        return self.close
+
+    def to_json(self) -> dict[str, Any]:
+        """The verdict's fields as JSON-able data."""
+        data = {name: getattr(self, name) for name in self.__slots__}
+        for name in ("max_abs_index", "max_rel_index"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data

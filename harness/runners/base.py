@@ -1,0 +1,61 @@
+"""What every runner is: a name and `run(case) -> RunResult`; plus the observation log they fill."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.case import Case
+from harness.results import Observed, RunResult, Scalar, StepField
+
+
+class FrameworkMissing(Exception):
+    """A framework a runner needs is not importable; the runner is skipped with this reason."""
+
+
+def import_framework(module: str, install_hint: str) -> ModuleType:
+    """Import `module` or raise FrameworkMissing with the install hint."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise FrameworkMissing(f"{module} is not importable ({error}); install it with: {install_hint}") from None
+
+
+class Runner(ABC):
+    """Runs one case in one framework and returns plain data. Never changes a mode on its own."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, case: Case) -> RunResult:
+        """Execute every step of `case` and report what was observed."""
+
+
+class ObservationLog:
+    """Collects a runner's observations and details as it walks the steps."""
+
+    def __init__(self, runner: str) -> None:
+        self.runner = runner
+        self.observations: dict[StepField, Observed] = {}
+        self.details: dict[str, Any] = {}
+
+    def array(self, step: int, field: str, values: np.ndarray, dtype: str) -> None:
+        """Record a tensor (as float64, exact for every supported dtype) with its dtype."""
+        self.observations[(step, field)] = Observed(np.array(values, dtype=np.float64), dtype)
+
+    def value(self, step: int, field: str, value: Scalar) -> None:
+        """Record a flag or attribute, compared exactly."""
+        self.observations[(step, field)] = Observed(value)
+
+    def result(self, status: str = "ok", reason: str | None = None) -> RunResult:
+        """The RunResult of everything logged so far."""
+        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details))
+
+
+def skipped(runner: str, reason: str) -> RunResult:
+    """The result of a runner that could not run at all."""
+    return RunResult(runner, "skipped", reason)

@@ -1,0 +1,208 @@
+"""`onnx-torchscript-ort` and `onnx-dynamo-ort`: export the user's module at the export step with
+`torch.onnx.export`, then run the graph in onnxruntime for the following forwards.
+
+Each reports what the export did to the torch module (modes, buffers, attributes, its next
+forwards) and what the graph holds (BN kept or folded, training_mode, initializers against the
+module's buffers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.case import Case, Step
+from harness.fields import deployed_field
+from harness.results import RunResult
+from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped
+
+ONNX_INSTALL_HINT = "pip install torch==2.13.0 onnx onnxruntime onnxscript"
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+class OnnxExportRunner(Runner):
+    """Export with `torch.onnx.export(dynamo=...)`, run in onnxruntime (CPU, default optimisations)."""
+
+    dynamo: ClassVar[bool]
+    frameworks: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxruntime")
+
+    def run(self, case: Case) -> RunResult:
+        try:
+            modules = {name: import_framework(name, ONNX_INSTALL_HINT) for name in self.frameworks}
+        except FrameworkMissing as missing:
+            return skipped(self.name, str(missing))
+        from harness.runners.torch_steps import run_steps
+
+        log = ObservationLog(self.name)
+        log.details["versions"] = {name: module.__version__ for name, module in modules.items()}
+        log.details["exporter"] = {"dynamo": self.dynamo}
+        with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
+            exporter = _GraphExporter(case, self.dynamo, Path(workdir))
+            return run_steps(case, log, export=exporter)
+
+
+class TorchScriptOrtRunner(OnnxExportRunner):
+    """The legacy TorchScript exporter (`dynamo=False`)."""
+
+    name = "onnx-torchscript-ort"
+    dynamo = False
+
+
+class DynamoOrtRunner(OnnxExportRunner):
+    """The `torch.export`-based exporter (`dynamo=True`), which needs onnxscript."""
+
+    name = "onnx-dynamo-ort"
+    dynamo = True
+    frameworks = ("torch", "onnx", "onnxruntime", "onnxscript")
+
+
+class _GraphExporter:
+    """The export step: export, inspect the graph, and open an onnxruntime session on it."""
+
+    def __init__(self, case: Case, dynamo: bool, workdir: Path) -> None:
+        self.case, self.dynamo, self.workdir = case, dynamo, workdir
+        self.exports = 0
+
+    def __call__(self, model, example, step: Step, log: ObservationLog) -> OrtDeployed:
+        import onnx
+
+        from harness.models import MODEL_SPECS
+        from harness.runners.onnx_graph import find_batchnorms, initializer_values, opset_of
+        from harness.runners.torch_models import module_buffers
+        from harness.runners.torch_steps import StepFailed
+
+        self.exports += 1
+        path = self.workdir / f"export_{self.exports}.onnx"
+        buffers_before = module_buffers(model, self.case)
+        try:
+            export_warnings = self._export(model, example, step, path)
+            graph = onnx.load(str(path))
+        except Exception as error:  # any exporter failure is a result, whatever its type
+            raise StepFailed("export_failed", error) from None
+        buffers_after = module_buffers(model, self.case)
+        bn_paths = MODEL_SPECS[self.case.model].batchnorm_paths
+        nodes = find_batchnorms(graph, bn_paths)
+        initializers = initializer_values(graph)
+        log.details.setdefault("exports", []).append(
+            {
+                "step": step.label(),
+                "opset": opset_of(graph),
+                "ops": sorted({node.op_type for node in graph.graph.node}),
+                "batchnorm": {
+                    path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}))
+                    for path in bn_paths
+                },
+                "warnings": export_warnings,
+            }
+        )
+        try:
+            return OrtDeployed(graph, nodes, initializers, self.case)
+        except Exception as error:  # onnxruntime refusing the graph is a result too
+            raise StepFailed("run_failed", error) from None
+
+    def _export(self, model, example, step: Step, path: Path) -> list[str]:
+        import torch
+
+        options = step.export
+        assert options is not None
+        training = {
+            "eval": torch.onnx.TrainingMode.EVAL,
+            "preserve": torch.onnx.TrainingMode.PRESERVE,
+            "training": torch.onnx.TrainingMode.TRAINING,
+        }[options.training]
+        kwargs: dict[str, Any] = {
+            "dynamo": self.dynamo,
+            "training": training,
+            "opset_version": options.opset,
+            "input_names": ["input"],
+            "output_names": ["output"],
+        }
+        if options.dynamic_batch:
+            if self.dynamo:
+                kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+            else:
+                kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
+        # The exporters print progress and log optional-package notices; keep them as details.
+        torch_onnx_logger = logging.getLogger("torch.onnx")
+        previous_level = torch_onnx_logger.level
+        torch_onnx_logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("always")
+                torch.onnx.export(model, (example,), str(path), **kwargs)
+        finally:
+            torch_onnx_logger.setLevel(previous_level)
+        return sorted({f"{warning.category.__name__}: {str(warning.message)[:200]}" for warning in caught})
+
+
+def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str, Any]:
+    if node is None:
+        return {"kept": False, "note": "no BatchNormalization node: folded into a neighbour or constants"}
+    facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "epsilon": node.epsilon, "momentum": node.momentum}
+    stored = {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
+    for when, buffers in (("before_export", buffers_before), ("after_export", buffers_after)):
+        facts[f"initializers_equal_module_buffers_{when}"] = all(
+            stored[name] is not None and name in buffers and np.array_equal(stored[name].astype(np.float64), buffers[name])
+            for name in stored
+        )
+    return facts
+
+
+class OrtDeployed:
+    """An onnxruntime session on the exported graph; training-mode BNs get their state fed back."""
+
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case) -> None:
+        import onnxruntime
+
+        from harness.runners.onnx_graph import expose_running_stats
+
+        self.nodes, self.case = nodes, case
+        self.state_outputs = expose_running_stats(graph, list(nodes.values()))
+        # The running stats as the graph holds them: initializers, then whatever training updates.
+        self.state = {
+            path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
+            for path, node in nodes.items()
+        }
+        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=PROVIDERS)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def forward(self, batch) -> np.ndarray:
+        from harness.runners.torch_steps import StepFailed
+
+        feeds = {self.input_name: _ort_array(batch)}
+        for path in self.state_outputs:
+            node = self.nodes[path]
+            feeds[node.mean_input] = self.state[path]["running_mean"]
+            feeds[node.var_input] = self.state[path]["running_var"]
+        try:
+            values = dict(zip(self.output_names, self.session.run(None, feeds)))
+        except Exception as error:  # onnxruntime's own error types
+            raise StepFailed("run_failed", error) from None
+        for path, (mean_output, var_output) in self.state_outputs.items():
+            self.state[path] = {"running_mean": values[mean_output], "running_var": values[var_output]}
+        return np.asarray(values[self.output_names[0]]).astype(np.float64)
+
+    def record_state(self, step: int, log: ObservationLog) -> None:
+        for path, node in self.nodes.items():
+            log.value(step, deployed_field(path, "training"), node.training)
+            for name, values in self.state[path].items():
+                if values is not None:
+                    log.array(step, deployed_field(path, name), np.asarray(values).astype(np.float64), self.case.bn.dtype)
+
+
+def _ort_array(batch) -> np.ndarray:
+    import torch
+
+    if batch.dtype == torch.bfloat16:
+        import ml_dtypes  # an onnx dependency; NumPy itself has no bfloat16
+
+        return batch.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return batch.numpy()

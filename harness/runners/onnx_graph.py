@@ -1,0 +1,104 @@
+"""Read what an exported ONNX graph holds about its BatchNorms, and wire training-mode BNs so that
+their running statistics are fed in and read back at every run (only onnx, no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNormNode:
+    """A BatchNormalization node of the graph, mapped to the torch module path it came from."""
+
+    module_path: str
+    node_name: str
+    training: bool
+    mean_input: str
+    var_input: str
+    epsilon: float
+    momentum: float
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset the graph was exported with."""
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict[str, BatchNormNode]:
+    """BN nodes by module path: matched by running-stat initializer name, else by order.
+
+    A module path with no node was folded away (into a Conv, or into constants).
+    """
+    opset = opset_of(model)
+    nodes = [node for node in model.graph.node if node.op_type == "BatchNormalization"]
+    by_name = {}
+    for node in nodes:
+        for path in module_paths:
+            if node.input[3] in (f"{path}.running_mean" if path else "running_mean",):
+                by_name[path] = node
+    if len(by_name) < len(nodes) and len(nodes) == len(module_paths):
+        by_name = dict(zip(module_paths, nodes))  # names were rewritten; graph order is module order
+    return {path: _describe(path, node, opset) for path, node in by_name.items()}
+
+
+def _describe(path: str, node: onnx.NodeProto, opset: int) -> BatchNormNode:
+    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    if opset >= 14:
+        training = bool(attributes.get("training_mode", 0))
+    else:
+        # Before opset 14 the mode is the number of outputs: 5 in training, 1 in inference.
+        training = len([name for name in node.output if name]) > 1
+    return BatchNormNode(
+        module_path=path,
+        node_name=node.name,
+        training=training,
+        mean_input=node.input[3],
+        var_input=node.input[4],
+        epsilon=float(attributes.get("epsilon", 1e-5)),
+        momentum=float(attributes.get("momentum", 0.9)),
+    )
+
+
+def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every initializer as a NumPy array."""
+    return {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+
+
+def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode]) -> dict[str, tuple[str, str]]:
+    """Turn each training-mode BN's running-stat initializers into graph inputs and its updated
+    running stats into graph outputs, in place, so the caller can feed the state back.
+
+    Returns:
+        module path -> (running_mean output name, running_var output name).
+    """
+    by_node = {node.node_name: node for node in nodes if node.training}
+    initializers = {initializer.name: initializer for initializer in model.graph.initializer}
+    outputs: dict[str, tuple[str, str]] = {}
+    graph_inputs = {value.name for value in model.graph.input}
+    for graph_node in model.graph.node:
+        node = by_node.get(graph_node.name)
+        if node is None or graph_node.op_type != "BatchNormalization":
+            continue
+        for name in (node.mean_input, node.var_input):
+            if name in initializers and name not in graph_inputs:
+                tensor = initializers[name]
+                model.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+                graph_inputs.add(name)
+        while len(graph_node.output) < 3:
+            graph_node.output.append("")
+        for slot, suffix in ((1, "running_mean"), (2, "running_var")):
+            if not graph_node.output[slot]:
+                graph_node.output[slot] = f"{graph_node.name or node.module_path}_{suffix}_out"
+            model.graph.output.append(helper.make_empty_tensor_value_info(graph_node.output[slot]))
+        outputs[node.module_path] = (graph_node.output[1], graph_node.output[2])
+    # Fed running stats must not also be initializers (a graph input would shadow them anyway).
+    fed = {name for node in by_node.values() for name in (node.mean_input, node.var_input)}
+    kept = [initializer for initializer in model.graph.initializer if initializer.name not in fed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return outputs

@@ -1,0 +1,26 @@
+"""`torch-eager`: the reference, the model as the user built it; an export step changes nothing."""
+
+from __future__ import annotations
+
+from harness.case import Case
+from harness.results import RunResult
+from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped
+
+TORCH_INSTALL_HINT = "pip install torch==2.13.0"
+
+
+class TorchEagerRunner(Runner):
+    """Runs each step on the torch module; `export` is a no-op, so state is logged unchanged."""
+
+    name = "torch-eager"
+
+    def run(self, case: Case) -> RunResult:
+        try:
+            torch = import_framework("torch", TORCH_INSTALL_HINT)
+        except FrameworkMissing as missing:
+            return skipped(self.name, str(missing))
+        from harness.runners.torch_steps import run_steps
+
+        log = ObservationLog(self.name)
+        log.details["versions"] = {"torch": torch.__version__}
+        return run_steps(case, log, export=lambda model, example, step, log: None)
