@@ -65,8 +65,9 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
         abs_diff = np.abs(expected - actual)
         allowed = tolerance.atol + tolerance.rtol * np.abs(expected)
         both_nan = np.isnan(expected) & np.isnan(actual)
-        # `expected == actual` makes equal infinities close although their difference is NaN.
-        close_mask = (abs_diff <= allowed) | both_nan | (expected == actual)
+        # An infinite reference would allow an infinite difference: only finite gaps can be close.
+        # `expected == actual` still makes equal infinities close although their difference is NaN.
+        close_mask = (np.isfinite(abs_diff) & (abs_diff <= allowed)) | both_nan | (expected == actual)
         rel_diff = abs_diff / np.abs(expected)
     mismatch = ~close_mask
     mismatched, total = int(mismatch.sum()), int(expected.size)

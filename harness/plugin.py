@@ -75,6 +75,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     terminalreporter.section("BatchNorm harness")
     for result in results:
+        if result.outcome in ("invalid", "error"):
+            terminalreporter.write_line(f"{result.outcome:8} {result.path}: see its failure above")
+            continue
         known = Counter(verdict.other for verdict, _ in result.classification.known) if result.classification else Counter()
         known_text = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items())) or "none"
         not_run = [f"{run.runner} ({run.status})" for run in result.runs if run.status != "ok"]

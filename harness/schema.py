@@ -29,7 +29,7 @@ from harness.errors import CaseError, CaseProblem
 from harness.fields import field_matches, known_fields
 from harness.loader import LoadedDocument, PathKey, format_path, load_yaml
 from harness.models import MODEL_SPECS, ModelSpec
-from harness.runners import runner_names
+from harness.runners import REFERENCE_RUNNER, runner_names
 
 # A case may not ask for more input than this (elements of one batch).
 MAX_INPUT_ELEMENTS = 1 << 22
@@ -60,7 +60,7 @@ def load_case(path: Path, display_path: str | None = None) -> Case:
     document = load_yaml(text, source)
     problems = list(schema_problems(document))
     if not problems:
-        problems = list(cross_field_problems(document))
+        problems = sorted(cross_field_problems(document), key=lambda problem: problem.line or 0)
     if problems:
         raise CaseError(source, problems)
     return build_case(document, case_id=path.stem, source=source)
@@ -69,13 +69,28 @@ def load_case(path: Path, display_path: str | None = None) -> Case:
 def schema_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
     """Every schema violation, in file order."""
     validator = jsonschema.Draft202012Validator(case_schema())
-    problems = [_problem(document, error) for error in validator.iter_errors(document.data)]
+    problems = [problem for error in validator.iter_errors(document.data) for problem in _problems(document, error)]
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
 
 
+def _problems(document: LoadedDocument, error: ValidationError) -> Iterator[CaseProblem]:
+    """The problems behind one schema error: an anyOf is explained by the branch that was meant."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        yield _problem(document, error)
+        return
+    branch_errors = _meant_branch_errors(error)
+    depth = len(error.absolute_path)
+    if all(len(sub.absolute_path) == depth and sub.validator in ("enum", "type") for sub in branch_errors):
+        # The value itself fits none of the alternatives: list them all.
+        path = tuple(error.absolute_path)
+        yield CaseProblem(document.line_of(path), format_path(path), f"{error.instance!r} is not allowed",
+                          _alternatives_text(error))
+        return
+    for sub in branch_errors:
+        yield from _problems(document, sub)
+
+
 def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
-    if error.validator in ("anyOf", "oneOf") and error.context:
-        error = _closest_alternative(error)
     path: PathKey = tuple(error.absolute_path)
     validator, value, instance = error.validator, error.validator_value, error.instance
     if validator == "additionalProperties" and isinstance(instance, dict):
@@ -113,14 +128,46 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
     return CaseProblem(line, field, error.message)
 
 
-def _closest_alternative(error: ValidationError) -> ValidationError:
-    """Of an anyOf's branches, the error of the one meant: same type as what was written."""
-    candidates = [sub for sub in error.context if sub.validator != "type"] or list(error.context)
-    deepest = max(len(sub.absolute_path) for sub in candidates)
-    chosen = next(sub for sub in candidates if len(sub.absolute_path) == deepest)
-    if chosen.validator in ("anyOf", "oneOf") and chosen.context:
-        return _closest_alternative(chosen)
-    return chosen
+def _alternatives_text(error: ValidationError) -> str | None:
+    """`forward, export, train_step, or a mapping with one key of: forward, ..., set_mode`."""
+    words: list[str] = []
+    for branch in error.schema.get(error.validator, []):
+        branch = _resolve(branch)
+        if "enum" in branch:
+            words += [str(value) for value in branch["enum"]]
+        elif branch.get("type") == "object" and "properties" in branch:
+            words.append("or a mapping with one key of: " + ", ".join(branch["properties"]))
+        elif branch.get("type") == "object":
+            words.append("or a mapping of submodule path to one of those")
+    return ", ".join(words) or None
+
+
+def _resolve(branch: dict[str, Any]) -> dict[str, Any]:
+    reference = branch.get("$ref", "")
+    if reference.startswith("#/$defs/"):
+        return case_schema()["$defs"][reference.removeprefix("#/$defs/")]
+    return branch
+
+
+def _meant_branch_errors(error: ValidationError) -> list[ValidationError]:
+    """The errors of the anyOf branch the author meant: one of the written value's type, whose
+    errors lie deepest (it got furthest)."""
+    branches = error.schema[error.validator]
+    by_branch: dict[int, list[ValidationError]] = {}
+    for sub in error.context:
+        by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [index for index in by_branch if _fits_type(_resolve(branches[index]), error.instance)] or list(by_branch)
+    chosen = max(fitting, key=lambda index: max(len(sub.absolute_path) for sub in by_branch[index]))
+    return by_branch[chosen]
+
+
+def _fits_type(branch: dict[str, Any], instance: Any) -> bool:
+    if "enum" in branch:
+        return any(type(value) is type(instance) for value in branch["enum"])
+    declared = branch.get("type")
+    types = [declared] if isinstance(declared, str) else declared or []
+    python_types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+    return any(isinstance(instance, python_types.get(name, object)) for name in types)
 
 
 _BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
@@ -220,6 +267,10 @@ class _CrossFieldChecks:
             return
         if "status" in raw and "step" in raw:
             yield self.problem((*path, "step"), "a status expectation has no step", "field / fields with step")
+        if has_fields and REFERENCE_RUNNER in raw["runners"]:
+            others = ", ".join(name for name in runner_names() if name != REFERENCE_RUNNER)
+            yield self.problem((*path, "runners"), f"{REFERENCE_RUNNER} is the reference every other runner is compared with",
+                               f"the runner(s) that differ from it: {others}")
         fields = known_fields(self.spec)
         patterns = [raw["field"]] if "field" in raw else raw.get("fields", [])
         for index, pattern in enumerate(patterns):

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from harness.runners.onnx_graph import expose_running_stats, find_batchnorms  # noqa: E402
+
+
+def batchnorm_model(opset: int, training: bool, stat_names=("bn.running_mean", "bn.running_var")) -> onnx.ModelProto:
+    attributes = {"epsilon": 1e-5, "momentum": 0.9}
+    outputs = ["y"]
+    if opset >= 14 and training:
+        attributes["training_mode"] = 1
+    if training:
+        outputs = ["y", "mean_out", "var_out"] + (["saved_mean", "saved_var"] if opset < 14 else [])
+    node = helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias", *stat_names], outputs, name="bn_node", **attributes)
+    initializers = [
+        numpy_helper.from_array(np.ones(2, np.float32), "bn.weight"),
+        numpy_helper.from_array(np.zeros(2, np.float32), "bn.bias"),
+        numpy_helper.from_array(np.float32([0.5, -0.5]), stat_names[0]),
+        numpy_helper.from_array(np.float32([2.0, 0.5]), stat_names[1]),
+    ]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3, 3])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset, training", [(9, True), (9, False), (15, True), (15, False)])
+def test_training_mode_comes_from_the_attribute_or_before_opset_14_the_outputs(opset, training):
+    (node,) = find_batchnorms(batchnorm_model(opset, training), ["bn"]).values()
+    assert node.training is training and node.mean_input == "bn.running_mean"
+
+
+def test_nodes_map_to_modules_by_initializer_name_else_by_order():
+    assert list(find_batchnorms(batchnorm_model(15, False), ["other", "bn"])) == ["bn"]
+    renamed = batchnorm_model(15, False, stat_names=("p1", "p2"))
+    assert list(find_batchnorms(renamed, ["stem.bn"])) == ["stem.bn"]
+    assert find_batchnorms(renamed, ["a", "b"]) == {}, "no name match and no 1:1 order: reported as folded"
+
+
+def test_exposed_running_stats_are_fed_and_read_back_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    model = batchnorm_model(15, True)
+    nodes = list(find_batchnorms(model, ["bn"]).values())
+    outputs = expose_running_stats(model, nodes)
+    assert outputs == {"bn": ("mean_out", "var_out")}
+    assert {value.name for value in model.graph.input} >= {"bn.running_mean", "bn.running_var"}
+    assert "bn.running_mean" not in {initializer.name for initializer in model.graph.initializer}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(4, 2, 3, 3)).astype(np.float32)
+    mean, var = np.float32([0.5, -0.5]), np.float32([2.0, 0.5])
+    for _ in range(2):
+        _, mean_out, var_out = session.run(["y", "mean_out", "var_out"], {"x": x, "bn.running_mean": mean, "bn.running_var": var})
+        np.testing.assert_allclose(mean_out, 0.9 * mean + 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-5)
+        np.testing.assert_allclose(var_out, 0.9 * var + 0.1 * x.var(axis=(0, 2, 3)), rtol=1e-5)
+        mean, var = mean_out, var_out

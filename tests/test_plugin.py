@@ -1,0 +1,94 @@
+"""The pytest plugin, run in real pytest sessions with pytester.
+
+Sessions that run frameworks run in a subprocess: pytester's in-process runs unload the modules a
+run imported, and importing torch's exporter a second time in one process aborts in native code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+FAST = "--harness-runners=torch-eager,onnx-torchscript-ort"
+
+
+def test_a_broken_case_fails_alone_with_file_line_and_field(pytester):
+    write_case(pytester.path / "cases", "good", EVAL_BN2D)
+    write_case(pytester.path / "cases", "broken", FORUM_FLIP.replace("bn: eval}", "bn: evaluate}"))
+    result = pytester.runpytest_subprocess("cases", FAST, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1, errors=0)
+    result.stdout.fnmatch_lines(["cases/broken.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_item_ids_are_file_and_case(pytester):
+    write_case(pytester.path / "cases", "eval_control", EVAL_BN2D)
+    result = pytester.runpytest("cases", FAST, "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["cases/eval_control.yaml::eval_control"])
+
+
+def test_only_yaml_under_case_directories_is_collected_unless_named(pytester):
+    write_case(pytester.path / "config", "settings", "not: a case\n")
+    write_case(pytester.path / "cases", "eval_control", EVAL_BN2D)
+    pytester.runpytest_subprocess(FAST).assert_outcomes(passed=1)
+    named = pytester.runpytest_subprocess("config/settings.yaml", FAST)
+    named.assert_outcomes(failed=1)
+    named.stdout.fnmatch_lines(["config/settings.yaml:1: not: unknown field; allowed: *"])
+
+
+def test_known_divergences_pass_and_are_summarised(pytester):
+    write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    result = pytester.runpytest_subprocess("cases", FAST)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["passed   cases/forum.yaml: known divergences: onnx-torchscript-ort 6"])
+
+
+def test_an_unlisted_divergence_fails_with_the_verdict_and_a_snippet(pytester):
+    write_case(pytester.path / "cases", "forum", FORUM_FLIP)
+    result = pytester.runpytest_subprocess("cases", FAST)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "6 divergence(s) not listed in expect:",
+        "module.bn.training after step 1 (export(training=eval)): torch-eager vs onnx-torchscript-ort differ: "
+        "False (torch-eager), True (onnx-torchscript-ort)",
+        "*add to expect in cases/forum.yaml:",
+        "  - field: module.bn.training",
+    ])
+
+
+def test_an_expected_divergence_that_vanished_fails(pytester):
+    wrong_runner = FORUM_FLIP_EXPECT.replace("onnx-torchscript-ort", "onnx-dynamo-ort")
+    write_case(pytester.path / "cases", "forum", FORUM_FLIP + wrong_runner)
+    result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager,onnx-dynamo-ort")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "Expected divergence no longer reproduces (cases/forum.yaml:15): module.bn.training after step 1, 2 differs in onnx-dynamo-ort",
+        "  seen instead: now agrees: module.bn.training after step 1 *",
+    ])
+
+
+def test_results_json_records_every_case_with_runner_statuses(pytester):
+    write_case(pytester.path / "cases", "good", EVAL_BN2D)
+    write_case(pytester.path / "cases", "broken", "description: [\n")
+    pytester.runpytest_subprocess("cases", FAST, "--harness-results=out/results.json")
+    record = json.loads((pytester.path / "out" / "results.json").read_text())
+    assert record["schema_version"] == 1
+    assert record["environment"]["versions"]["torch"].startswith("2.13.0")
+    cases = {case["id"]: case for case in record["cases"]}
+    assert cases["broken"]["outcome"] == "invalid" and "cases/broken.yaml:" in cases["broken"]["error"]
+    good = cases["good"]
+    assert good["outcome"] == "passed"
+    assert {name: runner["status"] for name, runner in good["runners"].items()} == {"torch-eager": "ok", "onnx-torchscript-ort": "ok"}
+    comparison = good["comparisons"][0]
+    assert comparison["classification"] == "agree" and comparison["rtol"] in (1.3e-6, None)
+
+
+def test_an_unknown_runner_is_a_usage_error(pytester):
+    result = pytester.runpytest("--harness-runners=torch-eager,tensorrt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, onnx-torchscript-ort, onnx-dynamo-ort"])

@@ -1,0 +1,112 @@
+"""Each runner on a tiny model, with the real frameworks underneath."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from harness.inputs import make_batch
+from harness.runners import create_runner
+from harness.schema import load_case
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
+
+pytest.importorskip("torch")
+
+TRAIN_BN2D = EVAL_BN2D.replace("mode: eval", "mode: train").replace("  - export\n", "  - export: {training: training}\n")
+
+
+def run(tmp_path, runner: str, text: str):
+    case = load_case(write_case(tmp_path, "case", text))
+    return case, create_runner(runner).run(case)
+
+
+def value(result, step: int, field: str):
+    return result.observations[(step, field)].value
+
+
+def test_torch_eager_eval_output_is_the_documented_formula(tmp_path):
+    case, result = run(tmp_path, "torch-eager", EVAL_BN2D)
+    assert result.status == "ok"
+    x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
+    mean, var = np.array([0.5, -0.5]).reshape(1, 2, 1, 1), np.array([2.0, 0.5]).reshape(1, 2, 1, 1)
+    expected = (x - mean) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(value(result, 0, "output"), expected, rtol=1.3e-6, atol=1e-5)
+    assert value(result, 0, "module.training") is False and value(result, 0, "training") is False
+    assert result.observations[(0, "output")].dtype == "float32"
+
+
+def test_torch_eager_train_forward_updates_running_stats_with_the_unbiased_variance(tmp_path):
+    case, result = run(tmp_path, "torch-eager", TRAIN_BN2D)
+    x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
+    unbiased = x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(value(result, 0, "module.running_var"), 0.9 * np.array([2.0, 0.5]) + 0.1 * unbiased, rtol=1e-5)
+    assert value(result, 0, "module.num_batches_tracked") == 1
+
+
+def test_torch_eager_export_step_changes_nothing(tmp_path):
+    _, result = run(tmp_path, "torch-eager", FORUM_FLIP)
+    for field in ("module.bn.training", "module.bn.num_batches_tracked", "module.training"):
+        assert value(result, 1, field) == value(result, 0, field)
+    assert value(result, 1, "module.bn.training") is False
+
+
+def test_torchscript_export_puts_the_eval_child_back_in_train_mode(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, result = run(tmp_path, "onnx-torchscript-ort", FORUM_FLIP)
+    assert result.status == "ok"
+    assert value(result, 0, "module.bn.training") is False
+    assert value(result, 1, "module.bn.training") is True, "the forum thread's bug, on torch 2.13"
+    assert value(result, 2, "module.bn.num_batches_tracked") == 1
+
+
+def test_dynamo_export_leaves_the_module_alone(tmp_path):
+    pytest.importorskip("onnxscript")
+    _, result = run(tmp_path, "onnx-dynamo-ort", FORUM_FLIP)
+    assert result.status == "ok"
+    assert value(result, 1, "module.bn.training") is False
+    assert value(result, 2, "module.bn.num_batches_tracked") == 0
+
+
+def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, eager = run(tmp_path, "torch-eager", EVAL_BN2D)
+    _, onnx = run(tmp_path, "onnx-torchscript-ort", EVAL_BN2D)
+    np.testing.assert_allclose(value(onnx, 2, "output"), value(eager, 2, "output"), rtol=1.3e-6, atol=1e-5)
+    (export,) = onnx.details["exports"]
+    facts = export["batchnorm"][""]
+    assert facts["kept"] is True and facts["training_mode"] is False
+    assert facts["initializers_equal_module_buffers_before_export"] is True
+    np.testing.assert_array_equal(value(onnx, 1, "running_var"), np.float32([2.0, 0.5]))
+
+
+def test_a_training_graph_feeds_its_running_stats_back(tmp_path):
+    pytest.importorskip("onnxruntime")
+    text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
+                              "  - export: {training: training}\n  - forward\n  - forward\n")
+    case, result = run(tmp_path, "onnx-torchscript-ort", text)
+    assert result.status == "ok"
+    assert value(result, 0, "training") is True
+    x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
+    population = x.var(axis=(0, 2, 3))
+    state = value(result, 0, "running_var")
+    for step in (1, 2):  # ONNX: running_var = input_var * momentum + current_var * (1 - momentum)
+        state = 0.9 * state + 0.1 * population
+        np.testing.assert_allclose(value(result, step, "running_var"), state, rtol=1e-5)
+
+
+def test_an_exporter_error_is_a_result_and_keeps_the_earlier_steps(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, result = run(tmp_path, "onnx-torchscript-ort", EVAL_BN2D.replace("  - export\n", "  - export: {opset: 25}\n"))
+    assert result.status == "export_failed"
+    assert result.reason == "RuntimeError: Unsupported onnx_opset_version: 25"
+    assert (0, "output") in result.observations and (2, "output") not in result.observations
+    assert result.details["failed_step"] == 1
+
+
+def test_a_missing_framework_skips_the_runner_with_an_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    _, result = run(tmp_path, "onnx-torchscript-ort", EVAL_BN2D)
+    assert result.status == "skipped"
+    assert "onnxruntime is not importable" in result.reason and "pip install" in result.reason

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import CaseError
+from harness.schema import MAX_INPUT_ELEMENTS, load_case
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
+
+
+def load_text(tmp_path, text: str):
+    return load_case(write_case(tmp_path, "case", text), display_path="cases/case.yaml")
+
+
+def problems(tmp_path, text: str) -> list[str]:
+    with pytest.raises(CaseError) as caught:
+        load_text(tmp_path, text)
+    return str(caught.value).splitlines()
+
+
+def test_a_valid_case_builds_the_domain_model(tmp_path):
+    case = load_text(tmp_path, FORUM_FLIP + FORUM_FLIP_EXPECT)
+    assert case.case_id == "case" and case.model == "forum_net"
+    assert case.bn.running_mean == (0.5, -0.25) and case.bn.momentum == 0.1 and case.bn.dtype == "float32"
+    assert case.input.dtype == "float32", "the input dtype defaults to the BN dtype"
+    assert case.mode.assignments == (("", True), ("bn", False))
+    assert [step.label() for step in case.steps] == ["forward", "export(training=eval)", "forward"]
+    first, second = case.expectations
+    assert first.fields == ("module.bn.training",) and first.steps == (1, 2) and first.line == 15
+    assert second.fields[1] == "module.bn.running_*" and second.steps == (2,)
+
+
+def test_modes_are_applied_parents_first_whatever_the_written_order(tmp_path):
+    text = FORUM_FLIP.replace('mode: {"": train, bn: eval}', 'mode: {bn: eval, "": train}')
+    assert load_text(tmp_path, text).mode.assignments == (("", True), ("bn", False))
+
+
+def test_train_step_repeat_expands_with_a_fresh_seed_per_step(tmp_path):
+    text = EVAL_BN2D.replace("  - forward\n  - export\n  - forward\n", "  - forward\n  - train_step: {repeat: 3}\n  - set_mode: train\n")
+    case = load_text(tmp_path, text)
+    assert [step.kind for step in case.steps] == ["forward", "train_step", "train_step", "train_step", "set_mode"]
+    assert [step.seed for step in case.steps[:4]] == [1, 3, 4, 5]
+    assert case.steps[4].mode.assignments == (("", True),)
+
+
+def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(tmp_path):
+    text = FORUM_FLIP.replace('bn: eval}', 'bn: evaluate}').replace("  - export\n", "  - explode\n  - export: {opsett: 12}\n")
+    text = text.replace("input:\n", "colour: red\ninput:\n")
+    assert problems(tmp_path, text) == [
+        "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval",
+        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_seed, bn, mode, input, "
+        "steps, expect, tolerance, runners",
+        "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, "
+        "or a mapping with one key of: forward, train_step, export, set_mode",
+        "cases/case.yaml:14: steps[2].export.opsett: unknown field; allowed: training, opset, dynamic_batch",
+    ]
+
+
+def test_unknown_model_lists_the_registry(tmp_path):
+    (problem,) = problems(tmp_path, EVAL_BN2D.replace("model: batchnorm2d", "model: resnet"))
+    assert problem == (
+        "cases/case.yaml:2: model: 'resnet' is not allowed; allowed: batchnorm1d, batchnorm2d, batchnorm3d, "
+        "conv_bn, forum_net, nested_two_bn"
+    )
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("num_features: 2", "num_features: two", "bn.num_features: got a string 'two'; allowed: an integer"),
+        ("num_features: 2", "num_features: 0", "bn.num_features: got 0; allowed: >= 1"),
+        ("  seed: 1\n", "  seed: 1\n  shape: [2, 2, 3, 3]\n", "input.shape: duplicate key"),
+        ("description: a tiny eval-mode BatchNorm2d\n", "", "<document>: missing required field 'description'; allowed: description, model, bn, mode, input, steps"),
+    ],
+)
+def test_single_field_problems(tmp_path, old, new, expected):
+    assert [problem.split(": ", 1)[1] for problem in problems(tmp_path, EVAL_BN2D.replace(old, new))] == [expected]
+
+
+def test_shape_must_match_num_features_for_a_bare_batchnorm(tmp_path):
+    (problem,) = problems(tmp_path, EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 3, 3]"))
+    assert problem == "cases/case.yaml:9: input.shape[1]: 3 channels but bn.num_features is 2; allowed: 2"
+
+
+def test_input_rank_must_fit_the_model(tmp_path):
+    (problem,) = problems(tmp_path, EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [2, 2, 3]"))
+    assert problem == "cases/case.yaml:9: input.shape: rank 3 does not fit model 'batchnorm2d'; allowed: rank 4"
+
+
+def test_input_size_is_capped(tmp_path):
+    (problem,) = problems(tmp_path, EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [4096, 2, 1024, 1024]"))
+    assert problem.endswith(f"allowed: at most {MAX_INPUT_ELEMENTS}")
+
+
+def test_mode_paths_must_name_submodules(tmp_path):
+    (problem,) = problems(tmp_path, FORUM_FLIP.replace("bn: eval}", "batchnorm: eval}"))
+    assert problem == (
+        "cases/case.yaml:7: mode.batchnorm: no submodule 'batchnorm' in model 'forum_net'; "
+        "allowed: '', 'conv1', 'bn', 'fc1'"
+    )
+
+
+def test_bn_vectors_need_num_features_values_and_finite_numbers(tmp_path):
+    text = EVAL_BN2D.replace("running_mean: [0.5, -0.5]", "running_mean: [0.5]").replace("running_var: [2.0, 0.5]", "running_var: [.nan, 0.5]")
+    assert problems(tmp_path, text) == [
+        "cases/case.yaml:5: bn.running_mean: 1 values for num_features=2; allowed: 2 values",
+        "cases/case.yaml:6: bn.running_var: not a finite number; allowed: finite numbers (NaN and Inf belong in input values)",
+    ]
+
+
+def test_literal_values_must_have_the_input_shape_and_exclude_train_steps(tmp_path):
+    text = EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [2, 2]\n  values: [[1, 2], [3]]").replace("model: batchnorm2d", "model: batchnorm1d")
+    assert problems(tmp_path, text) == [
+        "cases/case.yaml:10: input.values: nested lists of shape ragged/non-numeric; allowed: numbers of shape (2, 2)"
+    ]
+    text = text.replace("[[1, 2], [3]]", "[[1, 2], [3, 4]]").replace("  - export\n", "  - train_step\n")
+    assert problems(tmp_path, text) == [
+        "cases/case.yaml:14: steps[1]: train_step draws new seeded batches, but the input is literal values; "
+        "allowed: forward steps, or a seeded distribution under input"
+    ]
+
+
+def test_expectations_are_checked_against_fields_steps_and_the_reference(tmp_path):
+    expect = """\
+expect:
+  - field: module.bn.trainig
+    runners: [onnx-torchscript-ort]
+    reason: typo
+  - field: output
+    step: 3
+    runners: [onnx-torchscript-ort]
+    reason: no such step
+  - field: output
+    runners: [torch-eager]
+    reason: the reference cannot differ from itself
+  - status: export_failed
+    field: output
+    runners: [onnx-dynamo-ort]
+    reason: both
+"""
+    found = problems(tmp_path, FORUM_FLIP + expect)
+    assert found[0].startswith("cases/case.yaml:15: expect[0].field: 'module.bn.trainig' matches no field of model 'forum_net'; allowed: output, module.output, module.training,")
+    assert found[1] == "cases/case.yaml:19: expect[1].step: step 3 does not exist; allowed: 0..2 (train_step repeats count one step each)"
+    assert found[2].startswith("cases/case.yaml:23: expect[2].runners: torch-eager is the reference every other runner is compared with; allowed: the runner(s) that differ from it:")
+    assert found[3] == "cases/case.yaml:25: expect[3]: an expectation names either field / fields or status; allowed: exactly one of them"

@@ -1,0 +1,59 @@
+"""The one registry of tiny case files the tests build on."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+EVAL_BN2D = """\
+description: a tiny eval-mode BatchNorm2d
+model: batchnorm2d
+bn:
+  num_features: 2
+  running_mean: [0.5, -0.5]
+  running_var: [2.0, 0.5]
+mode: eval
+input:
+  shape: [2, 2, 3, 3]
+  seed: 1
+steps:
+  - forward
+  - export
+  - forward
+"""
+
+FORUM_FLIP = """\
+description: the forum thread, smallest form
+model: forum_net
+bn:
+  num_features: 2
+  running_mean: [0.5, -0.25]
+  running_var: [2.0, 0.5]
+mode: {"": train, bn: eval}
+input:
+  shape: [2, 3, 4, 4]
+steps:
+  - forward
+  - export
+  - forward
+"""
+
+FORUM_FLIP_EXPECT = """\
+expect:
+  - field: module.bn.training
+    step: [1, 2]
+    runners: [onnx-torchscript-ort]
+    reason: the TorchScript exporter restores modes with a recursive model.train()
+  - fields: [module.bn.num_batches_tracked, module.bn.running_*, module.output]
+    step: 2
+    runners: [onnx-torchscript-ort]
+    reason: bn is back in train mode
+"""
+
+
+def write_case(directory: Path, name: str, text: str) -> Path:
+    """Write `text` (dedented) as `directory/name.yaml` and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
