@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from harness.engine import CaseResult, run_case
+from harness.engine import CaseResult, explain_known, run_case
 from harness.errors import CaseError, HarnessError
 from harness.runners import runner_names
 from harness.schema import load_case
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("paths", nargs="*", type=Path, default=[Path("cases")], help="case files or directories (default: cases)")
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
+    run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
     args = parser.parse_args(argv)
 
     only = None
@@ -77,13 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(result)
         print(summary_line(result), flush=True)
         if result.outcome in ("failed", "invalid", "error"):
-            print("    " + result.explain().replace("\n", "\n    "), flush=True)
+            print(_indent(result.explain()), flush=True)
+        if args.verbose and result.classification is not None and result.classification.known:
+            print(_indent(explain_known(result.classification)), flush=True)
         # Rewritten after each case, atomically: a run stopped halfway keeps what it finished.
         write_results(args.results, results)
     counts = Counter(result.outcome for result in results)
     print(f"results written to {args.results}")
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def _indent(text: str) -> str:
+    return "    " + text.replace("\n", "\n    ")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,16 @@ def explain_classification(path: str, found: Classification) -> str:
     return "\n\n".join(parts)
 
 
+def explain_known(found: Classification) -> str:
+    """Each known divergence's verdict, grouped under the expectation that explains it."""
+    parts: list[str] = []
+    for expectation in dict.fromkeys(expectation for _, expectation in found.known):
+        verdicts = [verdict for verdict, owner in found.known if owner is expectation]
+        header = f"known: {expectation.describe()}\n  reason: {expectation.reason}\n  link: {expectation.link or '-'}"
+        parts.append(header + "\n" + "\n".join(verdict.text for verdict in verdicts))
+    return "\n\n".join(parts)
+
+
 def _expect_snippet(new: Sequence[Verdict]) -> str:
     steps_by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
     for verdict in new:

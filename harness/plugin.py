@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.collect import RESULTS_KEY, RUNNERS_KEY, CaseFile
+from harness.engine import explain_known
 from harness.runners import runner_names
 
 
@@ -85,6 +86,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         if not_run:
             line += f"; not ok: {', '.join(not_run)}"
         terminalreporter.write_line(line)
+        if config.get_verbosity() > 0 and result.classification is not None and result.classification.known:
+            terminalreporter.write_line("    " + explain_known(result.classification).replace("\n", "\n    "))
     target = config.getoption("harness_results")
     if target:
         terminalreporter.write_line(f"results written to {target}")

@@ -357,7 +357,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         expectations.append(
             Expectation(
                 runners=tuple(raw["runners"]),
-                reason=raw["reason"],
+                reason=" ".join(raw["reason"].split()),
                 fields=tuple([raw["field"]] if "field" in raw else raw.get("fields", [])),
                 steps=None if steps is None else tuple([steps] if isinstance(steps, int) else steps),
                 status=raw.get("status"),
@@ -369,7 +369,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
     if "tolerance" in data:
         raw_tolerance = data["tolerance"]
         tolerance = ToleranceOverride(
-            reason=raw_tolerance["reason"],
+            reason=" ".join(raw_tolerance["reason"].split()),
             by_dtype=tuple((dtype, float(pair["rtol"]), float(pair["atol"])) for dtype, pair in raw_tolerance.items() if dtype != "reason"),
         )
     return Case(
