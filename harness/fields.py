@@ -3,7 +3,8 @@ that expect divergences in them.
 
 Two namespaces:
 - the deployed artifact, what a user ships (the torch module in torch-eager, the ONNX graph in
-  onnxruntime after an export): `output`, `<bn>.training`, `<bn>.running_mean`, `<bn>.running_var`;
+  onnxruntime after an export): `output`, `<bn>.uses_batch_stats`, `<bn>.running_mean`,
+  `<bn>.running_var`;
 - `module.*`, the user's own torch module inside that runner, which an export may have changed:
   `module.output`, `module.<path>.training`, `module.<bn>.running_mean`, ...
 """
@@ -16,7 +17,7 @@ from harness.models import ModelSpec
 
 OUTPUT = "output"
 MODULE = "module"
-DEPLOYED_BN_ATTRIBUTES = ("training", "running_mean", "running_var")
+DEPLOYED_BN_ATTRIBUTES = ("uses_batch_stats", "running_mean", "running_var")
 MODULE_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 MODULE_BN_ATTRIBUTES = ("eps", "momentum", "affine", "track_running_stats")
 

@@ -91,6 +91,10 @@ def write_results(path: Path, results: Sequence[CaseResult]) -> None:
     text = json.dumps(_finite(results_document(results)), indent=1, default=_json_default, allow_nan=False)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
         handle.write(text)
+    # A temporary file is private (0600); results are an artifact others read: honour the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
     os.replace(handle.name, path)
 
 

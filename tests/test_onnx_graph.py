@@ -57,3 +57,14 @@ def test_exposed_running_stats_are_fed_and_read_back_in_onnxruntime():
         np.testing.assert_allclose(mean_out, 0.9 * mean + 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-5)
         np.testing.assert_allclose(var_out, 0.9 * var + 0.1 * x.var(axis=(0, 2, 3)), rtol=1e-5)
         mean, var = mean_out, var_out
+
+
+def test_statistics_computed_from_the_batch_count_as_batch_statistics():
+    model = batchnorm_model(15, False)
+    reduce = helper.make_node("ReduceMean", ["x"], ["batch_mean"], axes=[0, 2, 3], keepdims=0)
+    model.graph.node.insert(0, reduce)
+    model.graph.node[1].input[3] = "batch_mean"
+    (node,) = find_batchnorms(model, ["a"]).values()  # one node, one module: mapped by order
+    assert node.training is False and node.stored_stats is False and node.uses_batch_stats is True
+    (stored,) = find_batchnorms(batchnorm_model(15, False), ["bn"]).values()
+    assert stored.uses_batch_stats is False

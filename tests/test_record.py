@@ -27,3 +27,4 @@ def test_results_are_strict_json_with_schema_version_environment_and_verdict_fie
     assert comparison["classification"] == "new" and comparison["max_abs_diff"] == "nan"
     assert comparison["max_abs_index"] == [0] and comparison["rtol"] == 1.3e-6
     assert [p.name for p in path.parent.iterdir()] == ["results.json"], "no temporary file left behind"
+    assert path.stat().st_mode & 0o044 == 0o044, "readable by others, as a CI artifact must be"

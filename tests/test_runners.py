@@ -33,7 +33,7 @@ def test_torch_eager_eval_output_is_the_documented_formula(tmp_path):
     mean, var = np.array([0.5, -0.5]).reshape(1, 2, 1, 1), np.array([2.0, 0.5]).reshape(1, 2, 1, 1)
     expected = (x - mean) / np.sqrt(var + 1e-5)
     np.testing.assert_allclose(value(result, 0, "output"), expected, rtol=1.3e-6, atol=1e-5)
-    assert value(result, 0, "module.training") is False and value(result, 0, "training") is False
+    assert value(result, 0, "module.training") is False and value(result, 0, "uses_batch_stats") is False
     assert result.observations[(0, "output")].dtype == "float32"
 
 
@@ -87,7 +87,7 @@ def test_a_training_graph_feeds_its_running_stats_back(tmp_path):
                               "  - export: {training: training}\n  - forward\n  - forward\n")
     case, result = run(tmp_path, "onnx-torchscript-ort", text)
     assert result.status == "ok"
-    assert value(result, 0, "training") is True
+    assert value(result, 0, "uses_batch_stats") is True
     x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
     population = x.var(axis=(0, 2, 3))
     state = value(result, 0, "running_var")

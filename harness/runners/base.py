@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, ClassVar
@@ -11,6 +12,16 @@ import numpy as np
 
 from harness.case import Case
 from harness.results import Observed, RunResult, Scalar, StepField
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+MAX_REASON_CHARS = 2000
+
+
+def clean_reason(text: str) -> str:
+    """A framework's message without terminal colours, and not endless."""
+    text = _ANSI_ESCAPE.sub("", text).strip()
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + " [...]"
 
 
 class FrameworkMissing(Exception):

@@ -21,7 +21,15 @@ import numpy as np
 from harness.case import Case, Step
 from harness.fields import deployed_field
 from harness.results import RunResult
-from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped
+from harness.runners.base import (
+    MAX_REASON_CHARS,
+    FrameworkMissing,
+    ObservationLog,
+    Runner,
+    clean_reason,
+    import_framework,
+    skipped,
+)
 
 ONNX_INSTALL_HINT = "pip install torch==2.13.0 onnx onnxruntime onnxscript"
 PROVIDERS = ["CPUExecutionProvider"]
@@ -69,6 +77,7 @@ class _GraphExporter:
     def __init__(self, case: Case, dynamo: bool, workdir: Path) -> None:
         self.case, self.dynamo, self.workdir = case, dynamo, workdir
         self.exports = 0
+        self.printed = ""  # what the exporter printed (progress, tracebacks it logged and survived)
 
     def __call__(self, model, example, step: Step, log: ObservationLog) -> OrtDeployed:
         import onnx
@@ -100,6 +109,7 @@ class _GraphExporter:
                     for path in bn_paths
                 },
                 "warnings": export_warnings,
+                "printed": self.printed,
             }
         )
         try:
@@ -133,19 +143,26 @@ class _GraphExporter:
         torch_onnx_logger = logging.getLogger("torch.onnx")
         previous_level = torch_onnx_logger.level
         torch_onnx_logger.setLevel(logging.ERROR)
+        printed = io.StringIO()
         try:
-            with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                contextlib.redirect_stdout(printed),
+                contextlib.redirect_stderr(printed),
+            ):
                 warnings.simplefilter("always")
                 torch.onnx.export(model, (example,), str(path), **kwargs)
         finally:
             torch_onnx_logger.setLevel(previous_level)
+            self.printed = clean_reason(printed.getvalue()[-MAX_REASON_CHARS:])
         return sorted({f"{warning.category.__name__}: {str(warning.message)[:200]}" for warning in caught})
 
 
 def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str, Any]:
     if node is None:
         return {"kept": False, "note": "no BatchNormalization node: folded into a neighbour or constants"}
-    facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "epsilon": node.epsilon, "momentum": node.momentum}
+    facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "stored_stats": node.stored_stats,
+                             "epsilon": node.epsilon, "momentum": node.momentum}
     stored = {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
     for when, buffers in (("before_export", buffers_before), ("after_export", buffers_after)):
         facts[f"initializers_equal_module_buffers_{when}"] = all(
@@ -192,7 +209,7 @@ class OrtDeployed:
 
     def record_state(self, step: int, log: ObservationLog) -> None:
         for path, node in self.nodes.items():
-            log.value(step, deployed_field(path, "training"), node.training)
+            log.value(step, deployed_field(path, "uses_batch_stats"), node.uses_batch_stats)
             for name, values in self.state[path].items():
                 if values is not None:
                     log.array(step, deployed_field(path, name), np.asarray(values).astype(np.float64), self.case.bn.dtype)

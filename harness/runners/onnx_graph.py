@@ -17,11 +17,18 @@ class BatchNormNode:
 
     module_path: str
     node_name: str
-    training: bool
+    training: bool  # the node's own mode (training_mode, or the output count before opset 14)
+    stored_stats: bool  # mean / var inputs are initializers, not computed from the batch
     mean_input: str
     var_input: str
     epsilon: float
     momentum: float
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Normalises with the batch's statistics: in training mode, or fed statistics computed from
+        the batch (how the dynamo exporter lowers track_running_stats=False)."""
+        return self.training or not self.stored_stats
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -35,18 +42,16 @@ def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict
     A module path with no node was folded away (into a Conv, or into constants).
     """
     opset = opset_of(model)
+    stored = {initializer.name for initializer in model.graph.initializer}
     nodes = [node for node in model.graph.node if node.op_type == "BatchNormalization"]
-    by_name = {}
-    for node in nodes:
-        for path in module_paths:
-            if node.input[3] in (f"{path}.running_mean" if path else "running_mean",):
-                by_name[path] = node
+    stat_names = {(f"{path}.running_mean" if path else "running_mean"): path for path in module_paths}
+    by_name = {stat_names[node.input[3]]: node for node in nodes if node.input[3] in stat_names}
     if len(by_name) < len(nodes) and len(nodes) == len(module_paths):
         by_name = dict(zip(module_paths, nodes))  # names were rewritten; graph order is module order
-    return {path: _describe(path, node, opset) for path, node in by_name.items()}
+    return {path: _describe(path, node, opset, stored) for path, node in by_name.items()}
 
 
-def _describe(path: str, node: onnx.NodeProto, opset: int) -> BatchNormNode:
+def _describe(path: str, node: onnx.NodeProto, opset: int, stored: set[str]) -> BatchNormNode:
     attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
     if opset >= 14:
         training = bool(attributes.get("training_mode", 0))
@@ -57,6 +62,7 @@ def _describe(path: str, node: onnx.NodeProto, opset: int) -> BatchNormNode:
         module_path=path,
         node_name=node.name,
         training=training,
+        stored_stats=node.input[3] in stored and node.input[4] in stored,
         mean_input=node.input[3],
         var_input=node.input[4],
         epsilon=float(attributes.get("epsilon", 1e-5)),
@@ -76,8 +82,13 @@ def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode])
     Returns:
         module path -> (running_mean output name, running_var output name).
     """
-    by_node = {node.node_name: node for node in nodes if node.training}
     initializers = {initializer.name: initializer for initializer in model.graph.initializer}
+    # Only stored statistics are state; computed ones (track_running_stats=False) are not fed.
+    by_node = {
+        node.node_name: node
+        for node in nodes
+        if node.training and node.stored_stats
+    }
     outputs: dict[str, tuple[str, str]] = {}
     graph_inputs = {value.name for value in model.graph.input}
     for graph_node in model.graph.node:

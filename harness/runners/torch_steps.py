@@ -18,7 +18,7 @@ from harness.case import Case, Step
 from harness.fields import OUTPUT, deployed_field, module_field
 from harness.inputs import make_batch
 from harness.results import RunResult
-from harness.runners.base import ObservationLog
+from harness.runners.base import ObservationLog, clean_reason
 from harness.runners.torch_models import (
     apply_mode,
     batchnorms,
@@ -34,7 +34,7 @@ class StepFailed(Exception):
 
     def __init__(self, status: str, error: BaseException) -> None:
         self.status = status
-        self.reason = f"{type(error).__name__}: {error}".strip()
+        self.reason = clean_reason(f"{type(error).__name__}: {error}")
         super().__init__(self.reason)
 
 
@@ -45,7 +45,7 @@ class Deployed(Protocol):
         """The output for `batch`, as float64."""
 
     def record_state(self, step: int, log: ObservationLog) -> None:
-        """Log `<bn>.training`, `<bn>.running_mean`, `<bn>.running_var` as the artifact holds them."""
+        """Log `<bn>.uses_batch_stats`, `<bn>.running_mean`, `<bn>.running_var` as the artifact holds them."""
 
 
 Exporter = Callable[[nn.Module, torch.Tensor, Step, ObservationLog], Deployed | None]
@@ -91,7 +91,9 @@ def _module_forward(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
 def record_module_as_deployed(model: nn.Module, case: Case, step: int, log: ObservationLog) -> None:
     """In torch the deployed artifact is the module: log its BN state under the deployed names."""
     for path, bn in batchnorms(model, case).items():
-        log.value(step, deployed_field(path, "training"), bool(bn.training))
+        # torch's own rule (_BatchNorm.forward): batch statistics in training, or with no running stats.
+        uses_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        log.value(step, deployed_field(path, "uses_batch_stats"), bool(uses_batch_stats))
         for name in ("running_mean", "running_var"):
             buffer = getattr(bn, name)
             if buffer is not None:
