@@ -77,7 +77,6 @@ class _GraphExporter:
     def __init__(self, case: Case, dynamo: bool, workdir: Path) -> None:
         self.case, self.dynamo, self.workdir = case, dynamo, workdir
         self.exports = 0
-        self.printed = ""  # what the exporter printed (progress, tracebacks it logged and survived)
 
     def __call__(self, model, example, step: Step, log: ObservationLog) -> OrtDeployed:
         import onnx
@@ -91,7 +90,7 @@ class _GraphExporter:
         path = self.workdir / f"export_{self.exports}.onnx"
         buffers_before = module_buffers(model, self.case)
         try:
-            export_warnings = self._export(model, example, step, path)
+            export_warnings, printed = self._export(model, example, step, path)
             graph = onnx.load(str(path))
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
@@ -109,7 +108,7 @@ class _GraphExporter:
                     for path in bn_paths
                 },
                 "warnings": export_warnings,
-                "printed": self.printed,
+                "printed": printed,  # progress, and tracebacks the exporter logged and survived
             }
         )
         try:
@@ -117,7 +116,8 @@ class _GraphExporter:
         except Exception as error:  # onnxruntime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
-    def _export(self, model, example, step: Step, path: Path) -> list[str]:
+    def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
+        """Run torch.onnx.export; return its warnings and what it printed."""
         import torch
 
         options = step.export
@@ -154,8 +154,8 @@ class _GraphExporter:
                 torch.onnx.export(model, (example,), str(path), **kwargs)
         finally:
             torch_onnx_logger.setLevel(previous_level)
-            self.printed = clean_reason(printed.getvalue()[-MAX_REASON_CHARS:])
-        return sorted({f"{warning.category.__name__}: {str(warning.message)[:200]}" for warning in caught})
+        warning_lines = sorted({f"{warning.category.__name__}: {str(warning.message)[:200]}" for warning in caught})
+        return warning_lines, clean_reason(printed.getvalue()[-MAX_REASON_CHARS:])
 
 
 def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str, Any]:
