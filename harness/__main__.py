@@ -4,4 +4,6 @@ import sys
 
 from harness.cli import main
 
-sys.exit(main())
+# Guarded: worker processes started with "spawn" import the parent's __main__ again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,6 +118,20 @@ class ToleranceOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class KerasOptions:
+    """How the Keras runners port the model: PyTorch's meaning mapped, or Keras's own defaults,
+    plus the porting mistakes a case reproduces (None: not overridden)."""
+
+    parameters: str = "mapped"  # mapped | framework-defaults
+    momentum: float | None = None
+    epsilon: float | None = None
+    axis: int | None = None
+    trainable: bool | None = None
+    training_argument: str = "explicit"  # explicit | omitted (Keras then runs in inference)
+    running_var: str = "as_stored"  # as_stored (biased) | unbiased (re-expressed in PyTorch's convention)
+
+
+@dataclass(frozen=True, slots=True)
 class Case:
     """A validated case file."""
 
@@ -133,6 +147,7 @@ class Case:
     expectations: tuple[Expectation, ...] = ()
     tolerance: ToleranceOverride | None = None
     runners: tuple[str, ...] | None = None  # None: every registered runner
+    keras: KerasOptions = KerasOptions()
 
     def step_label(self, index: int) -> str:
         """`step 2 (forward)`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 
@@ -15,10 +16,12 @@ MAX_MISMATCH_ROWS = 5
 
 
 def compare_runs(case: Case, reference: RunResult, other: RunResult) -> Iterator[Verdict]:
-    """A verdict for every (step, field) both runners observed, in step order."""
+    """A verdict for every (step, field) both runners observed, in step order; a divergence also
+    carries the runners' notes (a Keras runner's parameter mapping)."""
+    notes = [f"Note: {run.runner}: {note}" for run in (reference, other) for note in run.notes]
     for key in sorted(reference.observations.keys() & other.observations.keys()):
         step, field = key
-        yield compare_observed(
+        verdict = compare_observed(
             field=field,
             step=step,
             step_label=case.step_label(step),
@@ -28,6 +31,7 @@ def compare_runs(case: Case, reference: RunResult, other: RunResult) -> Iterator
             other=other.observations[key],
             case=case,
         )
+        yield verdict if verdict or not notes else dataclasses.replace(verdict, text="\n".join([verdict.text, *notes]))
 
 
 def compare_observed(

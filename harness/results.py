@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-RUNNER_STATUSES = ("ok", "skipped", "export_failed", "run_failed")
+RUNNER_STATUSES = ("ok", "skipped", "export_failed", "run_failed", "crashed")
 Scalar = bool | int | float | str | None
 
 
@@ -37,6 +37,7 @@ class RunResult:
     reason: str | None = None
     observations: Mapping[StepField, Observed] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts: graph, warnings
+    notes: tuple[str, ...] = ()  # lines every divergence involving this runner carries (a mapping)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from harness.case import (
     Expectation,
     ExportOptions,
     InputSpec,
+    KerasOptions,
     ModeSetting,
     Step,
     ToleranceOverride,
@@ -202,6 +203,10 @@ def cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
                                  "forward steps, or a seeded distribution under input")
     for index, raw in enumerate(data.get("expect", [])):
         yield from checks.expectation(("expect", index), raw, len(steps))
+    axis = data.get("keras", {}).get("axis")
+    rank = len(data["input"]["shape"])
+    if axis is not None and not -rank <= axis < rank:
+        yield checks.problem(("keras", "axis"), f"axis {axis} is outside an input of rank {rank}", f"{-rank}..{rank - 1}")
 
 
 class _CrossFieldChecks:
@@ -385,6 +390,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         expectations=tuple(expectations),
         tolerance=tolerance,
         runners=tuple(data["runners"]) if "runners" in data else None,
+        keras=KerasOptions(**data.get("keras", {})),
     )
 
 

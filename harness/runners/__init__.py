@@ -17,6 +17,10 @@ RUNNER_CLASSES: dict[str, str] = {
     "torch-eager": "harness.runners.torch_eager:TorchEagerRunner",
     "onnx-torchscript-ort": "harness.runners.onnx_export:TorchScriptOrtRunner",
     "onnx-dynamo-ort": "harness.runners.onnx_export:DynamoOrtRunner",
+    "keras-tensorflow": "harness.runners.keras:KerasTensorFlowRunner",
+    "keras-jax": "harness.runners.keras:KerasJaxRunner",
+    "keras-torch": "harness.runners.keras:KerasTorchRunner",
+    "keras-numpy": "harness.runners.keras:KerasNumpyRunner",
 }
 
 

@@ -53,6 +53,7 @@ class ObservationLog:
         self.runner = runner
         self.observations: dict[StepField, Observed] = {}
         self.details: dict[str, Any] = {}
+        self.notes: list[str] = []
 
     def array(self, step: int, field: str, values: np.ndarray, dtype: str) -> None:
         """Record a tensor (as float64, exact for every supported dtype) with its dtype."""
@@ -64,7 +65,7 @@ class ObservationLog:
 
     def result(self, status: str = "ok", reason: str | None = None) -> RunResult:
         """The RunResult of everything logged so far."""
-        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details))
+        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details), tuple(self.notes))
 
 
 def skipped(runner: str, reason: str) -> RunResult:

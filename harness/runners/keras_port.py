@@ -1,0 +1,150 @@
+"""The case's model rebuilt in Keras 3 with the torch weights copied in; runs inside a worker
+process whose KERAS_BACKEND was set before keras was imported."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.case import Case, ModeSetting
+from harness.fields import deployed_field
+from harness.keras_mapping import KerasMapping
+from harness.models import MODEL_SPECS
+from harness.runners.base import ObservationLog
+
+BN_WEIGHT_ORDER = ("weight", "bias", "running_mean", "running_var")  # Keras: gamma, beta, moving_mean, moving_variance
+
+
+class KerasPort:
+    """Keras layers standing for the torch submodules, called with the torch module's modes."""
+
+    def __init__(self, keras: Any, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]) -> None:
+        self.keras, self.case, self.mapping = keras, case, mapping
+        spec = MODEL_SPECS[case.model]
+        self.training = dict.fromkeys(spec.submodule_paths, False)
+        self.apply_mode(case.mode)
+        self.dtype = case.bn.dtype
+        self.layers: dict[str, Any] = {}
+        self.bn_copied: dict[str, bool] = {}
+        self._build(weights)
+        # Running variance re-expressed in torch's unbiased convention, from Keras's own updates.
+        self.unbiased_var = {path: self._stored(path, "moving_variance") for path in spec.batchnorm_paths}
+        self.last_stored_var = dict(self.unbiased_var)
+        self.updated: set[str] = set()
+        self.elements_per_channel: dict[str, int] = {}  # of each BN's own input, at its last call
+
+    def apply_mode(self, mode: ModeSetting) -> None:
+        """`module.get_submodule(path).train(flag)`: recursive, as in torch."""
+        for path, training in mode.assignments:
+            for name in self.training:
+                if path == "" or name == path or name.startswith(path + "."):
+                    self.training[name] = training
+
+    def _build(self, weights: dict[str, np.ndarray]) -> None:
+        shape = self.case.input.shape
+        if self.case.model.startswith("batchnorm"):
+            self._add_bn("", shape, weights)
+            return
+        nhwc = (shape[0], shape[2], shape[3], shape[1])
+        features = self.case.bn.num_features
+        if self.case.model == "conv_bn":
+            self._add_conv("conv", nhwc, weights, padding="valid", bias=True)
+            self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
+        elif self.case.model == "forum_net":
+            self._add_conv("conv1", nhwc, weights, padding="valid", bias=False)
+            self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
+            dense = self.keras.layers.Dense(10, use_bias=False, dtype=self.dtype)
+            dense.build((shape[0], features * (shape[2] - 2) * (shape[3] - 2)))
+            dense.set_weights([weights["fc1.weight"].T])
+            self.layers["fc1"] = dense
+        else:
+            inner = (shape[0], shape[2], shape[3], features)
+            self._add_conv("stem.conv", nhwc, weights, padding="same", bias=True)
+            self._add_bn("stem.bn", inner, weights)
+            self._add_conv("head.block.conv", inner, weights, padding="same", bias=True)
+            self._add_bn("head.block.bn", inner, weights)
+
+    def _add_conv(self, path: str, input_shape, weights, padding: str, bias: bool) -> None:
+        kernel = weights[f"{path}.weight"].transpose(2, 3, 1, 0)  # torch OIHW -> Keras HWIO
+        conv = self.keras.layers.Conv2D(kernel.shape[-1], 3, padding=padding, use_bias=bias, dtype=self.dtype)
+        conv.build(input_shape)
+        conv.set_weights([kernel] + ([weights[f"{path}.bias"]] if bias else []))
+        self.layers[path] = conv
+
+    def _add_bn(self, path: str, input_shape, weights: dict[str, np.ndarray]) -> None:
+        mapping = self.mapping
+        layer = self.keras.layers.BatchNormalization(
+            axis=mapping.value("axis"), momentum=mapping.value("momentum"), epsilon=mapping.value("epsilon"),
+            center=mapping.value("center"), scale=mapping.value("scale"), dtype=self.dtype,
+        )
+        layer.build(input_shape)
+        layer.trainable = mapping.value("trainable")
+        prefix = f"{path}." if path else ""
+        values = [weights[prefix + name] for name in BN_WEIGHT_ORDER if prefix + name in weights]
+        if not mapping.value("center"):
+            values = values[-2:]
+        fits = all(value.shape == variable.shape for value, variable in zip(values, layer.weights))
+        if fits and len(values) == len(layer.weights):
+            layer.set_weights(values)
+        self.bn_copied[path] = fits
+        self.layers[path] = layer
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """The port's output for a batch in torch's layout."""
+        ops = self.keras.ops
+        self.updated = set()
+        x = ops.convert_to_tensor(batch.astype(self._numpy_dtype()))
+        if self.case.model.startswith("batchnorm"):
+            y = self._bn("", x)
+        else:
+            h = ops.transpose(x, (0, 2, 3, 1))
+            if self.case.model == "conv_bn":
+                h = self._bn("bn", self.layers["conv"](h))
+            elif self.case.model == "forum_net":
+                h = ops.relu(self._bn("bn", self.layers["conv1"](h)))
+            else:
+                h = ops.relu(self._bn("stem.bn", self.layers["stem.conv"](h)))
+                h = self._bn("head.block.bn", self.layers["head.block.conv"](h))
+            y = ops.transpose(h, (0, 3, 1, 2))
+            if self.case.model == "forum_net":
+                y = ops.relu(self.layers["fc1"](ops.reshape(y, (y.shape[0], -1))))
+        return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
+
+    def _bn(self, path: str, h):
+        layer = self.layers[path]
+        self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
+        if self.mapping.value("training_argument") == "omitted":
+            return layer(h)  # what a port that forgets training= does: Keras runs in inference
+        training = self.training[path]
+        if training and layer.trainable:  # Keras's own condition for updating the moving statistics
+            self.updated.add(path)
+        return layer(h, training=training)
+
+    def record_state(self, step: int, log: ObservationLog) -> None:
+        """Log each BN's moving statistics under the deployed names."""
+        for path in self.unbiased_var:
+            log.array(step, deployed_field(path, "running_mean"), self._stored(path, "moving_mean"), self.dtype)
+            stored_var = self._stored(path, "moving_variance")
+            if path in self.updated:
+                momentum = self.layers[path].momentum
+                n = self.elements_per_channel[path]
+                # stored = m * previous + (1 - m) * biased, so (stored - m * previous) is Keras's own
+                # batch term; scaled by n / (n - 1) it is the term torch would have added.
+                batch_term = stored_var - momentum * self.last_stored_var[path]
+                self.unbiased_var[path] = momentum * self.unbiased_var[path] + batch_term * n / (n - 1)
+            self.last_stored_var[path] = stored_var
+            reported = self.unbiased_var[path] if self.mapping.value("running_var") == "unbiased" else stored_var
+            log.array(step, deployed_field(path, "running_var"), reported, self.dtype)
+        self.updated = set()
+
+    def _stored(self, path: str, name: str) -> np.ndarray:
+        variable = getattr(self.layers[path], name)
+        return np.asarray(self.keras.ops.convert_to_numpy(variable), dtype=np.float64)
+
+    def _numpy_dtype(self):
+        if self.dtype == "bfloat16":
+            import ml_dtypes
+
+            return ml_dtypes.bfloat16
+        return np.dtype(self.dtype)

@@ -1,0 +1,65 @@
+"""Runs one case in Keras inside a worker process dedicated to one backend (KERAS_BACKEND is
+process-global and read when keras is first imported)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from harness.case import Case
+from harness.fields import OUTPUT
+from harness.inputs import make_batch
+from harness.keras_mapping import KerasMapping
+from harness.results import RunResult
+from harness.runners.base import ObservationLog, clean_reason
+
+
+def prepare_worker(backend: str, output_path: str) -> None:
+    """Process initializer: choose the backend before anything imports keras, and send what the
+    frameworks print (C++ start-up logs included) to `output_path` instead of the user's terminal."""
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
+
+
+def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping,
+                       weights: dict[str, np.ndarray]) -> RunResult:
+    """Build the Keras port and walk the case's steps; an export step changes nothing."""
+    import keras
+
+    from harness.runners.keras_port import KerasPort
+
+    log = ObservationLog(runner)
+    if keras.backend.backend() != backend:  # the pool's initializer guarantees it; a bug otherwise
+        raise RuntimeError(f"worker for {backend} runs keras on {keras.backend.backend()}")
+    log.details["versions"] = {"keras": keras.__version__, backend: _backend_version(backend)}
+    log.details["mapping"] = mapping.to_json()
+    log.notes.append(mapping.summary())
+    try:
+        port = KerasPort(keras, case, mapping, weights)
+    except Exception as error:  # Keras refusing the port (a dtype, a shape) is a result
+        return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
+    log.details["batchnorm_weights_copied"] = port.bn_copied
+    for index, step in enumerate(case.steps):
+        if step.kind in ("forward", "train_step"):
+            try:
+                output = port(make_batch(case.input, step.seed))
+            except Exception as error:  # the backend's own error types
+                log.details["failed_step"] = index
+                return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
+            log.array(index, OUTPUT, output, case.input.dtype)
+        elif step.kind == "set_mode":
+            assert step.mode is not None
+            port.apply_mode(step.mode)
+        port.record_state(index, log)
+    return log.result()
+
+
+def _backend_version(backend: str) -> str:
+    import importlib
+
+    return getattr(importlib.import_module(backend), "__version__", "?")
