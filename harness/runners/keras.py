@@ -90,11 +90,15 @@ class KerasRunner(Runner):
             return skipped(self.name, f"the port copies the torch model's weights: {missing}")
         from harness.runners.keras_worker import run_case_in_worker
 
-        future = worker_for(self.backend).submit(run_case_in_worker, self.name, self.backend, case, mapping, weights)
+        worker = worker_for(self.backend)
+        future = worker.submit(run_case_in_worker, self.name, self.backend, case, mapping, weights)
         try:
             return future.result()
         except BrokenProcessPool as error:
-            _workers.pop(self.backend, None)
+            # Retire the broken worker; the next case starts a fresh one.
+            if _workers.get(self.backend) is worker:
+                del _workers[self.backend]
+            worker.shutdown(wait=False, cancel_futures=True)
             tail = worker_output_tail(self.backend)
             return RunResult(self.name, "crashed", f"the {self.backend} worker process died: {error}",
                              details={"worker_output_tail": tail})

@@ -1,0 +1,77 @@
+"""The Keras runners on the real TensorFlow backend, checked against formulas computed here."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from harness.inputs import make_batch
+from harness.runners import create_runner
+from harness.runners import keras as keras_runners
+from harness.schema import load_case
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
+
+pytest.importorskip("torch")
+pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+TRAIN_BN2D = EVAL_BN2D.replace("mode: eval", "mode: train").replace("  - export\n  - forward\n", "")
+
+
+def run(tmp_path, text: str, runner: str = "keras-tensorflow"):
+    case = load_case(write_case(tmp_path, "case", text))
+    return case, create_runner(runner).run(case)
+
+
+def value(result, step: int, field: str):
+    return result.observations[(step, field)].value
+
+
+def test_eval_output_is_the_documented_formula_and_the_mapping_is_recorded(tmp_path):
+    case, result = run(tmp_path, EVAL_BN2D)
+    assert result.status == "ok", result.reason
+    x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
+    mean, var = np.array([0.5, -0.5]).reshape(1, 2, 1, 1), np.array([2.0, 0.5]).reshape(1, 2, 1, 1)
+    np.testing.assert_allclose(value(result, 0, "output"), (x - mean) / np.sqrt(var + 1e-5), rtol=1.3e-6, atol=1e-5)
+    mapping = {entry["name"]: entry["value"] for entry in result.details["mapping"]}
+    assert mapping["momentum"] == pytest.approx(0.9) and mapping["axis"] == 1
+    assert result.notes and result.notes[0].startswith("Keras parameters not mapped from PyTorch: running_var=")
+
+
+@pytest.mark.parametrize("convention, ddof", [("as_stored", 0), ("unbiased", 1)])
+def test_running_var_is_read_back_as_stored_or_in_torch_convention(tmp_path, convention, ddof):
+    case, result = run(tmp_path, TRAIN_BN2D + f"keras: {{running_var: {convention}}}\n")
+    x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
+    expected = 0.9 * np.array([2.0, 0.5]) + 0.1 * x.var(axis=(0, 2, 3), ddof=ddof)
+    np.testing.assert_allclose(value(result, 0, "running_var"), expected, rtol=1e-5)
+
+
+def test_a_convolutional_port_matches_torch_eager(tmp_path):
+    _, eager = run(tmp_path, FORUM_FLIP, "torch-eager")
+    _, ported = run(tmp_path, FORUM_FLIP)
+    assert ported.status == "ok", ported.reason
+    np.testing.assert_allclose(value(ported, 0, "output"), value(eager, 0, "output"), rtol=1e-5, atol=1e-5)
+    assert ported.details["batchnorm_weights_copied"] == {"bn": True}
+
+
+def test_a_missing_backend_skips_with_its_install_hint(tmp_path, monkeypatch):
+    real_find_spec = keras_runners.importlib.util.find_spec
+    monkeypatch.setattr(keras_runners.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
+    _, result = run(tmp_path, EVAL_BN2D, "keras-jax")
+    assert (result.status, result.reason) == ("skipped", "jax is not installed; install it with: pip install jax==0.10.2")
+
+
+def test_a_case_keras_cannot_express_skips_with_the_reason(tmp_path):
+    _, result = run(tmp_path, EVAL_BN2D.replace("num_features: 2", "num_features: 2\n  momentum: null"))
+    assert result.status == "skipped" and "momentum=None (a cumulative moving average) has no Keras counterpart" in result.reason
+
+
+def test_a_worker_that_dies_is_a_crashed_result(tmp_path, monkeypatch):
+    dying = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=os.abort)
+    monkeypatch.setattr(keras_runners, "worker_for", lambda backend: dying)
+    _, result = run(tmp_path, EVAL_BN2D)
+    assert result.status == "crashed" and "the tensorflow worker process died" in result.reason
