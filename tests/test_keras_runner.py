@@ -75,3 +75,23 @@ def test_a_worker_that_dies_is_a_crashed_result(tmp_path, monkeypatch):
     monkeypatch.setattr(keras_runners, "worker_for", lambda backend: dying)
     _, result = run(tmp_path, EVAL_BN2D)
     assert result.status == "crashed" and "the tensorflow worker process died" in result.reason
+
+
+def test_a_backend_that_cannot_import_keras_is_skipped_with_the_missing_package(tmp_path):
+    from harness.keras_mapping import keras_mapping
+    from harness.runners.keras_worker import run_case_in_worker
+
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    import sys
+
+    saved = {name: module for name, module in sys.modules.items() if name == "keras" or name.startswith("keras.")}
+    try:
+        for name in saved:
+            del sys.modules[name]
+        sys.modules["keras"] = None  # `import keras` raises ImportError(name="keras")
+        result = run_case_in_worker("keras-numpy", "numpy", case, keras_mapping(case), {})
+    finally:
+        sys.modules.pop("keras", None)
+        sys.modules.update(saved)
+    assert result.status == "skipped"
+    assert result.reason.endswith("; install it with: pip install keras")

@@ -12,7 +12,7 @@ from harness.fields import OUTPUT
 from harness.inputs import make_batch
 from harness.keras_mapping import KerasMapping
 from harness.results import RunResult
-from harness.runners.base import ObservationLog, clean_reason
+from harness.runners.base import ObservationLog, clean_reason, skipped
 
 
 def prepare_worker(backend: str, output_path: str) -> None:
@@ -29,8 +29,11 @@ def prepare_worker(backend: str, output_path: str) -> None:
 def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping,
                        weights: dict[str, np.ndarray]) -> RunResult:
     """Build the Keras port and walk the case's steps; an export step changes nothing."""
-    import keras
-
+    try:
+        import keras
+    except ImportError as error:  # a backend's own undeclared dependency, say
+        missing = f"; install it with: pip install {error.name}" if error.name else ""
+        return skipped(runner, f"keras with KERAS_BACKEND={backend} is not importable ({error}){missing}")
     from harness.runners.keras_port import KerasPort
 
     log = ObservationLog(runner)
