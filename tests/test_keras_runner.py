@@ -63,6 +63,8 @@ def test_a_missing_backend_skips_with_its_install_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(keras_runners.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
     _, result = run(tmp_path, EVAL_BN2D, "keras-jax")
     assert (result.status, result.reason) == ("skipped", "jax is not installed; install it with: pip install jax==0.10.2")
+    _, result = run(tmp_path, EVAL_BN2D, "keras-numpy")
+    assert result.reason == "jax is not installed (Keras's numpy backend imports it); install it with: pip install jax==0.10.2"
 
 
 def test_a_case_keras_cannot_express_skips_with_the_reason(tmp_path):

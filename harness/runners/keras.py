@@ -22,11 +22,19 @@ from harness.keras_mapping import Unmappable, keras_mapping
 from harness.results import RunResult
 from harness.runners.base import FrameworkMissing, Runner, import_framework, skipped
 
+# What each backend imports (Keras's numpy backend uses jax.lax and scipy), and how to get it.
+BACKEND_MODULES = {
+    "tensorflow": ("tensorflow",),
+    "jax": ("jax",),
+    "torch": ("torch",),
+    "numpy": ("jax", "scipy"),
+}
 INSTALL_HINTS = {
     "tensorflow": "pip install tensorflow-cpu==2.21.*",
     "jax": "pip install jax==0.10.2",
+    "scipy": "pip install jax==0.10.2",
     "torch": "pip install torch==2.13.0",
-    "numpy": "pip install numpy",
+    "keras": "pip install keras",
 }
 OUTPUT_TAIL_CHARS = 2000
 _workers: dict[str, ProcessPoolExecutor] = {}
@@ -76,10 +84,10 @@ class KerasRunner(Runner):
     backend: ClassVar[str]
 
     def run(self, case: Case) -> RunResult:
-        for module in ("keras", self.backend):
+        for module in ("keras", *BACKEND_MODULES[self.backend]):
             if importlib.util.find_spec(module) is None:
-                hint = "pip install keras" if module == "keras" else INSTALL_HINTS[self.backend]
-                return skipped(self.name, f"{module} is not installed; install it with: {hint}")
+                needed_by = "" if module in ("keras", self.backend) else f" (Keras's {self.backend} backend imports it)"
+                return skipped(self.name, f"{module} is not installed{needed_by}; install it with: {INSTALL_HINTS[module]}")
         try:
             mapping = keras_mapping(case)
         except Unmappable as reason:
