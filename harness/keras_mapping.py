@@ -57,7 +57,7 @@ class KerasMapping:
         deviating = [parameter.describe() for parameter in self.parameters if parameter.deviates]
         if deviating:
             return "Keras parameters not mapped from PyTorch: " + "; ".join(deviating)
-        return "Keras parameters all mapped from PyTorch: " + "; ".join(p.describe() for p in self.parameters)
+        return "Keras parameters all mapped from PyTorch: " + ", ".join(f"{p.name}={p.value!r}" for p in self.parameters)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The mapping as results.json records it."""

@@ -23,7 +23,10 @@ def test_mapped_parameters_translate_pytorch_meaning(bn2d):
     mapping = keras_mapping(with_keras(bn2d, running_var="unbiased"))
     assert mapping.value("momentum") == pytest.approx(0.9) and mapping.value("epsilon") == 1e-5
     assert mapping.value("axis") == 1, "bare BatchNorms keep the NC... layout"
-    assert mapping.summary().startswith("Keras parameters all mapped from PyTorch: momentum=0.9 (1 - torch momentum 0.1)")
+    assert mapping.summary() == (
+        "Keras parameters all mapped from PyTorch: momentum=0.9, epsilon=1e-05, axis=1, trainable=True, center=True, "
+        "scale=True, training_argument='explicit', running_var='unbiased'"
+    )
 
 
 def test_convolutional_models_are_fed_channels_last(tmp_path):
