@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.attribution import attribute_all
 from harness.case import Case
 from harness.compare import compare_runs
 from harness.errors import RunnerError
@@ -61,7 +62,9 @@ def run_case(case: Case, only: Sequence[str] | None = None) -> CaseResult:
     if reference.status == "skipped":
         return CaseResult(case.case_id, case.path, "skipped", case.description, runs,
                           error=f"{REFERENCE_RUNNER} skipped: {reference.reason}")
-    verdicts = tuple(verdict for other in runs[1:] for verdict in compare_runs(case, reference, other))
+    verdicts = tuple(
+        verdict for other in runs[1:] for verdict in attribute_all(case, reference, other, list(compare_runs(case, reference, other)))
+    )
     classification = classify(case, runs, verdicts)
     outcome = "passed" if classification.passed else "failed"
     return CaseResult(case.case_id, case.path, outcome, case.description, runs, verdicts, classification)

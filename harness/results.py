@@ -29,6 +29,27 @@ StepField = tuple[int, str]  # (step index, field name)
 
 
 @dataclass(frozen=True, slots=True)
+class BNCall:
+    """What one BatchNorm of a deployed artifact was given at one step, in its own framework's
+    terms: the inputs of the spec oracles (`harness.semantics`)."""
+
+    semantics: str  # pytorch | onnx | keras: the documentation the runner claims to follow
+    input: np.ndarray  # float64 copy of the values the BatchNorm received
+    channel_axis: int
+    uses_batch_stats: bool
+    updates_running_stats: bool
+    eps: float
+    momentum: float | None  # in that framework's meaning; None: PyTorch's cumulative average
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    running_mean_before: np.ndarray | None
+    running_var_before: np.ndarray | None  # as the runner reports it
+    stored_var_before: np.ndarray | None = None  # what it normalises with, where that differs (Keras)
+    num_batches_tracked_before: int | None = None
+    running_var_reported: str = "as_stored"  # Keras: as_stored | unbiased
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     """Everything one runner observed on one case; framework objects never leave the runner."""
 
@@ -38,6 +59,7 @@ class RunResult:
     observations: Mapping[StepField, Observed] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts: graph, warnings
     notes: tuple[str, ...] = ()  # lines every divergence involving this runner carries (a mapping)
+    bn_calls: Mapping[tuple[int, str], BNCall] = field(default_factory=dict)  # (step, BN path) -> call
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +87,9 @@ class Verdict:
     min_rtol_to_pass: float | None = None
     reference_value: Scalar = None
     other_value: Scalar = None
+    attribution: str | None = None  # a class of harness.attribution.CLASSES, for divergences
+    attribution_text: str | None = None
+    attribution_sides: tuple[dict[str, Any], ...] = ()  # each side against its own spec's oracle
 
     def __bool__(self) -> bool:
         return self.close

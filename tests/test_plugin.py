@@ -56,6 +56,8 @@ def test_an_unlisted_divergence_fails_with_the_verdict_and_a_snippet(pytester):
         "6 divergence(s) not listed in expect:",
         "module.bn.training after step 1 (export(training=eval)): torch-eager vs onnx-torchscript-ort differ: "
         "False (torch-eager), True (onnx-torchscript-ort)",
+        "Attribution: state changed by a step: step 1 (export(training=eval)) changed the user's torch module in "
+        "onnx-torchscript-ort (first seen in module.bn.training); torch.onnx.export sets the training mode only temporarily*",
         "*add to expect in cases/forum.yaml:",
         "  - field: module.bn.training",
     ])

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.case import Case
-from harness.results import Observed, RunResult, Scalar, StepField
+from harness.results import BNCall, Observed, RunResult, Scalar, StepField
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -54,6 +54,7 @@ class ObservationLog:
         self.observations: dict[StepField, Observed] = {}
         self.details: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.bn_calls: dict[tuple[int, str], BNCall] = {}
 
     def array(self, step: int, field: str, values: np.ndarray, dtype: str) -> None:
         """Record a tensor (as float64, exact for every supported dtype) with its dtype."""
@@ -65,7 +66,8 @@ class ObservationLog:
 
     def result(self, status: str = "ok", reason: str | None = None) -> RunResult:
         """The RunResult of everything logged so far."""
-        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details), tuple(self.notes))
+        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details), tuple(self.notes),
+                         dict(self.bn_calls))
 
 
 def skipped(runner: str, reason: str) -> RunResult:

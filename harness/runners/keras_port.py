@@ -11,6 +11,7 @@ from harness.case import Case, ModeSetting
 from harness.fields import deployed_field
 from harness.keras_mapping import KerasMapping
 from harness.models import MODEL_SPECS
+from harness.results import BNCall
 from harness.runners.base import ObservationLog
 
 BN_WEIGHT_ORDER = ("weight", "bias", "running_mean", "running_var")  # Keras: gamma, beta, moving_mean, moving_variance
@@ -33,6 +34,7 @@ class KerasPort:
         self.last_stored_var = dict(self.unbiased_var)
         self.updated: set[str] = set()
         self.elements_per_channel: dict[str, int] = {}  # of each BN's own input, at its last call
+        self.calls: dict[str, BNCall] = {}  # what each BN was given at the last forward, for the oracles
 
     def apply_mode(self, mode: ModeSetting) -> None:
         """`module.get_submodule(path).train(flag)`: recursive, as in torch."""
@@ -114,6 +116,7 @@ class KerasPort:
     def _bn(self, path: str, h):
         layer = self.layers[path]
         self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
+        self.calls[path] = self._call(path, layer, h)
         if self.mapping.value("training_argument") == "omitted":
             return layer(h)  # what a port that forgets training= does: Keras runs in inference
         training = self.training[path]
@@ -121,8 +124,32 @@ class KerasPort:
             self.updated.add(path)
         return layer(h, training=training)
 
+    def _call(self, path: str, layer, h) -> BNCall:
+        """The layer's call in Keras terms, with the variance as the harness reports it."""
+        explicit = self.mapping.value("training_argument") == "explicit"
+        batch_stats = explicit and self.training[path] and layer.trainable  # Keras: `if training and self.trainable`
+        convention = self.mapping.value("running_var")
+        reported_var = self.unbiased_var[path] if convention == "unbiased" else self._stored(path, "moving_variance")
+        return BNCall(
+            semantics="keras",
+            input=np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64),
+            channel_axis=layer.axis if isinstance(layer.axis, int) else layer.axis[0],
+            uses_batch_stats=batch_stats,
+            updates_running_stats=batch_stats,
+            eps=float(layer.epsilon),
+            momentum=float(layer.momentum),
+            weight=self._stored(path, "gamma") if layer.scale else None,
+            bias=self._stored(path, "beta") if layer.center else None,
+            running_mean_before=self._stored(path, "moving_mean"),
+            running_var_before=reported_var,
+            stored_var_before=self._stored(path, "moving_variance"),
+            running_var_reported=convention,
+        )
+
     def record_state(self, step: int, log: ObservationLog) -> None:
-        """Log each BN's moving statistics under the deployed names."""
+        """Log each BN's moving statistics under the deployed names, and what each was given."""
+        log.bn_calls.update({(step, path): call for path, call in self.calls.items()})
+        self.calls = {}
         for path in self.unbiased_var:
             log.array(step, deployed_field(path, "running_mean"), self._stored(path, "moving_mean"), self.dtype)
             stored_var = self._stored(path, "moving_variance")

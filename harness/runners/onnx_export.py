@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.case import Case, Step
 from harness.fields import deployed_field
-from harness.results import RunResult
+from harness.results import BNCall, RunResult
 from harness.runners.base import (
     MAX_REASON_CHARS,
     FrameworkMissing,
@@ -178,9 +178,12 @@ class OrtDeployed:
     def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case) -> None:
         import onnxruntime
 
-        from harness.runners.onnx_graph import expose_running_stats
+        from harness.runners.onnx_graph import expose_running_stats, opset_of
 
         self.nodes, self.case = nodes, case
+        self.initializers = initializers
+        self.opset = opset_of(graph)
+        self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
         self.state_outputs = expose_running_stats(graph, list(nodes.values()))
         # The running stats as the graph holds them: initializers, then whatever training updates.
         self.state = {
@@ -195,6 +198,8 @@ class OrtDeployed:
         from harness.runners.torch_steps import StepFailed
 
         feeds = {self.input_name: _ort_array(batch)}
+        self.last_calls = {path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items()
+                           if node.data_input == self.input_name}
         for path in self.state_outputs:
             node = self.nodes[path]
             feeds[node.mean_input] = self.state[path]["running_mean"]
@@ -207,7 +212,28 @@ class OrtDeployed:
             self.state[path] = {"running_mean": values[mean_output], "running_var": values[var_output]}
         return np.asarray(values[self.output_names[0]]).astype(np.float64)
 
+    def _call(self, node, data: np.ndarray) -> BNCall:
+        """The node's call in ONNX terms (only for nodes fed by the graph input: exposing an internal
+        tensor as an output would change what onnxruntime may fuse)."""
+        state = self.state[node.module_path]
+        as_float64 = lambda values: None if values is None else np.asarray(values).astype(np.float64)  # noqa: E731
+        return BNCall(
+            semantics="onnx",
+            input=as_float64(data),
+            channel_axis=1,
+            uses_batch_stats=node.uses_batch_stats,
+            updates_running_stats=node.module_path in self.state_outputs,
+            eps=node.epsilon,
+            momentum=node.momentum,
+            weight=as_float64(self.initializers.get(node.scale_input)),
+            bias=as_float64(self.initializers.get(node.bias_input)),
+            running_mean_before=as_float64(state["running_mean"]),
+            running_var_before=as_float64(state["running_var"]),
+        )
+
     def record_state(self, step: int, log: ObservationLog) -> None:
+        log.bn_calls.update({(step, path): call for path, call in self.last_calls.items()})
+        self.last_calls = {}
         for path, node in self.nodes.items():
             log.value(step, deployed_field(path, "uses_batch_stats"), node.uses_batch_stats)
             for name, values in self.state[path].items():

@@ -19,6 +19,9 @@ class BatchNormNode:
     node_name: str
     training: bool  # the node's own mode (training_mode, or the output count before opset 14)
     stored_stats: bool  # mean / var inputs are initializers, not computed from the batch
+    data_input: str
+    scale_input: str
+    bias_input: str
     mean_input: str
     var_input: str
     epsilon: float
@@ -63,6 +66,9 @@ def _describe(path: str, node: onnx.NodeProto, opset: int, stored: set[str]) -> 
         node_name=node.name,
         training=training,
         stored_stats=node.input[3] in stored and node.input[4] in stored,
+        data_input=node.input[0],
+        scale_input=node.input[1],
+        bias_input=node.input[2],
         mean_input=node.input[3],
         var_input=node.input[4],
         epsilon=float(attributes.get("epsilon", 1e-5)),

@@ -17,7 +17,7 @@ from torch import nn
 from harness.case import Case, Step
 from harness.fields import OUTPUT, deployed_field, module_field
 from harness.inputs import make_batch
-from harness.results import RunResult
+from harness.results import BNCall, RunResult
 from harness.runners.base import ObservationLog, clean_reason
 from harness.runners.torch_models import (
     apply_mode,
@@ -56,11 +56,17 @@ def run_steps(case: Case, log: ObservationLog, export: Exporter) -> RunResult:
     model = build_model(case)
     example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
     deployed: Deployed | None = None
+    module_calls: dict[str, BNCall] = {}
+    for path, bn in batchnorms(model, case).items():
+        bn.register_forward_pre_hook(_recorder(path, module_calls))
     try:
         for index, step in enumerate(case.steps):
             if step.kind in ("forward", "train_step"):
                 batch = to_tensor(make_batch(case.input, step.seed), case.input.dtype)
+                module_calls.clear()
                 module_output = _module_forward(model, batch)
+                if deployed is None:  # the module is what is deployed: its calls face the oracles
+                    log.bn_calls.update({(index, path): call for path, call in module_calls.items()})
                 log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
                 output = module_output if deployed is None else deployed.forward(batch)
                 log.array(index, OUTPUT, output, case.input.dtype)
@@ -78,6 +84,30 @@ def run_steps(case: Case, log: ObservationLog, export: Exporter) -> RunResult:
         log.details["failed_step"] = index
         return log.result(failure.status, failure.reason)
     return log.result()
+
+
+def _recorder(path: str, calls: dict[str, BNCall]):
+    """A forward pre-hook that records what the BatchNorm at `path` is given, in PyTorch's terms."""
+
+    def record(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        buffers = {name: None if getattr(bn, name) is None else to_numpy(getattr(bn, name)) for name in ("running_mean", "running_var")}
+        tracked = bn.num_batches_tracked
+        calls[path] = BNCall(
+            semantics="pytorch",
+            input=to_numpy(inputs[0]),
+            channel_axis=1,
+            uses_batch_stats=bool(bn.training or (bn.running_mean is None and bn.running_var is None)),
+            updates_running_stats=bool(bn.training and bn.track_running_stats),
+            eps=float(bn.eps),
+            momentum=bn.momentum,
+            weight=None if bn.weight is None else to_numpy(bn.weight),
+            bias=None if bn.bias is None else to_numpy(bn.bias),
+            running_mean_before=buffers["running_mean"],
+            running_var_before=buffers["running_var"],
+            num_batches_tracked_before=None if tracked is None else int(tracked),
+        )
+
+    return record
 
 
 def _module_forward(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
