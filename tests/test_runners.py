@@ -69,10 +69,11 @@ def test_dynamo_export_leaves_the_module_alone(tmp_path):
     assert value(result, 2, "module.bn.num_batches_tracked") == 0
 
 
-def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tmp_path):
+@pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-reference"])
+def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tmp_path, runner):
     pytest.importorskip("onnxruntime")
     _, eager = run(tmp_path, "torch-eager", EVAL_BN2D)
-    _, onnx = run(tmp_path, "onnx-torchscript-ort", EVAL_BN2D)
+    _, onnx = run(tmp_path, runner, EVAL_BN2D)
     np.testing.assert_allclose(value(onnx, 2, "output"), value(eager, 2, "output"), rtol=1.3e-6, atol=1e-5)
     (export,) = onnx.details["exports"]
     facts = export["batchnorm"][""]
@@ -81,11 +82,14 @@ def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tm
     np.testing.assert_array_equal(value(onnx, 1, "running_var"), np.float32([2.0, 0.5]))
 
 
-def test_a_training_graph_feeds_its_running_stats_back(tmp_path):
+@pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"])
+def test_a_training_graph_feeds_its_running_stats_back(tmp_path, runner):
     pytest.importorskip("onnxruntime")
     text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
                               "  - export: {training: training}\n  - forward\n  - forward\n")
-    case, result = run(tmp_path, "onnx-torchscript-ort", text)
+    case, result = run(tmp_path, runner, text)
+    assert result.details["exporter"]["executor"] == {"onnx-torchscript-ort": "ort", "onnx-torchscript-ort-noopt": "ort-noopt",
+                                                      "onnx-reference": "reference"}[runner]
     assert result.status == "ok"
     assert value(result, 0, "uses_batch_stats") is True
     x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)

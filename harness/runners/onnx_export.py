@@ -36,9 +36,11 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 class OnnxExportRunner(Runner):
-    """Export with `torch.onnx.export(dynamo=...)`, run in onnxruntime (CPU, default optimisations)."""
+    """Export with `torch.onnx.export(dynamo=...)`, then run the graph with `executor`: onnxruntime
+    (CPU) with its default graph optimisations, onnxruntime with none, or onnx's reference evaluator."""
 
     dynamo: ClassVar[bool]
+    executor: ClassVar[str] = "ort"  # ort | ort-noopt | reference
     frameworks: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxruntime")
 
     def run(self, case: Case) -> RunResult:
@@ -50,9 +52,9 @@ class OnnxExportRunner(Runner):
 
         log = ObservationLog(self.name)
         log.details["versions"] = {name: module.__version__ for name, module in modules.items()}
-        log.details["exporter"] = {"dynamo": self.dynamo}
+        log.details["exporter"] = {"dynamo": self.dynamo, "executor": self.executor}
         with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
-            exporter = _GraphExporter(case, self.dynamo, Path(workdir))
+            exporter = _GraphExporter(case, self.dynamo, self.executor, Path(workdir))
             return run_steps(case, log, export=exporter)
 
 
@@ -71,14 +73,37 @@ class DynamoOrtRunner(OnnxExportRunner):
     frameworks = ("torch", "onnx", "onnxruntime", "onnxscript")
 
 
+class TorchScriptOrtNoOptRunner(TorchScriptOrtRunner):
+    """TorchScript export, onnxruntime with every graph optimisation off (no fusion, no folding)."""
+
+    name = "onnx-torchscript-ort-noopt"
+    executor = "ort-noopt"
+
+
+class DynamoOrtNoOptRunner(DynamoOrtRunner):
+    """Dynamo export, onnxruntime with every graph optimisation off."""
+
+    name = "onnx-dynamo-ort-noopt"
+    executor = "ort-noopt"
+
+
+class ReferenceRunner(TorchScriptOrtRunner):
+    """TorchScript export (it honours the opset asked for) run by onnx.reference.ReferenceEvaluator,
+    an implementation of the ONNX spec independent of onnxruntime."""
+
+    name = "onnx-reference"
+    executor = "reference"
+    frameworks = ("torch", "onnx")
+
+
 class _GraphExporter:
     """The export step: export, inspect the graph, and open an onnxruntime session on it."""
 
-    def __init__(self, case: Case, dynamo: bool, workdir: Path) -> None:
-        self.case, self.dynamo, self.workdir = case, dynamo, workdir
+    def __init__(self, case: Case, dynamo: bool, executor: str, workdir: Path) -> None:
+        self.case, self.dynamo, self.executor, self.workdir = case, dynamo, executor, workdir
         self.exports = 0
 
-    def __call__(self, model, example, step: Step, log: ObservationLog) -> OrtDeployed:
+    def __call__(self, model, example, step: Step, log: ObservationLog) -> GraphDeployed:
         import onnx
 
         from harness.models import MODEL_SPECS
@@ -112,8 +137,8 @@ class _GraphExporter:
             }
         )
         try:
-            return OrtDeployed(graph, nodes, initializers, self.case)
-        except Exception as error:  # onnxruntime refusing the graph is a result too
+            return GraphDeployed(graph, nodes, initializers, self.case, self.executor)
+        except Exception as error:  # the runtime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
     def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
@@ -172,17 +197,14 @@ def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str,
     return facts
 
 
-class OrtDeployed:
-    """An onnxruntime session on the exported graph; training-mode BNs get their state fed back."""
+class GraphDeployed:
+    """The exported graph in its executor; training-mode BNs get their state fed back."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case) -> None:
-        import onnxruntime
-
-        from harness.runners.onnx_graph import expose_running_stats, opset_of
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str) -> None:
+        from harness.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
         self.initializers = initializers
-        self.opset = opset_of(graph)
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
         self.state_outputs = expose_running_stats(graph, list(nodes.values()))
         # The running stats as the graph holds them: initializers, then whatever training updates.
@@ -190,9 +212,7 @@ class OrtDeployed:
             path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
             for path, node in nodes.items()
         }
-        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=PROVIDERS)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.session, self.input_name, self.output_names = _open(graph, executor)
 
     def forward(self, batch) -> np.ndarray:
         from harness.runners.torch_steps import StepFailed
@@ -206,7 +226,7 @@ class OrtDeployed:
             feeds[node.var_input] = self.state[path]["running_var"]
         try:
             values = dict(zip(self.output_names, self.session.run(None, feeds)))
-        except Exception as error:  # onnxruntime's own error types
+        except Exception as error:  # the runtime's own error types
             raise StepFailed("run_failed", error) from None
         for path, (mean_output, var_output) in self.state_outputs.items():
             self.state[path] = {"running_mean": values[mean_output], "running_var": values[var_output]}
@@ -239,6 +259,22 @@ class OrtDeployed:
             for name, values in self.state[path].items():
                 if values is not None:
                     log.array(step, deployed_field(path, name), np.asarray(values).astype(np.float64), self.case.bn.dtype)
+
+
+def _open(graph, executor: str):
+    """(something with .run(None, feeds), the data input's name, the output names)."""
+    if executor == "reference":
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(graph)
+        return evaluator, evaluator.input_names[0], list(evaluator.output_names)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if executor == "ort-noopt":
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=PROVIDERS)
+    return session, session.get_inputs()[0].name, [output.name for output in session.get_outputs()]
 
 
 def _ort_array(batch) -> np.ndarray:
