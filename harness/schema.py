@@ -58,13 +58,21 @@ def load_case(path: Path, display_path: str | None = None) -> Case:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CaseError(source, [CaseProblem(None, "", f"cannot read the file: {error}")]) from None
-    document = load_yaml(text, source)
+    return case_from_document(load_yaml(text, source), case_id=path.stem, source=source)
+
+
+def case_from_document(document: LoadedDocument, case_id: str, source: str) -> Case:
+    """Validate a loaded document (from a file, or generated) and build its `Case`.
+
+    Raises:
+        CaseError: with every problem found.
+    """
     problems = list(schema_problems(document))
     if not problems:
         problems = sorted(cross_field_problems(document), key=lambda problem: problem.line or 0)
     if problems:
         raise CaseError(source, problems)
-    return build_case(document, case_id=path.stem, source=source)
+    return build_case(document, case_id=case_id, source=source)
 
 
 def schema_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
