@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.case import Case
+from harness.case import Case, GraphCase
 from harness.fields import MODULE, OUTPUT
 from harness.models import MODEL_SPECS
 from harness.results import BNCall, RunResult, Verdict
@@ -65,8 +65,10 @@ class Attribution:
     sides: tuple[SideCheck, ...] = ()
 
 
-def attribute_all(case: Case, reference: RunResult, other: RunResult, verdicts: Sequence[Verdict]) -> list[Verdict]:
-    """The verdicts, each divergence with its attribution appended to its text and fields."""
+def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult, verdicts: Sequence[Verdict],
+                  spec_run: RunResult | None = None) -> list[Verdict]:
+    """The verdicts, each divergence with its attribution appended to its text and fields
+    (`spec_run`: a graph case's onnx-spec run, whose calls both sides are measured against)."""
     divergent = [verdict for verdict in verdicts if not verdict]
     attributed: list[Verdict] = []
     made: list[tuple[Verdict, Attribution]] = []  # in step order: what a later divergence may follow from
@@ -74,7 +76,10 @@ def attribute_all(case: Case, reference: RunResult, other: RunResult, verdicts: 
         if verdict:
             attributed.append(verdict)
             continue
-        found = attribute(case, reference, other, verdict, divergent, made)
+        if isinstance(case, GraphCase):
+            found = _attribute_on_graph(case, reference, other, verdict, spec_run)
+        else:
+            found = attribute(case, reference, other, verdict, divergent, made)
         made.append((verdict, found))
         attributed.append(dataclasses.replace(
             verdict,
@@ -109,6 +114,19 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
     return _judge(case, reference, other, verdict, calls[0], calls[1], earlier)
 
 
+def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,
+                        spec_run: RunResult | None) -> Attribution:
+    """On one graph, both sides are measured against the ONNX spec on the same inputs."""
+    call = spec_run.bn_calls.get((verdict.step, "")) if spec_run is not None else None
+    if call is None:
+        return Attribution("unattributed", "no ONNX spec oracle for this graph (not a single BatchNormalization node)")
+    sides = tuple(_side(case, call, run, verdict, verdict.field) for run in (reference, other))
+    deviating = [side for side in sides if not side.within_spec]
+    if deviating:
+        return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
+    return Attribution("precision", "both follow the ONNX spec: " + "; ".join(side.describe() for side in sides), sides)
+
+
 def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: BNCall, earlier) -> Attribution:
     attribute_name = verdict.field.rsplit(".", 1)[-1] if verdict.field != OUTPUT else OUTPUT
     if reference_call.channel_axis % reference_call.input.ndim != other_call.channel_axis % other_call.input.ndim:
@@ -131,7 +149,7 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
     )
     mine = _pick(oracle(reference_call), attribute_name)
     theirs = _pick(oracle(crossed), attribute_name)
-    tolerance = tolerance_for([case.bn.dtype])
+    tolerance = tolerance_for([case.dtype])
     if mine is not None and theirs is not None and not _close(mine, theirs, tolerance):
         return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides)
     if not _same_state(reference_call, other_call, tolerance):
@@ -143,9 +161,9 @@ def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_
     expected = _pick(oracle(call), attribute_name)
     observed = np.asarray(run.observations[(verdict.step, verdict.field)].value, dtype=np.float64)
     error = float(np.max(np.abs(observed - expected))) if expected is not None and observed.shape == expected.shape else float("inf")
-    tolerance = tolerance_for([case.bn.dtype])
+    tolerance = tolerance_for([case.dtype])
     magnitude = float(np.max(np.abs(expected))) if expected is not None and expected.size else 0.0
-    floor = _rounding_floor(call, attribute_name, case.bn.dtype)
+    floor = _rounding_floor(call, attribute_name, case.dtype)
     return SideCheck(run.runner, call.semantics, error, tolerance.atol + tolerance.rtol * magnitude, floor)
 
 

@@ -149,6 +149,56 @@ class Case:
     runners: tuple[str, ...] | None = None  # None: every registered runner
     keras: KerasOptions = KerasOptions()
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the case's BatchNorms compute in."""
+        return self.bn.dtype
+
     def step_label(self, index: int) -> str:
         """`step 2 (forward)`."""
+        return f"step {index} ({self.steps[index].label()})"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNodeSpec:
+    """A hand-built ONNX BatchNormalization node, to test runtimes directly against the spec."""
+
+    opset: int
+    training_mode: bool
+    num_features: int
+    epsilon: float = 1e-5
+    momentum: float = 0.9  # ONNX's meaning: the weight of the old value
+    dtype: str = "float32"
+    scale: tuple[float, ...] | None = None
+    bias: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    var: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCase:
+    """A case on an ONNX graph instead of a torch model: a hand-built BatchNormalization node run
+    on seeded inputs, or a directory in the ONNX backend-test layout with its stored outputs."""
+
+    case_id: str
+    path: str
+    description: str
+    node: GraphNodeSpec | None = None
+    backend_test: str | None = None  # onnx:node/NAME, onnx:data/PATH, or a directory
+    input: InputSpec | None = None
+    steps: tuple[Step, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    tolerance: ToleranceOverride | None = None
+    runners: tuple[str, ...] | None = None
+    directory: str = ""  # of the case file: relative backend-test paths start there
+
+    @property
+    def dtype(self) -> str:
+        """The node's dtype (a backend test's comes with its data)."""
+        return self.node.dtype if self.node is not None else "float32"
+
+    def step_label(self, index: int) -> str:
+        """`step 1 (forward)`, or `data set 1` for a backend test."""
+        if self.node is None:
+            return f"data set {index}"
         return f"step {index} ({self.steps[index].label()})"

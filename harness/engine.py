@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.attribution import attribute_all
-from harness.case import Case
+from harness.case import Case, GraphCase
 from harness.compare import compare_runs
 from harness.errors import RunnerError
 from harness.expected import Classification, classify
 from harness.results import RunResult, Verdict
-from harness.runners import REFERENCE_RUNNER, create_runner, runner_names
+from harness.runners import GRAPH_REFERENCES, REFERENCE_RUNNER, create_runner, graph_runner_names, runner_names
 
 MAX_VERDICTS_SHOWN = 8
 
@@ -40,30 +40,42 @@ class CaseResult:
         return explain_classification(self.path, self.classification)
 
 
-def select_runners(case: Case, only: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The runners for `case`: the case's list (default all), narrowed by `only`; reference first.
+def reference_of(case: Case | GraphCase) -> str:
+    """The runner every other runner of `case` is compared with."""
+    if isinstance(case, GraphCase):
+        return GRAPH_REFERENCES["node" if case.node is not None else "backend_test"]
+    return REFERENCE_RUNNER
+
+
+def select_runners(case: Case | GraphCase, only: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The runners for `case`: the case's list (default all of its kind), narrowed by `only`;
+    the reference first.
 
     Raises:
         RunnerError: `only` names an unknown runner.
     """
-    known = runner_names()
+    everything = (*runner_names(), *graph_runner_names())
     for name in only or ():
-        if name not in known:
-            raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join(known)}")
+        if name not in everything:
+            raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join(everything)}")
+    known = graph_runner_names() if isinstance(case, GraphCase) else runner_names()
     wanted = set(case.runners or known) & set(only or known)
-    wanted.add(REFERENCE_RUNNER)
-    return tuple(name for name in known if name in wanted)
+    reference = reference_of(case)
+    return (reference, *(name for name in known if name in wanted and name != reference))
 
 
-def run_case(case: Case, only: Sequence[str] | None = None) -> CaseResult:
+def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseResult:
     """Run `case` on its runners and judge it against its expectations."""
     runs = tuple(create_runner(name).run(case) for name in select_runners(case, only))
     reference = runs[0]
     if reference.status == "skipped":
         return CaseResult(case.case_id, case.path, "skipped", case.description, runs,
-                          error=f"{REFERENCE_RUNNER} skipped: {reference.reason}")
+                          error=f"{reference.runner} skipped: {reference.reason}")
+    spec = next((run for run in runs if run.runner == "onnx-spec" and run.status == "ok"), None)
     verdicts = tuple(
-        verdict for other in runs[1:] for verdict in attribute_all(case, reference, other, list(compare_runs(case, reference, other)))
+        verdict
+        for other in runs[1:]
+        for verdict in attribute_all(case, reference, other, list(compare_runs(case, reference, other)), spec)
     )
     classification = classify(case, runs, verdicts)
     outcome = "passed" if classification.passed else "failed"

@@ -20,12 +20,14 @@ from harness.case import (
     Case,
     Expectation,
     ExportOptions,
+    GraphCase,
     InputSpec,
     KerasOptions,
     ModeSetting,
     Step,
     ToleranceOverride,
 )
+from harness.graph_schema import graph_case_from_document, is_graph_case
 from harness.errors import CaseError, CaseProblem
 from harness.fields import field_matches, known_fields
 from harness.loader import LoadedDocument, PathKey, format_path, load_yaml
@@ -47,7 +49,7 @@ def case_schema() -> dict[str, Any]:
     return schema
 
 
-def load_case(path: Path, display_path: str | None = None) -> Case:
+def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
     """Load, validate and build the case in `path`.
 
     Raises:
@@ -58,7 +60,10 @@ def load_case(path: Path, display_path: str | None = None) -> Case:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CaseError(source, [CaseProblem(None, "", f"cannot read the file: {error}")]) from None
-    return case_from_document(load_yaml(text, source), case_id=path.stem, source=source)
+    document = load_yaml(text, source)
+    if is_graph_case(document.data):
+        return graph_case_from_document(document, case_id=path.stem, source=source)
+    return case_from_document(document, case_id=path.stem, source=source)
 
 
 def case_from_document(document: LoadedDocument, case_id: str, source: str) -> Case:
@@ -75,9 +80,9 @@ def case_from_document(document: LoadedDocument, case_id: str, source: str) -> C
     return build_case(document, case_id=case_id, source=source)
 
 
-def schema_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
-    """Every schema violation, in file order."""
-    validator = jsonschema.Draft202012Validator(case_schema())
+def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = None) -> Iterator[CaseProblem]:
+    """Every violation of `schema` (default: the case schema), in file order."""
+    validator = jsonschema.Draft202012Validator(schema or case_schema())
     problems = [problem for error in validator.iter_errors(document.data) for problem in _problems(document, error)]
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
 
@@ -153,7 +158,7 @@ def _alternatives_text(error: ValidationError) -> str | None:
 
 def _resolve(branch: dict[str, Any]) -> dict[str, Any]:
     reference = branch.get("$ref", "")
-    if reference.startswith("#/$defs/"):
+    if reference.startswith("#/$defs/"):  # graph cases share the case schema's definitions
         return case_schema()["$defs"][reference.removeprefix("#/$defs/")]
     return branch
 
@@ -348,14 +353,11 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> 
             index += 1
 
 
-def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
-    """The `Case` of a document that passed validation."""
-    data = document.data
-    bn = BNConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()})
-    raw_input = data["input"]
-    input_spec = InputSpec(
+def build_input(raw_input: dict[str, Any], default_dtype: str) -> InputSpec:
+    """The input spec of a validated `input:` section."""
+    return InputSpec(
         shape=tuple(raw_input["shape"]),
-        dtype=raw_input.get("dtype", bn.dtype),
+        dtype=raw_input.get("dtype", default_dtype),
         seed=raw_input.get("seed", 0),
         mean=raw_input.get("mean", 0.0),
         std=raw_input.get("std", 1.0),
@@ -364,8 +366,12 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         constant_channels=tuple((entry["channel"], float(entry["value"])) for entry in raw_input.get("constant_channels", [])),
         values=tuple(_flatten(raw_input["values"])) if "values" in raw_input else None,
     )
+
+
+def build_expectations(document: LoadedDocument) -> tuple[Expectation, ...]:
+    """The expectations of a validated document, each with its line."""
     expectations = []
-    for index, raw in enumerate(data.get("expect", [])):
+    for index, raw in enumerate(document.data.get("expect", [])):
         steps = raw.get("step")
         expectations.append(
             Expectation(
@@ -378,13 +384,25 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
                 line=document.line_of(("expect", index)),
             )
         )
-    tolerance = None
-    if "tolerance" in data:
-        raw_tolerance = data["tolerance"]
-        tolerance = ToleranceOverride(
-            reason=" ".join(raw_tolerance["reason"].split()),
-            by_dtype=tuple((dtype, float(pair["rtol"]), float(pair["atol"])) for dtype, pair in raw_tolerance.items() if dtype != "reason"),
-        )
+    return tuple(expectations)
+
+
+def build_tolerance(data: dict[str, Any]) -> ToleranceOverride | None:
+    """A validated document's tolerance override, if any."""
+    if "tolerance" not in data:
+        return None
+    raw_tolerance = data["tolerance"]
+    return ToleranceOverride(
+        reason=" ".join(raw_tolerance["reason"].split()),
+        by_dtype=tuple((dtype, float(pair["rtol"]), float(pair["atol"])) for dtype, pair in raw_tolerance.items() if dtype != "reason"),
+    )
+
+
+def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
+    """The `Case` of a document that passed validation."""
+    data = document.data
+    bn = BNConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()})
+    input_spec = build_input(data["input"], bn.dtype)
     return Case(
         case_id=case_id,
         path=source,
@@ -395,8 +413,8 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         input=input_spec,
         steps=tuple(expand_steps(data["steps"], input_spec.seed)),
         model_seed=data.get("model_seed", 0),
-        expectations=tuple(expectations),
-        tolerance=tolerance,
+        expectations=build_expectations(document),
+        tolerance=build_tolerance(data),
         runners=tuple(data["runners"]) if "runners" in data else None,
         keras=KerasOptions(**data.get("keras", {})),
     )

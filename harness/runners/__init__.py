@@ -11,6 +11,8 @@ from harness.errors import RunnerError
 from harness.runners.base import Runner
 
 REFERENCE_RUNNER = "torch-eager"
+# Graph cases (a hand-built node, a backend test) are judged against the spec or stored outputs.
+GRAPH_REFERENCES = {"node": "onnx-spec", "backend_test": "stored-outputs"}
 
 # name -> "module:class"; the module is imported only when the runner is created.
 RUNNER_CLASSES: dict[str, str] = {
@@ -25,11 +27,23 @@ RUNNER_CLASSES: dict[str, str] = {
     "keras-torch": "harness.runners.keras:KerasTorchRunner",
     "keras-numpy": "harness.runners.keras:KerasNumpyRunner",
 }
+GRAPH_RUNNER_CLASSES: dict[str, str] = {
+    "onnx-spec": "harness.runners.graph:OnnxSpecRunner",
+    "stored-outputs": "harness.runners.graph:StoredOutputsRunner",
+    "graph-ort": "harness.runners.graph:GraphOrtRunner",
+    "graph-ort-noopt": "harness.runners.graph:GraphOrtNoOptRunner",
+    "graph-reference": "harness.runners.graph:GraphReferenceRunner",
+}
 
 
 def runner_names() -> tuple[str, ...]:
-    """Every registered runner name, the reference first."""
+    """Every runner of torch-model cases, the reference first."""
     return tuple(RUNNER_CLASSES)
+
+
+def graph_runner_names() -> tuple[str, ...]:
+    """Every runner of graph cases."""
+    return tuple(GRAPH_RUNNER_CLASSES)
 
 
 def create_runner(name: str) -> Runner:
@@ -39,8 +53,8 @@ def create_runner(name: str) -> Runner:
         RunnerError: no runner has that name.
     """
     try:
-        target = RUNNER_CLASSES[name]
+        target = {**RUNNER_CLASSES, **GRAPH_RUNNER_CLASSES}[name]
     except KeyError:
-        raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join(RUNNER_CLASSES)}") from None
+        raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join([*RUNNER_CLASSES, *GRAPH_RUNNER_CLASSES])}") from None
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)()

@@ -212,7 +212,7 @@ class GraphDeployed:
             path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
             for path, node in nodes.items()
         }
-        self.session, self.input_name, self.output_names = _open(graph, executor)
+        self.session, self.input_name, self.output_names = open_executor(graph, executor)
 
     def forward(self, batch) -> np.ndarray:
         from harness.runners.torch_steps import StepFailed
@@ -261,7 +261,7 @@ class GraphDeployed:
                     log.array(step, deployed_field(path, name), np.asarray(values).astype(np.float64), self.case.bn.dtype)
 
 
-def _open(graph, executor: str):
+def open_executor(graph, executor: str):
     """(something with .run(None, feeds), the data input's name, the output names)."""
     if executor == "reference":
         from onnx.reference import ReferenceEvaluator
@@ -271,6 +271,7 @@ def _open(graph, executor: str):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings would land on the user's terminal
     if executor == "ort-noopt":
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=PROVIDERS)

@@ -1,0 +1,114 @@
+"""Graph cases: a hand-built BatchNormalization node, or a test in the ONNX backend-test layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.case import GraphCase
+from harness.engine import run_case
+from harness.errors import CaseError, RunnerError
+from harness.runners import create_runner
+from harness.schema import load_case
+from tests.tiny_cases import write_case
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import helper, numpy_helper  # noqa: E402
+
+NODE = """\
+description: a hand-built node
+onnx_graph: {opset: 15, training_mode: true, num_features: 2, mean: [0.5, -0.5], var: [2.0, 0.5]}
+input: {shape: [4, 2, 3], seed: 1}
+steps: [forward, {train_step: {repeat: 2}}]
+"""
+
+
+def problems(tmp_path, text: str) -> list[str]:
+    with pytest.raises(CaseError) as caught:
+        load_case(write_case(tmp_path, "case", text), display_path="cases/case.yaml")
+    return str(caught.value).splitlines()
+
+
+def test_a_hand_built_node_case_loads_as_a_graph_case(tmp_path):
+    case = load_case(write_case(tmp_path, "case", NODE))
+    assert isinstance(case, GraphCase) and case.node.opset == 15 and case.node.mean == (0.5, -0.5)
+    assert [step.kind for step in case.steps] == ["forward", "train_step", "train_step"]
+
+
+def test_graph_case_problems_name_line_and_field(tmp_path):
+    assert problems(tmp_path, NODE.replace("description: a hand-built node\n", "description: x\nonnx_backend_test: onnx:node/x\n")) == [
+        "cases/case.yaml:1: <document>: a graph case names either onnx_graph or onnx_backend_test; allowed: exactly one of them"]
+    assert problems(tmp_path, NODE.replace("mean: [0.5, -0.5]", "mean: [0.5]")) == [
+        "cases/case.yaml:2: onnx_graph.mean: 1 values for num_features=2; allowed: 2 values"]
+    assert problems(tmp_path, NODE.replace("steps: [forward, {train_step: {repeat: 2}}]", "steps: [export]")) == [
+        "cases/case.yaml:4: steps[0]: 'export' is not allowed; allowed: forward, train_step, "
+        "or a mapping with one key of: forward, train_step"]
+    backend = "description: x\nonnx_backend_test: onnx:node/t\ninput: {shape: [1, 1]}\n"
+    assert problems(tmp_path, backend) == ["cases/case.yaml:3: input: a backend test brings its own inputs and data sets; allowed: no input or steps"]
+    expect = "expect:\n  - field: bn.running_mean\n    runners: [onnx-spec]\n    reason: r\n"
+    assert problems(tmp_path, NODE + expect) == [
+        "cases/case.yaml:6: expect[0].field: 'bn.running_mean' matches no field of a graph case; allowed: output, running_mean, running_var",
+        "cases/case.yaml:7: expect[0].runners: onnx-spec is the reference of this case; allowed: the runner(s) that differ from it",
+    ]
+
+
+def test_every_runtime_agrees_with_the_spec_on_a_training_node(tmp_path):
+    result = run_case(load_case(write_case(tmp_path, "case", NODE)))
+    assert result.outcome == "passed", result.explain()
+    assert [run.runner for run in result.runs][0] == "onnx-spec"
+    fields = {verdict.field for verdict in result.verdicts}
+    assert fields == {"output", "running_mean", "running_var"} and len(result.verdicts) == 3 * 3 * 3
+
+
+def test_the_reference_evaluators_opset_9_inference_deviates_from_the_spec(tmp_path):
+    text = NODE.replace("opset: 15, training_mode: true", "opset: 9, training_mode: false")
+    result = run_case(load_case(write_case(tmp_path, "case", text)), only=["onnx-spec", "graph-ort", "graph-reference"])
+    (divergence, *_) = [verdict for verdict in result.verdicts if not verdict]
+    assert divergence.other == "graph-reference" and divergence.attribution == "implementation deviates"
+    assert divergence.attribution_text.startswith("graph-reference vs ONNX BatchNormalization: error")
+    assert all(verdict for verdict in result.verdicts if verdict.other == "graph-ort")
+
+
+def write_backend_test(directory, with_relu: bool = False) -> np.ndarray:
+    """A BatchNormalization model in the backend-test layout, with one data set; returns Y."""
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn_y" if with_relu else "y"], epsilon=1e-5)
+    nodes = [node] + ([helper.make_node("Relu", ["bn_y"], ["y"])] if with_relu else [])
+    initializers = [numpy_helper.from_array(np.float32(values), name) for name, values in
+                    (("s", [1.0, 2.0]), ("b", [0.0, 1.0]), ("m", [0.5, -0.5]), ("v", [2.0, 0.5]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 2])], initializers)
+    directory.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(directory / "model.onnx"))
+    x = np.float32([[1, 2], [3, 4], [5, 6]])
+    y = (x - [0.5, -0.5]) / np.sqrt(np.float32([2.0, 0.5]) + 1e-5) * [1.0, 2.0] + [0.0, 1.0]
+    y = np.maximum(y, 0) if with_relu else y
+    data = directory / "test_data_set_0"
+    data.mkdir()
+    (data / "input_0.pb").write_bytes(numpy_helper.from_array(x).SerializeToString())
+    (data / "output_0.pb").write_bytes(numpy_helper.from_array(y.astype(np.float32)).SerializeToString())
+    return y
+
+
+def test_a_directory_in_the_backend_test_layout_runs_against_its_stored_outputs(tmp_path):
+    expected = write_backend_test(tmp_path / "cases" / "bn_test")
+    case = load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: bn_test\n"))
+    stored = create_runner("stored-outputs").run(case)
+    np.testing.assert_array_equal(stored.observations[(0, "output")].value, expected.astype(np.float32))
+    result = run_case(case)
+    assert result.outcome == "passed", result.explain()
+    assert {run.runner: run.status for run in result.runs} == {
+        "stored-outputs": "ok", "onnx-spec": "ok", "graph-ort": "ok", "graph-ort-noopt": "ok", "graph-reference": "ok"}
+
+
+def test_the_spec_oracle_only_judges_a_single_batchnorm_node(tmp_path):
+    write_backend_test(tmp_path / "cases" / "bn_relu", with_relu=True)
+    case = load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: bn_relu\n"))
+    result = create_runner("onnx-spec").run(case)
+    assert result.status == "skipped" and "not a single BatchNormalization node" in result.reason
+
+
+def test_an_unknown_backend_test_names_the_case_and_what_is_missing(tmp_path):
+    case = load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: onnx:node/test_nope\n"))
+    with pytest.raises(RunnerError, match="onnx_backend_test: onnx generates no node test 'test_nope'"):
+        create_runner("graph-ort").run(case)
