@@ -70,25 +70,28 @@ def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult
     """The verdicts, each divergence with its attribution appended to its text and fields
     (`spec_run`: a graph case's onnx-spec run, whose calls both sides are measured against)."""
     divergent = [verdict for verdict in verdicts if not verdict]
-    attributed: list[Verdict] = []
+    attributed: dict[int, Verdict] = {}
     made: list[tuple[Verdict, Attribution]] = []  # in step order: what a later divergence may follow from
-    for verdict in verdicts:
+    # Within a step, the BatchNorms' own fields first: the model's output may follow from them.
+    order = sorted(range(len(verdicts)), key=lambda i: (verdicts[i].step, verdicts[i].field == OUTPUT))
+    for position in order:
+        verdict = verdicts[position]
         if verdict:
-            attributed.append(verdict)
+            attributed[position] = verdict
             continue
         if isinstance(case, GraphCase):
             found = _attribute_on_graph(case, reference, other, verdict, spec_run)
         else:
             found = attribute(case, reference, other, verdict, divergent, made)
         made.append((verdict, found))
-        attributed.append(dataclasses.replace(
+        attributed[position] = dataclasses.replace(
             verdict,
             text=f"{verdict.text}\nAttribution: {found.kind}: {found.text}",
             attribution=found.kind,
             attribution_text=found.text,
             attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides),
-        ))
-    return attributed
+        )
+    return [attributed[position] for position in range(len(verdicts))]
 
 
 def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdict,
@@ -100,8 +103,8 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
                               "the user's torch module")
     bn_path = _bn_path_of(case, verdict.field)
     if bn_path is None:
-        return Attribution("unattributed", f"no oracle for {verdict.field}: it passes through layers the BatchNorm "
-                           "oracles do not model")
+        return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
+                                     "the BatchNorm oracles do not model", same_step=True)
     step_kind = case.steps[verdict.step].kind
     if verdict.field.endswith("uses_batch_stats") or step_kind == "export":
         return _state_changed(case, other, verdict, [v for v in divergent if not v.field.startswith(MODULE + ".")],
@@ -239,10 +242,13 @@ def _state_changed(case: Case, other: RunResult, verdict: Verdict, related: Sequ
     )
 
 
-def _follows_from_earlier(case: Case, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]], why: str) -> Attribution:
-    """A divergence whose cause lies at an earlier step takes that step's class and says so."""
+def _follows_from_earlier(case: Case, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]], why: str,
+                          same_step: bool = False) -> Attribution:
+    """A divergence whose cause lies at an earlier step (or, for a field no oracle reaches, in a
+    BatchNorm at the same step) takes that cause's class and says so."""
     causes = [(v, found) for v, found in earlier
-              if v.step < verdict.step and not v.field.startswith(MODULE + ".") and found.kind != "unattributed"]
+              if (v.step < verdict.step or (same_step and v.step == verdict.step))
+              and not v.field.startswith(MODULE + ".") and found.kind != "unattributed"]
     if not causes:
         return Attribution("unattributed", why)
     cause, found = causes[0]

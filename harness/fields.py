@@ -44,6 +44,8 @@ def known_fields(spec: ModelSpec) -> tuple[str, ...]:
         names.append(module_field(path, "training"))
     for bn_path in spec.batchnorm_paths:
         names += [deployed_field(bn_path, attribute) for attribute in DEPLOYED_BN_ATTRIBUTES]
+        if bn_path:  # a bare BatchNorm's output is `output` itself
+            names.append(deployed_field(bn_path, OUTPUT))
         names += [module_field(bn_path, name) for name in MODULE_BN_BUFFERS + MODULE_BN_ATTRIBUTES]
     return tuple(names)
 

@@ -75,6 +75,17 @@ def test_state_changed_by_an_export_and_what_follows_from_it():
     assert "temporarily set the training mode" in flipped.attribution_text
 
 
+def test_a_field_no_oracle_reaches_follows_from_the_batchnorm_divergence_before_it():
+    conv_case = dataclasses.replace(CASE, model="forum_net")
+    reference = RunResult("torch-eager", "ok", observations={
+        (1, "bn.uses_batch_stats"): Observed(True), (2, "output"): Observed(np.zeros(3), "float32")})
+    other = RunResult("onnx-dynamo-ort", "ok", observations={
+        (1, "bn.uses_batch_stats"): Observed(False), (2, "output"): Observed(np.ones(3), "float32")})
+    mode, output = [v for v in attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other))) if not v]
+    assert mode.attribution == output.attribution == "state changed by a step"
+    assert output.attribution_text.startswith("follows from bn.uses_batch_stats after step 1 (export(training=eval)):")
+
+
 def test_divergences_without_an_oracle_are_unattributed_not_guessed():
     conv_case = dataclasses.replace(CASE, model="forum_net")
     reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(np.zeros(3), "float32")})

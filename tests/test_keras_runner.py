@@ -55,6 +55,7 @@ def test_a_convolutional_port_matches_torch_eager(tmp_path):
     _, ported = run(tmp_path, FORUM_FLIP)
     assert ported.status == "ok", ported.reason
     np.testing.assert_allclose(value(ported, 0, "output"), value(eager, 0, "output"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value(ported, 0, "bn.output"), value(eager, 0, "bn.output"), rtol=1e-5, atol=1e-5)
     assert ported.details["batchnorm_weights_copied"] == {"bn": True}
 
 

@@ -47,6 +47,7 @@ def test_torch_eager_train_forward_updates_running_stats_with_the_unbiased_varia
 
 def test_torch_eager_export_step_changes_nothing(tmp_path):
     _, result = run(tmp_path, "torch-eager", FORUM_FLIP)
+    assert result.observations[(0, "bn.output")].value.shape == (2, 2, 2, 2), "each BatchNorm's own output"
     for field in ("module.bn.training", "module.bn.num_batches_tracked", "module.training"):
         assert value(result, 1, field) == value(result, 0, field)
     assert value(result, 1, "module.bn.training") is False
@@ -59,6 +60,8 @@ def test_torchscript_export_puts_the_eval_child_back_in_train_mode(tmp_path):
     assert value(result, 0, "module.bn.training") is False
     assert value(result, 1, "module.bn.training") is True, "the forum thread's bug, on torch 2.13"
     assert value(result, 2, "module.bn.num_batches_tracked") == 1
+    assert result.details["exports"][0]["batchnorm"]["bn"]["kept"] is False
+    assert value(result, 1, "bn.uses_batch_stats") is False, "a folded BatchNorm is an inference BatchNorm"
 
 
 def test_dynamo_export_leaves_the_module_alone(tmp_path):

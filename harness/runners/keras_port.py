@@ -35,6 +35,7 @@ class KerasPort:
         self.updated: set[str] = set()
         self.elements_per_channel: dict[str, int] = {}  # of each BN's own input, at its last call
         self.calls: dict[str, BNCall] = {}  # what each BN was given at the last forward, for the oracles
+        self.outputs: dict[str, np.ndarray] = {}  # what each BN returned at the last forward
 
     def apply_mode(self, mode: ModeSetting) -> None:
         """`module.get_submodule(path).train(flag)`: recursive, as in torch."""
@@ -118,11 +119,19 @@ class KerasPort:
         self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
         self.calls[path] = self._call(path, layer, h)
         if self.mapping.value("training_argument") == "omitted":
-            return layer(h)  # what a port that forgets training= does: Keras runs in inference
-        training = self.training[path]
-        if training and layer.trainable:  # Keras's own condition for updating the moving statistics
-            self.updated.add(path)
-        return layer(h, training=training)
+            result = layer(h)  # what a port that forgets training= does: Keras runs in inference
+        else:
+            training = self.training[path]
+            if training and layer.trainable:  # Keras's own condition for updating the moving statistics
+                self.updated.add(path)
+            result = layer(h, training=training)
+        if path:  # a bare BatchNorm's output is the model's
+            self.outputs[path] = self._nchw(np.asarray(self.keras.ops.convert_to_numpy(result)).astype(np.float64))
+        return result
+
+    def _nchw(self, values: np.ndarray) -> np.ndarray:
+        """A convolutional model's BN output in torch's layout (the port runs channels-last)."""
+        return values.transpose(0, 3, 1, 2) if values.ndim == 4 else values
 
     def _call(self, path: str, layer, h) -> BNCall:
         """The layer's call in Keras terms, with the variance as the harness reports it."""
@@ -149,7 +158,9 @@ class KerasPort:
     def record_state(self, step: int, log: ObservationLog) -> None:
         """Log each BN's moving statistics under the deployed names, and what each was given."""
         log.bn_calls.update({(step, path): call for path, call in self.calls.items()})
-        self.calls = {}
+        for path, values in self.outputs.items():
+            log.array(step, deployed_field(path, "output"), values, self.dtype)
+        self.calls, self.outputs = {}, {}
         for path in self.unbiased_var:
             log.array(step, deployed_field(path, "running_mean"), self._stored(path, "moving_mean"), self.dtype)
             stored_var = self._stored(path, "moving_variance")

@@ -20,6 +20,7 @@ import numpy as np
 
 from harness.case import Case, Step
 from harness.fields import deployed_field
+from harness.models import MODEL_SPECS
 from harness.results import BNCall, RunResult
 from harness.runners.base import (
     MAX_REASON_CHARS,
@@ -106,7 +107,6 @@ class _GraphExporter:
     def __call__(self, model, example, step: Step, log: ObservationLog) -> GraphDeployed:
         import onnx
 
-        from harness.models import MODEL_SPECS
         from harness.runners.onnx_graph import find_batchnorms, initializer_values, opset_of
         from harness.runners.torch_models import module_buffers
         from harness.runners.torch_steps import StepFailed
@@ -204,6 +204,7 @@ class GraphDeployed:
         from harness.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
+        self.folded = [path for path in MODEL_SPECS[case.model].batchnorm_paths if path not in nodes]
         self.initializers = initializers
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
         self.state_outputs = expose_running_stats(graph, list(nodes.values()))
@@ -254,6 +255,9 @@ class GraphDeployed:
     def record_state(self, step: int, log: ObservationLog) -> None:
         log.bn_calls.update({(step, path): call for path, call in self.last_calls.items()})
         self.last_calls = {}
+        for path in self.folded:
+            # Folded into constants: only an inference BatchNorm can be (its statistics are fixed).
+            log.value(step, deployed_field(path, "uses_batch_stats"), False)
         for path, node in self.nodes.items():
             log.value(step, deployed_field(path, "uses_batch_stats"), node.uses_batch_stats)
             for name, values in self.state[path].items():

@@ -57,8 +57,11 @@ def run_steps(case: Case, log: ObservationLog, export: Exporter) -> RunResult:
     example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
     deployed: Deployed | None = None
     module_calls: dict[str, BNCall] = {}
+    bn_outputs: dict[str, np.ndarray] = {}
     for path, bn in batchnorms(model, case).items():
         bn.register_forward_pre_hook(_recorder(path, module_calls))
+        if path:  # a bare BatchNorm's output is the model's
+            bn.register_forward_hook(lambda _, __, output, path=path: bn_outputs.__setitem__(path, to_numpy(output)))
     try:
         for index, step in enumerate(case.steps):
             if step.kind in ("forward", "train_step"):
@@ -67,6 +70,9 @@ def run_steps(case: Case, log: ObservationLog, export: Exporter) -> RunResult:
                 module_output = _module_forward(model, batch)
                 if deployed is None:  # the module is what is deployed: its calls face the oracles
                     log.bn_calls.update({(index, path): call for path, call in module_calls.items()})
+                    for path, values in bn_outputs.items():
+                        log.array(index, deployed_field(path, OUTPUT), values, case.input.dtype)
+                bn_outputs.clear()
                 log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
                 output = module_output if deployed is None else deployed.forward(batch)
                 log.array(index, OUTPUT, output, case.input.dtype)
