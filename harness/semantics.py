@@ -103,56 +103,58 @@ def _normalise(x, mean, var, eps, weight, bias, axis: int) -> np.ndarray:
     return y
 
 
-def pytorch_batchnorm(call: BNCall) -> OracleResult:
-    """PyTorch: biased variance to normalise, unbiased into running_var, momentum on the new batch."""
+def _batchnorm(call: BNCall, update) -> OracleResult:
+    """What every BatchNorm spec shares: normalise with the given statistics in inference, with the
+    batch's (biased) ones otherwise; `update` is the spec's own rule for the running statistics."""
     x = call.input
     if not call.uses_batch_stats:
-        y = _normalise(x, call.running_mean_before, call.running_var_before, call.eps, call.weight, call.bias, call.channel_axis)
+        # Keras normalises with the variance it stores, which the harness may report re-expressed.
+        variance = call.running_var_before if call.stored_var_before is None else call.stored_var_before
+        y = _normalise(x, call.running_mean_before, variance, call.eps, call.weight, call.bias, call.channel_axis)
         return OracleResult(y, call.running_mean_before, call.running_var_before)
     mean, var, count = _batch_moments(x, call.channel_axis)
     y = _normalise(x, mean, var, call.eps, call.weight, call.bias, call.channel_axis)
     if not call.updates_running_stats or call.running_mean_before is None:
         return OracleResult(y, call.running_mean_before, call.running_var_before)
-    tracked = (call.num_batches_tracked_before or 0) + 1
-    factor = 1.0 / tracked if call.momentum is None else call.momentum
-    unbiased = var * count / max(count - 1, 1)
-    running_mean = (1 - factor) * call.running_mean_before + factor * mean
-    running_var = (1 - factor) * call.running_var_before + factor * unbiased
+    running_mean, running_var = update(call, mean, var, count)
     return OracleResult(y, running_mean, running_var)
+
+
+def _unbiased(var: np.ndarray, count: int) -> np.ndarray:
+    return var * count / max(count - 1, 1)
+
+
+def pytorch_batchnorm(call: BNCall) -> OracleResult:
+    """PyTorch: biased variance to normalise, unbiased into running_var, momentum on the new batch
+    (None: a cumulative average over num_batches_tracked)."""
+
+    def update(call, mean, var, count):
+        factor = 1.0 / ((call.num_batches_tracked_before or 0) + 1) if call.momentum is None else call.momentum
+        return ((1 - factor) * call.running_mean_before + factor * mean,
+                (1 - factor) * call.running_var_before + factor * _unbiased(var, count))
+
+    return _batchnorm(call, update)
 
 
 def onnx_batchnorm(call: BNCall) -> OracleResult:
     """ONNX: population variance, momentum on the old value; inference uses the given statistics."""
-    x = call.input
-    if not call.uses_batch_stats:
-        y = _normalise(x, call.running_mean_before, call.running_var_before, call.eps, call.weight, call.bias, call.channel_axis)
-        return OracleResult(y, call.running_mean_before, call.running_var_before)
-    mean, var, _ = _batch_moments(x, call.channel_axis)
-    y = _normalise(x, mean, var, call.eps, call.weight, call.bias, call.channel_axis)
-    if not call.updates_running_stats or call.running_mean_before is None:
-        return OracleResult(y, call.running_mean_before, call.running_var_before)
-    momentum = call.momentum
-    return OracleResult(
-        y,
-        call.running_mean_before * momentum + mean * (1 - momentum),
-        call.running_var_before * momentum + var * (1 - momentum),
-    )
+
+    def update(call, mean, var, count):
+        momentum = call.momentum
+        return (call.running_mean_before * momentum + mean * (1 - momentum),
+                call.running_var_before * momentum + var * (1 - momentum))
+
+    return _batchnorm(call, update)
 
 
 def keras_batchnorm(call: BNCall) -> OracleResult:
     """Keras 3: biased variance, momentum on the old value; the harness may report the moving
     variance re-expressed in PyTorch's unbiased convention (`call.running_var_reported`)."""
-    x = call.input
-    if not call.uses_batch_stats:
-        stored_var = call.running_var_before if call.stored_var_before is None else call.stored_var_before
-        y = _normalise(x, call.running_mean_before, stored_var, call.eps, call.weight, call.bias, call.channel_axis)
-        return OracleResult(y, call.running_mean_before, call.running_var_before)
-    mean, var, count = _batch_moments(x, call.channel_axis)
-    y = _normalise(x, mean, var, call.eps, call.weight, call.bias, call.channel_axis)
-    momentum = call.momentum
-    batch_var = var * count / max(count - 1, 1) if call.running_var_reported == "unbiased" else var
-    return OracleResult(
-        y,
-        call.running_mean_before * momentum + mean * (1 - momentum),
-        call.running_var_before * momentum + batch_var * (1 - momentum),
-    )
+
+    def update(call, mean, var, count):
+        momentum = call.momentum
+        batch_var = _unbiased(var, count) if call.running_var_reported == "unbiased" else var
+        return (call.running_mean_before * momentum + mean * (1 - momentum),
+                call.running_var_before * momentum + batch_var * (1 - momentum))
+
+    return _batchnorm(call, update)
