@@ -1,15 +1,17 @@
 """`python -m harness run`: the main job without pytest: run the cases, print a summary, write
-results.json."""
+results.json. `python -m harness baseline compare OLD NEW`: the nightly regression check."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from harness.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
 from harness.engine import CaseResult, explain_known, run_case
 from harness.errors import CaseError, HarnessError
 from harness.runners import runner_names
@@ -58,7 +60,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
+    baseline = commands.add_parser("baseline", help="compare results with a stored baseline")
+    baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True)
+    compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
+    compare.add_argument("old", type=Path, help="the baseline results.json")
+    compare.add_argument("new", type=Path, help="the new results.json")
+    compare.add_argument("--factor", type=float, default=DEFAULT_MAGNITUDE_FACTOR,
+                         help=f"report a divergence whose greatest difference moved by more than this factor (default {DEFAULT_MAGNITUDE_FACTOR})")
+    save = baseline_commands.add_parser("save", help="keep what a baseline needs of a results.json")
+    save.add_argument("results", type=Path, help="a results.json")
+    save.add_argument("-o", "--output", type=Path, default=Path("reports/baseline.json"), help="default: reports/baseline.json")
     args = parser.parse_args(argv)
+    if args.command == "baseline" and args.baseline_command == "save":
+        return save_baseline(args.results, args.output)
+    if args.command == "baseline":
+        return compare_baseline(args.old, args.new, args.factor)
 
     only = None
     if args.runners:
@@ -87,6 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results written to {args.results}")
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def save_baseline(results: Path, output: Path) -> int:
+    """`python -m harness baseline save results.json -o reports/baseline.json`."""
+    try:
+        record = baseline_from(load_results(results))
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=1) + "\n")
+    divergences = sum(len(case["comparisons"]) for case in record["cases"])
+    print(f"baseline written to {output}: {len(record['cases'])} cases, {divergences} divergences")
+    return 0
+
+
+def compare_baseline(old: Path, new: Path, factor: float) -> int:
+    """`python -m harness baseline compare OLD NEW`: print the changes; 1 when there are any."""
+    try:
+        comparison = compare_results(load_results(old), load_results(new), factor)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(comparison.report())
+    return 1 if comparison.regressed else 0
 
 
 def _indent(text: str) -> str:

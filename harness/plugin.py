@@ -11,6 +11,8 @@ from harness.collect import RESULTS_KEY, RUNNERS_KEY, CaseFile
 from harness.engine import explain_known
 from harness.runners import runner_names
 
+BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "BatchNorm differential harness")
@@ -26,6 +28,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=f"comma-separated runners to run, of: {', '.join(runner_names())}; "
         "torch-eager always runs, as the reference (default: each case's own list, else all)",
+    )
+    group.addoption(
+        "--harness-baseline",
+        metavar="PATH",
+        default=None,
+        help="at the end of the session, compare its results with this baseline results.json and fail "
+        "the session when anything changed (as `python -m harness baseline compare`)",
     )
     parser.addini(
         "harness_case_dirs",
@@ -68,6 +77,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         from harness.record import write_results
 
         write_results(Path(target), results)
+    baseline = session.config.getoption("harness_baseline")
+    if baseline and results:
+        from harness.baseline import compare_results, load_results
+        from harness.record import results_record
+
+        comparison = compare_results(load_results(Path(baseline)), results_record(results))
+        session.config.stash[BASELINE_KEY] = comparison
+        if comparison.regressed:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
@@ -91,3 +109,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     target = config.getoption("harness_results")
     if target:
         terminalreporter.write_line(f"results written to {target}")
+    comparison = config.stash.get(BASELINE_KEY, None)
+    if comparison is not None:
+        terminalreporter.section("against the baseline")
+        terminalreporter.write_line(comparison.report())

@@ -85,10 +85,20 @@ def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
     }
 
 
+def results_json(results: Sequence[CaseResult]) -> str:
+    """results.json's text: strict JSON (no NaN), plain types only."""
+    return json.dumps(_finite(results_document(results)), indent=1, default=_json_default, allow_nan=False)
+
+
+def results_record(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """The record exactly as results.json holds it (for comparing without a file)."""
+    return json.loads(results_json(results))
+
+
 def write_results(path: Path, results: Sequence[CaseResult]) -> None:
     """Write results.json atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(results_document(results)), indent=1, default=_json_default, allow_nan=False)
+    text = results_json(results)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
         handle.write(text)
     # A temporary file is private (0600); results are an artifact others read: honour the umask.
