@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,12 +29,9 @@ class GraphSource:
     """The graph and how to feed it at each step."""
 
     model: Any  # onnx.ModelProto
-    data_sets: list[tuple[dict[str, np.ndarray], list[np.ndarray] | None]]  # backend test: (inputs, outputs)
+    data_sets: list[tuple[dict[str, np.ndarray], list[np.ndarray]]] = field(default_factory=list)  # backend test
+    initial_state: dict[str, np.ndarray] = field(default_factory=dict)  # built graph: mean and var, fed every step
     state_inputs: tuple[str, str] | None = None  # built training graph: (mean, var) fed from the last outputs
-
-    def initial_state(self) -> dict[str, np.ndarray]:
-        """A built graph's mean and var inputs as the case sets them (fed at every step)."""
-        return dict(self.data_sets[0][0]) if self.data_sets[0][1] is None else {}
 
     def feeds(self, case: GraphCase, state: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The inputs of each step; a built training graph takes its running stats from `state`."""
@@ -76,7 +73,7 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node_spec.opset)])
     onnx.checker.check_model(model)
     state = {"mean": vector(node_spec.mean, 0.0), "var": vector(node_spec.var, 1.0)}
-    return GraphSource(model, [(state, None)], ("mean", "var") if node_spec.training_mode else None)
+    return GraphSource(model, initial_state=state, state_inputs=("mean", "var") if node_spec.training_mode else None)
 
 
 def load_backend_test(case: GraphCase) -> GraphSource:
@@ -163,7 +160,7 @@ class GraphRunner(Runner):
             session, _, output_names = open_executor(source.model, self.executor)
         except Exception as error:  # the runtime refusing the graph is a result
             return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
-        state = source.initial_state()
+        state = dict(source.initial_state)
         for step, feeds in enumerate(source.feeds(case, state)):
             try:
                 outputs = session.run(None, feeds)
@@ -214,7 +211,7 @@ class OnnxSpecRunner(Runner):
         log.details["opset"] = opset_of(source.model)
         stored = initializer_values(source.model)
         graph_node = nodes[0]
-        state = source.initial_state()
+        state = dict(source.initial_state)
         for step, feeds in enumerate(source.feeds(case, state)):
             values = {**stored, **feeds}
             data = np.asarray(values[graph_node.input[0]])

@@ -1,5 +1,6 @@
-"""`onnx-torchscript-ort` and `onnx-dynamo-ort`: export the user's module at the export step with
-`torch.onnx.export`, then run the graph in onnxruntime for the following forwards.
+"""The ONNX runners: export the user's module at the export step with `torch.onnx.export`
+(TorchScript or dynamo), then run the graph for the following forwards in onnxruntime (with or
+without graph optimisations) or onnx's reference evaluator.
 
 Each reports what the export did to the torch module (modes, buffers, attributes, its next
 forwards) and what the graph holds (BN kept or folded, training_mode, initializers against the
@@ -218,7 +219,7 @@ class GraphDeployed:
     def forward(self, batch) -> np.ndarray:
         from harness.runners.torch_steps import StepFailed
 
-        feeds = {self.input_name: _ort_array(batch)}
+        feeds = {self.input_name: _feed_array(batch)}
         self.last_calls = {path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items()
                            if node.data_input == self.input_name}
         for path in self.state_outputs:
@@ -282,7 +283,8 @@ def open_executor(graph, executor: str):
     return session, session.get_inputs()[0].name, [output.name for output in session.get_outputs()]
 
 
-def _ort_array(batch) -> np.ndarray:
+def _feed_array(batch) -> np.ndarray:
+    """A torch batch as the executors take it (bfloat16 through ml_dtypes)."""
     import torch
 
     if batch.dtype == torch.bfloat16:
