@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
+    run.add_argument("--report", type=Path, default=Path("reports/report.html"),
+                     help="where to write the HTML report at the end (default reports/report.html)")
+    report = commands.add_parser("report", help="render the HTML report of a results.json")
+    report.add_argument("results", type=Path, help="a results.json")
+    report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
     baseline = commands.add_parser("baseline", help="compare results with a stored baseline")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True)
     compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
@@ -75,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return save_baseline(args.results, args.output)
     if args.command == "baseline":
         return compare_baseline(args.old, args.new, args.factor)
+    if args.command == "report":
+        return render_report_file(args.results, args.output)
 
     only = None
     if args.runners:
@@ -101,8 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(args.results, results)
     counts = Counter(result.outcome for result in results)
     print(f"results written to {args.results}")
+    render_report_file(args.results, args.report)
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def render_report_file(results: Path, output: Path) -> int:
+    """`python -m harness report results.json -o reports/report.html`."""
+    from harness.report import write_report
+
+    try:
+        write_report(load_results(results), output)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report written to {output}")
+    return 0
 
 
 def save_baseline(results: Path, output: Path) -> int:

@@ -75,6 +75,7 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
         rel_diff = abs_diff / np.abs(expected)
     mismatch = ~close_mask
     mismatched, total = int(mismatch.sum()), int(expected.size)
+    common["channel_abs_diff"] = _per_channel(abs_diff, both_nan | (expected == actual))
     min_atol, min_rtol = _minimum_tolerances(expected, actual, abs_diff, both_nan, tolerance)
     if mismatched == 0:
         worst = float(np.nanmax(np.where(both_nan, 0.0, abs_diff))) if total else 0.0
@@ -111,6 +112,16 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
         **tolerance_fields,
         **common,
     )
+
+
+def _per_channel(abs_diff: np.ndarray, identical: np.ndarray) -> tuple[float, ...]:
+    """The greatest difference per channel (axis 1; a vector's own elements), for the report's plots."""
+    diff = np.where(identical, 0.0, np.nan_to_num(abs_diff, nan=np.inf))
+    if diff.ndim == 0:
+        return (float(diff),)
+    if diff.ndim == 1:
+        return tuple(float(value) for value in diff)
+    return tuple(float(value) for value in np.moveaxis(diff, 1, 0).reshape(diff.shape[1], -1).max(axis=1))
 
 
 def _minimum_tolerances(expected, actual, abs_diff, both_nan, tolerance: Tolerance) -> tuple[float | None, float | None]:

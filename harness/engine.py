@@ -26,6 +26,7 @@ class CaseResult:
     path: str
     outcome: str
     description: str = ""
+    steps: tuple[str, ...] = ()  # each step's label, as verdicts name them
     runs: tuple[RunResult, ...] = ()
     verdicts: tuple[Verdict, ...] = ()
     classification: Classification | None = None
@@ -68,8 +69,9 @@ def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseR
     """Run `case` on its runners and judge it against its expectations."""
     runs = tuple(create_runner(name).run(case) for name in select_runners(case, only))
     reference = runs[0]
+    steps = tuple(case.step_label(index) for index in range(len(case.steps)))
     if reference.status == "skipped":
-        return CaseResult(case.case_id, case.path, "skipped", case.description, runs,
+        return CaseResult(case.case_id, case.path, "skipped", case.description, steps, runs,
                           error=f"{reference.runner} skipped: {reference.reason}")
     spec = next((run for run in runs if run.runner == "onnx-spec" and run.status == "ok"), None)
     verdicts = tuple(
@@ -79,7 +81,7 @@ def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseR
     )
     classification = classify(case, runs, verdicts)
     outcome = "passed" if classification.passed else "failed"
-    return CaseResult(case.case_id, case.path, outcome, case.description, runs, verdicts, classification)
+    return CaseResult(case.case_id, case.path, outcome, case.description, steps, runs, verdicts, classification)
 
 
 def explain_classification(path: str, found: Classification) -> str:

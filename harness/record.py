@@ -37,6 +37,7 @@ def case_record(result: CaseResult) -> dict[str, Any]:
         "file": result.path,
         "id": result.case_id,
         "description": result.description,
+        "steps": list(result.steps),
         "outcome": result.outcome,
         "error": result.error,
         "runners": {run.runner: {"status": run.status, "reason": run.reason, "details": run.details} for run in result.runs},

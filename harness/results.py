@@ -87,6 +87,7 @@ class Verdict:
     min_rtol_to_pass: float | None = None
     reference_value: Scalar = None
     other_value: Scalar = None
+    channel_abs_diff: tuple[float, ...] = ()  # greatest |difference| per channel (axis 1, or per element of a vector)
     attribution: str | None = None  # a class of harness.attribution.CLASSES, for divergences
     attribution_text: str | None = None
     attribution_sides: tuple[dict[str, Any], ...] = ()  # each side against its own spec's oracle

@@ -16,7 +16,8 @@ def test_results_are_strict_json_with_schema_version_environment_and_verdict_fie
                                other_name="onnx-torchscript-ort", reference=Observed(np.array([np.nan, 1.0]), "float32"),
                                other=Observed(np.array([1.0, 1.0]), "float32"))
     runs = (RunResult("torch-eager", "ok"), RunResult("onnx-torchscript-ort", "ok", details={"exports": []}))
-    result = CaseResult("c", "cases/c.yaml", "failed", "d", runs, (verdict,), Classification((), (verdict,), (), (), ()))
+    result = CaseResult("c", "cases/c.yaml", "failed", "d", runs=runs, verdicts=(verdict,),
+                        classification=Classification((), (verdict,), (), (), ()))
     path = tmp_path / "deep" / "results.json"
     write_results(path, [result])
     text = path.read_text()

@@ -1,0 +1,87 @@
+"""The HTML report: rendered from a results record alone, and used in a real browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from harness.report import render_report, write_report
+
+CHANNEL_DIFFS = [0.0, 0.17, 0.03]
+RESULTS = {
+    "schema_version": 1,
+    "created": "2026-11-24T00:00:00+00:00",
+    "environment": {"python": "3.11.7", "platform": "linux", "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
+    "cases": [
+        {"id": "calm", "file": "cases/calm.yaml", "description": "all agree", "outcome": "passed", "steps": ["step 0 (forward)"],
+         "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
+         "comparisons": [{"field": "output", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree"}]},
+        {"id": "flip", "file": "cases/flip.yaml", "description": "<script>alert(1)</script> export flips bn", "outcome": "passed",
+         "steps": ["step 0 (forward)", "step 1 (export(training=eval))"],
+         "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"},
+                     "onnx-dynamo-ort": {"status": "export_failed", "reason": "TorchExportError: boom"}},
+         "statuses": [{"runner": "onnx-dynamo-ort", "status": "export_failed", "expected": True}],
+         "comparisons": [
+             {"field": "module.bn.training", "step": 1, "other": "onnx-torchscript-ort", "classification": "known",
+              "reference_value": False, "other_value": True, "text": "module.bn.training after step 1 ... differ",
+              "attribution": "state changed by a step", "step_label": "step 1 (export(training=eval))",
+              "expectation": {"reason": "recursive model.train()", "link": "https://github.com/pytorch/pytorch/issues/52867"}},
+             {"field": "module.bn.running_var", "step": 1, "other": "onnx-torchscript-ort", "classification": "known",
+              "text": "module.bn.running_var ... not close!", "attribution": "state changed by a step",
+              "channel_abs_diff": CHANNEL_DIFFS, "atol": 1e-05, "expectation": {"reason": "stepped"}},
+             {"field": "module.bn.training", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree",
+              "reference_value": False, "other_value": False},
+         ]},
+    ],
+}
+
+
+def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
+    html = render_report(RESULTS)
+    rows = re.findall(r'<tr class="case-row" data-case="(\w+)" data-status="(\w+)"', html)
+    assert rows == [("calm", "agree"), ("flip", "known")], "an expected export failure counts as known"
+    assert 'title="onnx-dynamo-ort: TorchExportError: boom">export_failed (known)</td>' in html
+    for control in ('class="status-filter" value="agree"', 'id="runner-filter"', 'id="class-filter"', 'id="text-filter"'):
+        assert control in html
+    assert '<option>state changed by a step</option>' in html
+    assert html.count('<rect class="bar"') == len(CHANNEL_DIFFS)
+    assert '<a href="https://github.com/pytorch/pytorch/issues/52867">' in html
+    assert '<td class="mode-differs">T</td>' in html, "the flipped flag is highlighted against the reference"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+
+
+def test_the_report_is_self_contained(tmp_path):
+    write_report(RESULTS, tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert not re.search(r'<(script|img|link|iframe)[^>]+(src|href)=', html), "no fetches: the readers may be offline"
+    assert not re.search(r"url\(|@import", html)
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    write_report(RESULTS, tmp_path / "report.html")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        browser.get((tmp_path / "report.html").as_uri())
+        rows = {row.get_attribute("data-case"): row for row in browser.find_elements(By.CSS_SELECTOR, "tr.case-row")}
+        assert set(rows) == {"calm", "flip"} and all(row.is_displayed() for row in rows.values()), "the matrix renders"
+        browser.find_element(By.CSS_SELECTOR, '.status-filter[value="agree"]').click()
+        assert not rows["calm"].is_displayed() and rows["flip"].is_displayed()
+        assert browser.find_element(By.ID, "shown-count").text == "1 case(s) shown"
+        assert browser.save_screenshot(str(tmp_path / "report.png")) and (tmp_path / "report.png").stat().st_size > 0
+    finally:
+        browser.quit()
