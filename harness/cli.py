@@ -1,5 +1,6 @@
 """`python -m harness run`: the main job without pytest: run the cases, print a summary, write
-results.json. `python -m harness baseline compare OLD NEW`: the nightly regression check."""
+results.json and the HTML report. `python -m harness baseline compare OLD NEW`: the nightly
+regression check. `python -m harness matrix FILES`: the version matrix side by side."""
 
 from __future__ import annotations
 
@@ -75,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     save = baseline_commands.add_parser("save", help="keep what a baseline needs of a results.json")
     save.add_argument("results", type=Path, help="a results.json")
     save.add_argument("-o", "--output", type=Path, default=Path("reports/baseline.json"), help="default: reports/baseline.json")
+    matrix = commands.add_parser("matrix", help="several results.json side by side (the version matrix)")
+    matrix.add_argument("results", type=Path, nargs="+", help="results.json files, e.g. reports/matrix/*.json")
+    matrix.add_argument("--all", action="store_true", help="also the rows that are the same everywhere")
     args = parser.parse_args(argv)
+    if args.command == "matrix":
+        return print_matrix(args.results, args.all)
     if args.command == "baseline" and args.baseline_command == "save":
         return save_baseline(args.results, args.output)
     if args.command == "baseline":
@@ -111,6 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_report_file(args.results, args.report)
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def print_matrix(paths: Sequence[Path], everything: bool) -> int:
+    """`python -m harness matrix reports/matrix/*.json`: which divergence appears in which versions."""
+    from harness.matrix import load_documents, matrix_table
+
+    try:
+        documents = load_documents(paths)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(matrix_table(documents, everything))
+    return 0
 
 
 def render_report_file(results: Path, output: Path) -> int:
