@@ -70,7 +70,9 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     graph_outputs = [helper.make_tensor_value_info("y", element, list(case.input.shape))]
     graph_outputs += [helper.make_tensor_value_info(name, element, [features]) for name in outputs[1:3]]
     graph = helper.make_graph([node], case.case_id, inputs, graph_outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node_spec.opset)])
+    opsets = [helper.make_opsetid("", node_spec.opset)]
+    # The lowest IR version the opset allows, not the newest onnx knows: older runtimes refuse newer IR.
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(model)
     state = {"mean": vector(node_spec.mean, 0.0), "var": vector(node_spec.var, 1.0)}
     return GraphSource(model, initial_state=state, state_inputs=("mean", "var") if node_spec.training_mode else None)
@@ -156,6 +158,7 @@ class GraphRunner(Runner):
         log = ObservationLog(self.name)
         log.details["versions"] = {name: module.__version__ for name, module in modules.items()}
         source = load_source(case)
+        log.details["ir_version"] = source.model.ir_version
         try:
             session, _, output_names = open_executor(source.model, self.executor)
         except Exception as error:  # the runtime refusing the graph is a result
