@@ -79,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix = commands.add_parser("matrix", help="several results.json side by side (the version matrix)")
     matrix.add_argument("results", type=Path, nargs="+", help="results.json files, e.g. reports/matrix/*.json")
     matrix.add_argument("--all", action="store_true", help="also the rows that are the same everywhere")
+    repro = commands.add_parser("repro", help="write repro bundles for a case's exporter divergences")
+    repro.add_argument("case", type=Path, help="a case file")
+    repro.add_argument("-o", "--output", type=Path, default=Path("reports/repro"), help="default: reports/repro")
     args = parser.parse_args(argv)
+    if args.command == "repro":
+        return write_repro_bundles(args.case, args.output)
     if args.command == "matrix":
         return print_matrix(args.results, args.all)
     if args.command == "baseline" and args.baseline_command == "save":
@@ -117,6 +122,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_report_file(args.results, args.report)
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def write_repro_bundles(path: Path, output: Path) -> int:
+    """`python -m harness repro CASE`: run the case, write one bundle per exporter runner that diverged."""
+    from harness.case import Case
+    from harness.repro import bundle_runners, write_bundle
+
+    try:
+        case = load_case(path, display_path=str(path))
+        if not isinstance(case, Case):
+            raise HarnessError(f"{path}: repro bundles cover torch-model cases; a graph case is its own repro")
+        result = run_case(case)
+        runners = bundle_runners(result)
+        if not runners:
+            print(f"{path}: no exporter runner diverged: nothing to reproduce")
+            return 0
+        for runner in runners:
+            print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def print_matrix(paths: Sequence[Path], everything: bool) -> int:

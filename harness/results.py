@@ -60,6 +60,7 @@ class RunResult:
     details: Mapping[str, Any] = field(default_factory=dict)  # JSON-able facts: graph, warnings
     notes: tuple[str, ...] = ()  # lines every divergence involving this runner carries (a mapping)
     bn_calls: Mapping[tuple[int, str], BNCall] = field(default_factory=dict)  # (step, BN path) -> call
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)  # e.g. the exported model.onnx, for repro bundles
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ class _GraphExporter:
         try:
             export_warnings, printed = self._export(model, example, step, path)
             graph = onnx.load(str(path))
+            log.artifacts.setdefault("model.onnx", graph.SerializeToString())  # the first export, as exported
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)

@@ -1,0 +1,58 @@
+"""Repro bundles: the backend-test layout, and a generated repro.py that shows the divergence alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness import cli
+from harness.engine import run_case
+from harness.errors import HarnessError
+from harness.repro import bundle_runners, write_bundle
+from harness.schema import load_case
+from tests.tiny_cases import FORUM_FLIP, write_case
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def forum(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("repro")
+    case = load_case(write_case(directory / "cases", "forum", FORUM_FLIP))
+    return directory, case, run_case(case, only=["torch-eager", "onnx-torchscript-ort", "onnx-dynamo-ort"])
+
+
+def test_bundles_are_for_the_exporter_runners_that_diverged(forum):
+    _, _, result = forum
+    assert bundle_runners(result) == ["onnx-torchscript-ort"], "dynamo leaves the module alone"
+
+
+def test_a_bundle_is_in_the_backend_test_layout(forum):
+    directory, case, result = forum
+    bundle = write_bundle(case, result, "onnx-torchscript-ort", directory / "out")
+    onnx.checker.check_model(onnx.load(str(bundle / "model.onnx")))
+    assert sorted(path.name for path in (bundle / "test_data_set_0").iterdir()) == ["input_0.pb", "output_0.pb"]
+    assert not any(line.startswith(("import harness", "from harness")) for line in (bundle / "repro.py").read_text().splitlines())
+
+
+def test_the_generated_script_shows_the_divergence_on_its_own(forum):
+    directory, case, result = forum
+    bundle = write_bundle(case, result, "onnx-torchscript-ort", directory / "run")
+    # -I: isolated mode, the script's folder as its only own path.
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "DIVERGES: module.bn.training after step 1 (export(training=eval)): torch-eager False, here True" in run.stdout
+    assert "DIVERGES: module.bn.num_batches_tracked after step 2 (forward): torch-eager 0, here 1" in run.stdout
+    assert "the exported graph's output in onnxruntime agrees with torch-eager's" in run.stdout
+
+
+def test_what_cannot_be_bundled_says_why(forum, tmp_path, capsys):
+    directory, case, result = forum
+    with pytest.raises(HarnessError, match="no repro bundle for keras-tensorflow: bundles cover the ONNX exporter runners"):
+        write_bundle(case, result, "keras-tensorflow", tmp_path)
+    graph = write_case(tmp_path / "cases", "node", "description: d\nonnx_backend_test: onnx:node/test_batchnorm_example\n")
+    assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 2
+    assert "a graph case is its own repro" in capsys.readouterr().err
