@@ -98,9 +98,13 @@ def results_record(results: Sequence[CaseResult]) -> dict[str, Any]:
 
 def write_results(path: Path, results: Sequence[CaseResult]) -> None:
     """Write results.json atomically: a reader never sees half a file."""
+    write_atomically(path, results_json(results))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, with the umask's permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = results_json(results)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False, encoding="utf-8") as handle:
         handle.write(text)
     # A temporary file is private (0600); results are an artifact others read: honour the umask.
     umask = os.umask(0)

@@ -5,9 +5,7 @@ attribution, reason, upstream link and a per-channel plot. It computes nothing t
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,13 +51,9 @@ def render_report(results: Mapping[str, Any]) -> str:
 
 def write_report(results: Mapping[str, Any], path: Path) -> None:
     """Write the report atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False, encoding="utf-8") as handle:
-        handle.write(render_report(results))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
+    from harness.record import write_atomically
+
+    write_atomically(path, render_report(results))
 
 
 def _case_view(case: Mapping[str, Any]) -> dict[str, Any]:
