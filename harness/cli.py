@@ -127,13 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def write_repro_bundles(path: Path, output: Path) -> int:
     """`python -m harness repro CASE`: run the case, write one bundle per exporter runner that diverged."""
     from harness.case import Case
-    from harness.repro import bundle_runners, write_bundle
+    from harness.repro import bundle_runners, write_bundle, write_graph_bundle
 
     try:
         case = load_case(path, display_path=str(path))
-        if not isinstance(case, Case):
-            raise HarnessError(f"{path}: repro bundles cover torch-model cases; a graph case is its own repro")
         result = run_case(case)
+        if not isinstance(case, Case):
+            print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
+            return 0
         runners = bundle_runners(result)
         if not runners:
             print(f"{path}: no exporter runner diverged: nothing to reproduce")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.case import Case
+from harness.case import Case, GraphCase
 from harness.engine import CaseResult
 from harness.errors import HarnessError
 from harness.inputs import make_batch
@@ -67,6 +67,31 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
                 if field.startswith("module.")}
     (bundle / "reference.json").write_text(json.dumps({"runner": reference.runner, "observations": observed}, indent=1))
     (bundle / "repro.py").write_text(_script(case, runner))
+    return bundle
+
+
+def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> Path:
+    """A graph case's bundle: its model, one backend-test data set per step with the ONNX spec's
+    outputs, and a repro.py that runs them in onnxruntime (optimisations on and off) and onnx's
+    reference evaluator.
+
+    Raises:
+        HarnessError: the case has no spec oracle (not a single BatchNormalization node).
+    """
+    spec = next((run for run in result.runs if run.runner == "onnx-spec" and run.status == "ok"), None)
+    if spec is None:
+        raise HarnessError(f"{case.path}: no repro bundle: the ONNX spec oracle does not cover this graph")
+    bundle = directory / case.case_id / "graph"
+    for name, content in spec.artifacts.items():
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_bytes(content)
+    import jinja2
+
+    from harness.tolerance import tolerance_for
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), keep_trailing_newline=True)
+    (bundle / "repro.py").write_text(environment.get_template("graph_repro.py.j2").render(
+        case=case, tolerance=tolerance_for([case.dtype])))
     return bundle
 
 

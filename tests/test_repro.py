@@ -49,10 +49,22 @@ def test_the_generated_script_shows_the_divergence_on_its_own(forum):
     assert "the exported graph's output in onnxruntime agrees with torch-eager's" in run.stdout
 
 
-def test_what_cannot_be_bundled_says_why(forum, tmp_path, capsys):
+def test_what_cannot_be_bundled_says_why(forum, tmp_path):
     directory, case, result = forum
     with pytest.raises(HarnessError, match="no repro bundle for keras-tensorflow: bundles cover the ONNX exporter runners"):
         write_bundle(case, result, "keras-tensorflow", tmp_path)
-    graph = write_case(tmp_path / "cases", "node", "description: d\nonnx_backend_test: onnx:node/test_batchnorm_example\n")
-    assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 2
-    assert "a graph case is its own repro" in capsys.readouterr().err
+
+
+def test_a_graph_case_bundle_runs_every_runtime_against_the_spec(tmp_path, capsys):
+    node = ("description: a BN-9 node in inference mode\n"
+            "onnx_graph: {opset: 9, training_mode: false, num_features: 2, mean: [0.5, -0.5], var: [2.0, 0.5]}\n"
+            "input: {shape: [4, 2, 3], seed: 1}\nsteps: [forward]\n")
+    graph = write_case(tmp_path / "cases", "node", node)
+    assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 0
+    bundle = tmp_path / "out" / "node" / "graph"
+    assert sorted(path.name for path in (bundle / "test_data_set_0").iterdir()) == [
+        "input_0.pb", "input_1.pb", "input_2.pb", "output_0.pb"]
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "DIVERGES: onnx reference evaluator, test_data_set_0, output (Y): greatest difference from the ONNX spec" in run.stdout
+    assert "DIVERGES: onnxruntime" not in run.stdout, "onnxruntime follows the spec here"

@@ -210,8 +210,12 @@ class OnnxSpecRunner(Runner):
         if [node.op_type for node in nodes] != ["BatchNormalization"]:
             return skipped(self.name, "the graph is not a single BatchNormalization node: no oracle for it")
         node = next(iter(find_batchnorms(source.model, [""]).values()))  # one node, one path: mapped by order
+        from onnx import numpy_helper
+
         log = ObservationLog(self.name)
         log.details["opset"] = opset_of(source.model)
+        log.artifacts["model.onnx"] = source.model.SerializeToString()
+        input_names = [value.name for value in source.model.graph.input if value.name not in {i.name for i in source.model.graph.initializer}]
         stored = initializer_values(source.model)
         graph_node = nodes[0]
         state = dict(source.initial_state)
@@ -233,6 +237,11 @@ class OnnxSpecRunner(Runner):
             outputs = outputs[: len([name for name in graph_node.output if name][:3])]
             for field, array in zip(OUTPUT_FIELDS, outputs):
                 log.array(step, field, array.astype(np.float64), str(data.dtype))
+            # This step as a backend-test data set: what was fed, and what the spec says comes out.
+            for position, name in enumerate(input_names):
+                log.artifacts[f"test_data_set_{step}/input_{position}.pb"] = numpy_helper.from_array(np.asarray(feeds[name])).SerializeToString()
+            for position, array in enumerate(outputs):
+                log.artifacts[f"test_data_set_{step}/output_{position}.pb"] = numpy_helper.from_array(array).SerializeToString()
             if source.state_inputs:
                 state.update(zip(source.state_inputs, outputs[1:3]))
         return log.result()
