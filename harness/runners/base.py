@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -34,6 +35,11 @@ def import_framework(module: str, install_hint: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as error:
         raise FrameworkMissing(f"{module} is not importable ({error}); install it with: {install_hint}") from None
+
+
+def import_frameworks(modules: Sequence[str], install_hint: str) -> dict[str, str]:
+    """Import each module (or raise FrameworkMissing); return their versions for the details."""
+    return {name: getattr(import_framework(name, install_hint), "__version__", "?") for name in modules}
 
 
 class Runner(ABC):

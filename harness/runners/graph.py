@@ -17,7 +17,15 @@ from harness.case import GraphCase
 from harness.errors import RunnerError
 from harness.inputs import make_batch
 from harness.results import BNCall, RunResult
-from harness.runners.base import FrameworkMissing, ObservationLog, Runner, clean_reason, import_framework, skipped
+from harness.runners.base import (
+    FrameworkMissing,
+    ObservationLog,
+    Runner,
+    clean_reason,
+    import_framework,
+    import_frameworks,
+    skipped,
+)
 
 OUTPUT_FIELDS = ("output", "running_mean", "running_var")  # graph outputs by position
 ONNX_HINT = "pip install onnx onnxruntime"
@@ -102,8 +110,10 @@ def load_backend_test(case: GraphCase) -> GraphSource:
         directory = Path(case.directory) / name
     if not (directory / "model.onnx").is_file():
         raise RunnerError(f"{case.path}: onnx_backend_test: no model.onnx in {directory}")
+    from harness.runners.onnx_graph import data_inputs
+
     model = onnx.load(str(directory / "model.onnx"))
-    input_names = [value.name for value in model.graph.input if value.name not in {i.name for i in model.graph.initializer}]
+    input_names = data_inputs(model)
     data_sets = []
     for data_dir in sorted(directory.glob("test_data_set_*"), key=lambda path: int(path.name.rsplit("_", 1)[1])):
         inputs = {name: _read_tensor(data_dir / f"input_{i}.pb") for i, name in enumerate(input_names)}
@@ -150,13 +160,13 @@ class GraphRunner(Runner):
 
     def run(self, case: GraphCase) -> RunResult:
         try:
-            modules = {name: import_framework(name, ONNX_HINT) for name in self.frameworks}
+            versions = import_frameworks(self.frameworks, ONNX_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
         from harness.runners.onnx_export import open_executor
 
         log = ObservationLog(self.name)
-        log.details["versions"] = {name: module.__version__ for name, module in modules.items()}
+        log.details["versions"] = versions
         source = load_source(case)
         log.details["ir_version"] = source.model.ir_version
         try:
@@ -202,7 +212,7 @@ class OnnxSpecRunner(Runner):
             import_framework("onnx", ONNX_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
-        from harness.runners.onnx_graph import find_batchnorms, initializer_values, opset_of
+        from harness.runners.onnx_graph import data_inputs, find_batchnorms, initializer_values, opset_of
         from harness.semantics import oracle
 
         source = load_source(case)
@@ -215,7 +225,7 @@ class OnnxSpecRunner(Runner):
         log = ObservationLog(self.name)
         log.details["opset"] = opset_of(source.model)
         log.artifacts["model.onnx"] = source.model.SerializeToString()
-        input_names = [value.name for value in source.model.graph.input if value.name not in {i.name for i in source.model.graph.initializer}]
+        input_names = data_inputs(source.model)
         stored = initializer_values(source.model)
         graph_node = nodes[0]
         state = dict(source.initial_state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib.util
 import os
 import multiprocessing
@@ -112,7 +113,9 @@ class KerasRunner(Runner):
                              details={"worker_output_tail": tail})
 
 
+@functools.lru_cache(maxsize=2)
 def _torch_weights(case: Case) -> dict:
+    """The torch model's initial weights, built once per case for all four backends (read-only)."""
     import_framework("torch", INSTALL_HINTS["torch"])
     from harness.runners.torch_models import build_model, to_numpy
 

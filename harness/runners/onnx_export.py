@@ -29,7 +29,7 @@ from harness.runners.base import (
     ObservationLog,
     Runner,
     clean_reason,
-    import_framework,
+    import_frameworks,
     skipped,
 )
 
@@ -47,13 +47,13 @@ class OnnxExportRunner(Runner):
 
     def run(self, case: Case) -> RunResult:
         try:
-            modules = {name: import_framework(name, ONNX_INSTALL_HINT) for name in self.frameworks}
+            versions = import_frameworks(self.frameworks, ONNX_INSTALL_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
         from harness.runners.torch_steps import run_steps
 
         log = ObservationLog(self.name)
-        log.details["versions"] = {name: module.__version__ for name, module in modules.items()}
+        log.details["versions"] = versions
         log.details["exporter"] = {"dynamo": self.dynamo, "executor": self.executor}
         with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
             exporter = _GraphExporter(case, self.dynamo, self.executor, Path(workdir))

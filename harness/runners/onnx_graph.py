@@ -76,6 +76,12 @@ def _describe(path: str, node: onnx.NodeProto, opset: int, stored: set[str]) -> 
     )
 
 
+def data_inputs(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs a caller feeds: those that are not also initializers."""
+    stored = {initializer.name for initializer in model.graph.initializer}
+    return [value.name for value in model.graph.input if value.name not in stored]
+
+
 def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Every initializer as a NumPy array."""
     return {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
