@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix = commands.add_parser("matrix", help="several results.json side by side (the version matrix)")
     matrix.add_argument("results", type=Path, nargs="+", help="results.json files, e.g. reports/matrix/*.json")
     matrix.add_argument("--all", action="store_true", help="also the rows that are the same everywhere")
-    repro = commands.add_parser("repro", help="write repro bundles for a case's exporter divergences")
+    repro = commands.add_parser("repro", help="write repro bundles for a case's exporter and Keras divergences")
     repro.add_argument("case", type=Path, help="a case file")
     repro.add_argument("-o", "--output", type=Path, default=Path("reports/repro"), help="default: reports/repro")
     args = parser.parse_args(argv)
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def write_repro_bundles(path: Path, output: Path) -> int:
-    """`python -m harness repro CASE`: run the case, write one bundle per exporter runner that diverged."""
+    """`python -m harness repro CASE`: run the case, write one bundle per exporter or Keras runner that diverged."""
     from harness.case import Case
     from harness.repro import bundle_runners, write_bundle, write_graph_bundle
 
@@ -137,7 +137,7 @@ def write_repro_bundles(path: Path, output: Path) -> int:
             return 0
         runners = bundle_runners(result)
         if not runners:
-            print(f"{path}: no exporter runner diverged: nothing to reproduce")
+            print(f"{path}: no exporter or Keras runner diverged: nothing to reproduce")
             return 0
         for runner in runners:
             print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")

@@ -1,8 +1,12 @@
-"""Repro bundles: for a torch-model case and an ONNX exporter runner that diverged, a directory
-with the exported model.onnx and test_data_set_0 in the ONNX backend-test layout (the first batch
-after the export and torch-eager's output for it), every step's batch, torch-eager's observations,
-and a standalone repro.py (numpy, torch, onnx, onnxruntime; not this harness) that replays the
-steps with the same exporter and prints every divergence from torch-eager."""
+"""Repro bundles: a directory per diverging runner with every step's batch and a standalone
+repro.py (the frameworks only, not this harness) that replays the case and prints each divergence.
+
+- ONNX exporter runners: also the exported model.onnx and test_data_set_0 in the ONNX backend-test
+  layout (the first batch after the export and torch-eager's output for it) and torch-eager's
+  observations; the script re-exports with the same exporter (numpy, torch, onnx, onnxruntime).
+- Keras runners: the script runs the torch model and the harness's own Keras port side by side
+  (numpy, torch, keras on the runner's backend); there is no ONNX model to bundle.
+- Graph cases: see `write_graph_bundle`."""
 
 from __future__ import annotations
 
@@ -25,10 +29,14 @@ EXPORT_RUNNERS = {"onnx-torchscript-ort": False, "onnx-dynamo-ort": True, "onnx-
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
 
+KERAS_BACKENDS = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch", "keras-numpy": "numpy"}
+
+
 def bundle_runners(result: CaseResult) -> list[str]:
-    """The runners of a case result that a bundle can reproduce: exporters that diverged."""
+    """The runners of a case result that a bundle can reproduce: exporters and Keras ports that diverged."""
     diverged = {verdict.other for verdict in result.verdicts if not verdict}
-    return [run.runner for run in result.runs if run.runner in diverged and run.runner in EXPORT_RUNNERS and run.artifacts]
+    return [run.runner for run in result.runs if run.runner in diverged and run.status == "ok"
+            and ((run.runner in EXPORT_RUNNERS and run.artifacts) or run.runner in KERAS_BACKENDS)]
 
 
 def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -> Path:
@@ -37,22 +45,21 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     Raises:
         HarnessError: no bundle can be made for this case and runner.
     """
+    if case.bn.dtype not in NUMPY_DTYPES:
+        raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
+    if runner in KERAS_BACKENDS:
+        return _write_keras_bundle(case, runner, directory / case.case_id / runner)
     runs = {run.runner: run for run in result.runs}
     if runner not in EXPORT_RUNNERS or runner not in runs or "model.onnx" not in runs[runner].artifacts:
         raise HarnessError(f"{case.path}: no repro bundle for {runner}: bundles cover the ONNX exporter runners "
-                           f"that exported a model ({', '.join(EXPORT_RUNNERS)})")
-    if case.bn.dtype not in NUMPY_DTYPES:
-        raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
+                           f"that exported a model ({', '.join(EXPORT_RUNNERS)}) and the Keras runners")
     from onnx import numpy_helper
 
     bundle = directory / case.case_id / runner
-    (bundle / "inputs").mkdir(parents=True, exist_ok=True)
+    _write_batches(case, bundle)
     (bundle / "model.onnx").write_bytes(runs[runner].artifacts["model.onnx"])
     dtype = NUMPY_DTYPES[case.input.dtype]
     np.save(bundle / "inputs" / "example.npy", make_batch(case.input, case.input.seed).astype(dtype))  # the export's example
-    for index, step in enumerate(case.steps):
-        if step.seed is not None:
-            np.save(bundle / "inputs" / f"step_{index}.npy", make_batch(case.input, step.seed).astype(dtype))
     export_index = next(i for i, step in enumerate(case.steps) if step.kind == "export")
     forward_after = next((i for i, step in enumerate(case.steps) if i > export_index and step.seed is not None), None)
     reference = runs[result.runs[0].runner]
@@ -67,6 +74,33 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
                 if field.startswith("module.")}
     (bundle / "reference.json").write_text(json.dumps({"runner": reference.runner, "observations": observed}, indent=1))
     (bundle / "repro.py").write_text(_script(case, runner))
+    return bundle
+
+
+def _write_batches(case: Case, bundle: Path) -> None:
+    """Every forward step's batch, as the case's input dtype, under inputs/step_<index>.npy."""
+    (bundle / "inputs").mkdir(parents=True, exist_ok=True)
+    dtype = NUMPY_DTYPES[case.input.dtype]
+    for index, step in enumerate(case.steps):
+        if step.seed is not None:
+            np.save(bundle / "inputs" / f"step_{index}.npy", make_batch(case.input, step.seed).astype(dtype))
+
+
+def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
+    from harness.keras_mapping import Unmappable, keras_mapping
+    from harness.runners import keras_port
+    from harness.runners.keras_worker import port_settings
+
+    try:
+        mapping = keras_mapping(case)
+    except Unmappable as reason:
+        raise HarnessError(f"{case.path}: no repro bundle for {runner}: no Keras port: {reason}") from None
+    _write_batches(case, bundle)
+    spec = MODEL_SPECS[case.model]
+    port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
+    (bundle / "repro.py").write_text(_render(
+        "keras_repro.py.j2", case, runner=runner, backend=KERAS_BACKENDS[runner], port_source=port_source,
+        settings=repr(port_settings(mapping)), mapping=mapping.summary(), submodule_paths=repr(spec.submodule_paths)))
     return bundle
 
 
@@ -100,6 +134,12 @@ def _plain(value: Any) -> Any:
 
 
 def _script(case: Case, runner: str) -> str:
+    return _render("repro.py.j2", case, runner=runner, dynamo=EXPORT_RUNNERS[runner])
+
+
+def _render(template: str, case: Case, **values: Any) -> str:
+    """A repro script: the template with the case's model (the sources and constants of
+    _torch_model.py.j2) and `values`."""
     import jinja2
 
     from harness.runners import torch_models
@@ -111,11 +151,11 @@ def _script(case: Case, runner: str) -> str:
     steps = [{"kind": step.kind, "label": step.label(), "export": None if step.export is None else
               {"training": step.export.training, "opset": step.export.opset, "dynamic_batch": step.export.dynamic_batch},
               "mode": None if step.mode is None else [list(item) for item in step.mode.assignments]} for step in case.steps]
-    return environment.get_template("repro.py.j2").render(
-        case=case, runner=runner, dynamo=EXPORT_RUNNERS[runner], sources="\n\n".join(sources),
+    return environment.get_template(template).render(
+        case=case, sources="\n\n".join(sources), **values,
         # Python literals (repr), not JSON: the script is Python.
         bn=repr({key: getattr(case.bn, key) for key in case.bn.__slots__}),
         steps=repr(steps), mode=repr([list(item) for item in case.mode.assignments]),
         bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)), shape=repr(list(case.input.shape)),
-        tolerance=tolerance_for([case.dtype]),
+        tolerance=tolerance_for([case.dtype], case.tolerance),
     )

@@ -50,6 +50,8 @@ def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
     assert '<a href="https://github.com/pytorch/pytorch/issues/52867">' in html
     assert '<td class="mode-differs">T</td>' in html, "the flipped flag is highlighted against the reference"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    assert html.count("<code>python -m harness repro ") == 1, "only the case with a diverging exporter"
+    assert "<code>python -m harness repro cases/flip.yaml</code>" in html
 
 
 def test_the_report_is_self_contained(tmp_path):

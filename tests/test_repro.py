@@ -51,8 +51,8 @@ def test_the_generated_script_shows_the_divergence_on_its_own(forum):
 
 def test_what_cannot_be_bundled_says_why(forum, tmp_path):
     directory, case, result = forum
-    with pytest.raises(HarnessError, match="no repro bundle for keras-tensorflow: bundles cover the ONNX exporter runners"):
-        write_bundle(case, result, "keras-tensorflow", tmp_path)
+    with pytest.raises(HarnessError, match="no repro bundle for graph-ort: bundles cover the ONNX exporter runners"):
+        write_bundle(case, result, "graph-ort", tmp_path)
 
 
 def test_a_graph_case_bundle_runs_every_runtime_against_the_spec(tmp_path, capsys):
@@ -68,3 +68,57 @@ def test_a_graph_case_bundle_runs_every_runtime_against_the_spec(tmp_path, capsy
     assert run.returncode == 1, run.stderr
     assert "DIVERGES: onnx reference evaluator, test_data_set_0, output (Y): greatest difference from the ONNX spec" in run.stdout
     assert "DIVERGES: onnxruntime" not in run.stdout, "onnxruntime follows the spec here"
+
+
+KERAS_PASSTHROUGH = """\
+description: momentum 0.1 passed to Keras unchanged
+runners: [torch-eager, keras-torch]
+model: nested_two_bn
+bn: {num_features: 3, momentum: 0.1}
+mode: {"": train, head: eval}
+input: {shape: [4, 3, 5, 5], seed: 5}
+keras: {momentum: 0.1, running_var: unbiased}
+steps: [forward, {set_mode: eval}, forward]
+"""
+
+
+def _keras_case(directory, text):
+    pytest.importorskip("keras")
+    case = load_case(write_case(directory / "cases", "keras", text))
+    return case, run_case(case)
+
+
+def _shown(run) -> set[tuple[str, int]]:
+    """(field, step) of each `DIVERGES: <field> after step <n> (...)` line."""
+    found = set()
+    for line in run.stdout.splitlines():
+        if line.startswith("DIVERGES: "):
+            field, _, rest = line.removeprefix("DIVERGES: ").partition(" after step ")
+            found.add((field, int(rest.split()[0])))
+    return found
+
+
+def test_a_keras_bundle_shows_exactly_the_divergences_the_harness_found(tmp_path):
+    case, result = _keras_case(tmp_path, KERAS_PASSTHROUGH)
+    assert bundle_runners(result) == ["keras-torch"]
+    bundle = write_bundle(case, result, "keras-torch", tmp_path / "out")
+    assert not any(line.startswith(("import harness", "from harness")) for line in (bundle / "repro.py").read_text().splitlines())
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "Keras parameters not mapped from PyTorch: momentum=0.1 (case override; mapped: 0.9)" in run.stdout
+    harness_found = {(verdict.field, verdict.step) for verdict in result.verdicts if not verdict}
+    assert ("stem.bn.running_mean", 0) in harness_found and ("output", 2) in harness_found
+    assert _shown(run) == harness_found
+
+
+def test_a_keras_bundle_of_an_agreeing_port_shows_nothing(tmp_path):
+    # Mapped momentum, train steps only (an eval forward after training would use Keras's biased
+    # variance); the bundle is written all the same to check the script raises no false alarm.
+    control = KERAS_PASSTHROUGH.replace("momentum: 0.1, running_var", "running_var").replace(
+        "steps: [forward, {set_mode: eval}, forward]", "steps: [forward, train_step, {set_mode: eval}]")
+    case, result = _keras_case(tmp_path, control)
+    assert bundle_runners(result) == [] and result.runs[1].status == "ok"
+    bundle = write_bundle(case, result, "keras-torch", tmp_path / "out")
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 divergence(s) shown (rtol=1.3e-06, atol=1e-05)" in run.stdout

@@ -102,8 +102,19 @@ def _case_view(case: Mapping[str, Any]) -> dict[str, Any]:
         "vanished": case.get("vanished", []),
         "modes": _modes(case, reference),
         "classes": sorted({c.get("attribution") for c in divergent if c.get("attribution")}),
+        "repro": _repro_command(case, {c["other"] for c in divergent}),
         "diverging_runners": sorted({c["other"] for c in divergent} | {r for r, s in cell_status.items() if s not in ("agree", "known")}),
     }
+
+
+def _repro_command(case: Mapping[str, Any], diverging: set[str]) -> str | None:
+    """The command that writes this case's repro bundles, where one can be written."""
+    from harness.repro import EXPORT_RUNNERS, KERAS_BACKENDS
+
+    graph_case = "onnx-spec" in case.get("runners", {})
+    if case.get("file") and (graph_case and diverging or diverging & (EXPORT_RUNNERS.keys() | KERAS_BACKENDS.keys())):
+        return f"python -m harness repro {case['file']}"
+    return None
 
 
 def _divergence_view(comparison: Mapping[str, Any]) -> dict[str, Any]:

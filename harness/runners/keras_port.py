@@ -1,5 +1,9 @@
-"""The case's model rebuilt in Keras 3 with the torch weights copied in; runs inside a worker
-process whose KERAS_BACKEND was set before keras was imported."""
+"""The case's model rebuilt in Keras 3 with the torch weights copied in, called with the torch
+module's modes.
+
+Imports nothing from the harness: the worker wraps it in the harness's records, and Keras repro
+scripts carry its source verbatim, so that the script and the runner are the same port.
+"""
 
 from __future__ import annotations
 
@@ -7,54 +11,53 @@ from typing import Any
 
 import numpy as np
 
-from harness.case import Case, ModeSetting
-from harness.fields import deployed_field
-from harness.keras_mapping import KerasMapping
-from harness.models import MODEL_SPECS
-from harness.results import BNCall
-from harness.runners.base import ObservationLog
-
 BN_WEIGHT_ORDER = ("weight", "bias", "running_mean", "running_var")  # Keras: gamma, beta, moving_mean, moving_variance
 
 
 class KerasPort:
-    """Keras layers standing for the torch submodules, called with the torch module's modes."""
+    """Keras layers standing for the torch submodules.
 
-    def __init__(self, keras: Any, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]) -> None:
-        self.keras, self.case, self.mapping = keras, case, mapping
-        spec = MODEL_SPECS[case.model]
-        self.training = dict.fromkeys(spec.submodule_paths, False)
-        self.apply_mode(case.mode)
-        self.dtype = case.bn.dtype
+    `settings` holds the Keras parameters (axis, momentum, epsilon, center, scale, trainable), how
+    `training=` is passed ("explicit" or "omitted") and how the running variance is reported
+    ("unbiased": re-expressed in torch's convention; "as_stored": biased, as Keras stores it).
+    """
+
+    def __init__(self, keras: Any, model: str, shape: tuple[int, ...], num_features: int, dtype: str,
+                 settings: dict[str, Any], submodule_paths: tuple[str, ...], batchnorm_paths: tuple[str, ...],
+                 weights: dict[str, np.ndarray], mode: list[tuple[str, bool]]) -> None:
+        self.keras, self.model, self.shape, self.num_features = keras, model, tuple(shape), num_features
+        self.dtype, self.settings = dtype, dict(settings)
+        self.training = dict.fromkeys(submodule_paths, False)
+        self.apply_mode(mode)
         self.layers: dict[str, Any] = {}
         self.bn_copied: dict[str, bool] = {}
         self._build(weights)
         # Running variance re-expressed in torch's unbiased convention, from Keras's own updates.
-        self.unbiased_var = {path: self._stored(path, "moving_variance") for path in spec.batchnorm_paths}
+        self.unbiased_var = {path: self.stored(path, "moving_variance") for path in batchnorm_paths}
         self.last_stored_var = dict(self.unbiased_var)
         self.updated: set[str] = set()
         self.elements_per_channel: dict[str, int] = {}  # of each BN's own input, at its last call
-        self.calls: dict[str, BNCall] = {}  # what each BN was given at the last forward, for the oracles
-        self.outputs: dict[str, np.ndarray] = {}  # what each BN returned at the last forward
+        self.calls: dict[str, dict[str, Any]] = {}  # what each BN was given at the last forward, for the oracles
+        self.outputs: dict[str, np.ndarray] = {}  # what each BN returned at the last forward, torch's layout
 
-    def apply_mode(self, mode: ModeSetting) -> None:
-        """`module.get_submodule(path).train(flag)`: recursive, as in torch."""
-        for path, training in mode.assignments:
+    def apply_mode(self, assignments) -> None:
+        """`module.get_submodule(path).train(flag)` for each (path, flag): recursive, as in torch."""
+        for path, training in assignments:
             for name in self.training:
                 if path == "" or name == path or name.startswith(path + "."):
                     self.training[name] = training
 
     def _build(self, weights: dict[str, np.ndarray]) -> None:
-        shape = self.case.input.shape
-        if self.case.model.startswith("batchnorm"):
+        shape = self.shape
+        if self.model.startswith("batchnorm"):
             self._add_bn("", shape, weights)
             return
         nhwc = (shape[0], shape[2], shape[3], shape[1])
-        features = self.case.bn.num_features
-        if self.case.model == "conv_bn":
+        features = self.num_features
+        if self.model == "conv_bn":
             self._add_conv("conv", nhwc, weights, padding="valid", bias=True)
             self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
-        elif self.case.model == "forum_net":
+        elif self.model == "forum_net":
             self._add_conv("conv1", nhwc, weights, padding="valid", bias=False)
             self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
             dense = self.keras.layers.Dense(10, use_bias=False, dtype=self.dtype)
@@ -76,16 +79,16 @@ class KerasPort:
         self.layers[path] = conv
 
     def _add_bn(self, path: str, input_shape, weights: dict[str, np.ndarray]) -> None:
-        mapping = self.mapping
+        settings = self.settings
         layer = self.keras.layers.BatchNormalization(
-            axis=mapping.value("axis"), momentum=mapping.value("momentum"), epsilon=mapping.value("epsilon"),
-            center=mapping.value("center"), scale=mapping.value("scale"), dtype=self.dtype,
+            axis=settings["axis"], momentum=settings["momentum"], epsilon=settings["epsilon"],
+            center=settings["center"], scale=settings["scale"], dtype=self.dtype,
         )
         layer.build(input_shape)
-        layer.trainable = mapping.value("trainable")
+        layer.trainable = settings["trainable"]
         prefix = f"{path}." if path else ""
         values = [weights[prefix + name] for name in BN_WEIGHT_ORDER if prefix + name in weights]
-        if not mapping.value("center"):
+        if not settings["center"]:
             values = values[-2:]
         fits = all(value.shape == variable.shape for value, variable in zip(values, layer.weights))
         if fits and len(values) == len(layer.weights):
@@ -94,23 +97,23 @@ class KerasPort:
         self.layers[path] = layer
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """The port's output for a batch in torch's layout."""
+        """The port's output, as float64, for a batch in torch's layout."""
         ops = self.keras.ops
         self.updated = set()
         x = ops.convert_to_tensor(batch.astype(self._numpy_dtype()))
-        if self.case.model.startswith("batchnorm"):
+        if self.model.startswith("batchnorm"):
             y = self._bn("", x)
         else:
             h = ops.transpose(x, (0, 2, 3, 1))
-            if self.case.model == "conv_bn":
+            if self.model == "conv_bn":
                 h = self._bn("bn", self.layers["conv"](h))
-            elif self.case.model == "forum_net":
+            elif self.model == "forum_net":
                 h = ops.relu(self._bn("bn", self.layers["conv1"](h)))
             else:
                 h = ops.relu(self._bn("stem.bn", self.layers["stem.conv"](h)))
                 h = self._bn("head.block.bn", self.layers["head.block.conv"](h))
             y = ops.transpose(h, (0, 3, 1, 2))
-            if self.case.model == "forum_net":
+            if self.model == "forum_net":
                 y = ops.relu(self.layers["fc1"](ops.reshape(y, (y.shape[0], -1))))
         return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
 
@@ -118,7 +121,7 @@ class KerasPort:
         layer = self.layers[path]
         self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
         self.calls[path] = self._call(path, layer, h)
-        if self.mapping.value("training_argument") == "omitted":
+        if self.settings["training_argument"] == "omitted":
             result = layer(h)  # what a port that forgets training= does: Keras runs in inference
         else:
             training = self.training[path]
@@ -133,37 +136,33 @@ class KerasPort:
         """A convolutional model's BN output in torch's layout (the port runs channels-last)."""
         return values.transpose(0, 3, 1, 2) if values.ndim == 4 else values
 
-    def _call(self, path: str, layer, h) -> BNCall:
-        """The layer's call in Keras terms, with the variance as the harness reports it."""
-        explicit = self.mapping.value("training_argument") == "explicit"
+    def _call(self, path: str, layer, h) -> dict[str, Any]:
+        """The layer's call in Keras terms, with the variance as the port reports it."""
+        explicit = self.settings["training_argument"] == "explicit"
         batch_stats = explicit and self.training[path] and layer.trainable  # Keras: `if training and self.trainable`
-        convention = self.mapping.value("running_var")
-        reported_var = self.unbiased_var[path] if convention == "unbiased" else self._stored(path, "moving_variance")
-        return BNCall(
-            semantics="keras",
-            input=np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64),
-            channel_axis=layer.axis if isinstance(layer.axis, int) else layer.axis[0],
-            uses_batch_stats=batch_stats,
-            updates_running_stats=batch_stats,
-            eps=float(layer.epsilon),
-            momentum=float(layer.momentum),
-            weight=self._stored(path, "gamma") if layer.scale else None,
-            bias=self._stored(path, "beta") if layer.center else None,
-            running_mean_before=self._stored(path, "moving_mean"),
-            running_var_before=reported_var,
-            stored_var_before=self._stored(path, "moving_variance"),
-            running_var_reported=convention,
-        )
+        convention = self.settings["running_var"]
+        return {
+            "input": np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64),
+            "channel_axis": layer.axis if isinstance(layer.axis, int) else layer.axis[0],
+            "uses_batch_stats": batch_stats,
+            "updates_running_stats": batch_stats,
+            "eps": float(layer.epsilon),
+            "momentum": float(layer.momentum),
+            "weight": self.stored(path, "gamma") if layer.scale else None,
+            "bias": self.stored(path, "beta") if layer.center else None,
+            "running_mean_before": self.stored(path, "moving_mean"),
+            "running_var_before": self.unbiased_var[path] if convention == "unbiased" else self.stored(path, "moving_variance"),
+            "stored_var_before": self.stored(path, "moving_variance"),
+            "running_var_reported": convention,
+        }
 
-    def record_state(self, step: int, log: ObservationLog) -> None:
-        """Log each BN's moving statistics under the deployed names, and what each was given."""
-        log.bn_calls.update({(step, path): call for path, call in self.calls.items()})
-        for path, values in self.outputs.items():
-            log.array(step, deployed_field(path, "output"), values, self.dtype)
+    def end_step(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each BN's (running mean, running variance as reported) after a step; also clears what
+        the last forward recorded in `calls` and `outputs`."""
         self.calls, self.outputs = {}, {}
+        state = {}
         for path in self.unbiased_var:
-            log.array(step, deployed_field(path, "running_mean"), self._stored(path, "moving_mean"), self.dtype)
-            stored_var = self._stored(path, "moving_variance")
+            stored_var = self.stored(path, "moving_variance")
             if path in self.updated:
                 momentum = self.layers[path].momentum
                 n = self.elements_per_channel[path]
@@ -172,11 +171,13 @@ class KerasPort:
                 batch_term = stored_var - momentum * self.last_stored_var[path]
                 self.unbiased_var[path] = momentum * self.unbiased_var[path] + batch_term * n / (n - 1)
             self.last_stored_var[path] = stored_var
-            reported = self.unbiased_var[path] if self.mapping.value("running_var") == "unbiased" else stored_var
-            log.array(step, deployed_field(path, "running_var"), reported, self.dtype)
+            reported = self.unbiased_var[path] if self.settings["running_var"] == "unbiased" else stored_var
+            state[path] = (self.stored(path, "moving_mean"), reported)
         self.updated = set()
+        return state
 
-    def _stored(self, path: str, name: str) -> np.ndarray:
+    def stored(self, path: str, name: str) -> np.ndarray:
+        """A Keras variable of the BN at `path` (gamma, beta, moving_mean, moving_variance), as float64."""
         variable = getattr(self.layers[path], name)
         return np.asarray(self.keras.ops.convert_to_numpy(variable), dtype=np.float64)
 

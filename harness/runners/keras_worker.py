@@ -8,10 +8,11 @@ import os
 import numpy as np
 
 from harness.case import Case
-from harness.fields import OUTPUT
+from harness.fields import OUTPUT, deployed_field
 from harness.inputs import make_batch
 from harness.keras_mapping import KerasMapping
-from harness.results import RunResult
+from harness.models import MODEL_SPECS
+from harness.results import BNCall, RunResult
 from harness.runners.base import ObservationLog, clean_reason, skipped
 
 
@@ -34,8 +35,6 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
     except ImportError as error:  # a backend's own undeclared dependency, say
         missing = f"; install it with: pip install {error.name}" if error.name else ""
         return skipped(runner, f"keras with KERAS_BACKEND={backend} is not importable ({error}){missing}")
-    from harness.runners.keras_port import KerasPort
-
     log = ObservationLog(runner)
     if keras.backend.backend() != backend:  # the pool's initializer guarantees it; a bug otherwise
         raise RuntimeError(f"worker for {backend} runs keras on {keras.backend.backend()}")
@@ -43,7 +42,7 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
     log.details["mapping"] = mapping.to_json()
     log.notes.append(mapping.summary())
     try:
-        port = KerasPort(keras, case, mapping, weights)
+        port = make_port(keras, case, mapping, weights)
     except Exception as error:  # Keras refusing the port (a dtype, a shape) is a result
         return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
     log.details["batchnorm_weights_copied"] = port.bn_copied
@@ -57,9 +56,33 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
             log.array(index, OUTPUT, output, case.input.dtype)
         elif step.kind == "set_mode":
             assert step.mode is not None
-            port.apply_mode(step.mode)
-        port.record_state(index, log)
+            port.apply_mode(step.mode.assignments)
+        record_state(port, case, index, log)
     return log.result()
+
+
+def port_settings(mapping: KerasMapping) -> dict:
+    """The mapping's values, as the port takes them."""
+    return {parameter.name: parameter.value for parameter in mapping.parameters}
+
+
+def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]):
+    from harness.runners.keras_port import KerasPort
+
+    spec = MODEL_SPECS[case.model]
+    return KerasPort(keras, case.model, case.input.shape, case.bn.num_features, case.bn.dtype, port_settings(mapping),
+                     spec.submodule_paths, spec.batchnorm_paths, weights, list(case.mode.assignments))
+
+
+def record_state(port, case: Case, step: int, log: ObservationLog) -> None:
+    """Log what each BN was given and returned at the step's forward, and its moving statistics
+    under the deployed names."""
+    log.bn_calls.update({(step, path): BNCall(semantics="keras", **call) for path, call in port.calls.items()})
+    for path, values in port.outputs.items():
+        log.array(step, deployed_field(path, "output"), values, case.bn.dtype)
+    for path, (mean, var) in port.end_step().items():
+        log.array(step, deployed_field(path, "running_mean"), mean, case.bn.dtype)
+        log.array(step, deployed_field(path, "running_var"), var, case.bn.dtype)
 
 
 def _backend_version(backend: str) -> str:
