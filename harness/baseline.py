@@ -3,7 +3,9 @@
 A divergence is identified by (case, runner, field, step). Reported: divergences that are new or
 vanished, attribution classes that changed, magnitudes that moved by more than a factor, runner
 statuses and case outcomes that changed. A baseline from another environment is compared all the
-same, with the version differences listed first.
+same, with the version differences listed first. A runner the baseline ran that the new run
+skipped in every case (its framework not installed, say) is one change, with the skip reason,
+instead of one per status and divergence it had.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ DivergenceKey = tuple[str, str, str, int]  # (case id, runner, field, step)
 class Change:
     """One difference between the baseline and the new run."""
 
-    kind: str  # new | vanished | class changed | magnitude moved | status changed | outcome changed
+    kind: str  # new | vanished | class changed | magnitude moved | status changed | outcome changed | runner not run
     what: str
     before: Any = None
     after: Any = None
@@ -120,6 +122,12 @@ def _version_differences(baseline: Mapping[str, Any], new: Mapping[str, Any]) ->
 
 def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float) -> Iterator[Change]:
     old_cases, new_cases = _by_id(baseline), _by_id(new)
+    not_run = _runners_not_run(old_cases, new_cases)
+    for runner, (reason, entries) in sorted(not_run.items()):
+        yield Change("runner not run", f"{runner} ran in the baseline and was skipped in every case here ({reason}); "
+                                       f"its {entries} divergence(s) in the baseline not compared")
+    old_cases = {case_id: _without(case, not_run) for case_id, case in old_cases.items()}
+    new_cases = {case_id: _without(case, not_run) for case_id, case in new_cases.items()}
     for case_id in sorted(set(old_cases) | set(new_cases)):
         old, current = old_cases.get(case_id), new_cases.get(case_id)
         if old is None or current is None:
@@ -129,6 +137,28 @@ def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float)
             yield Change("outcome changed", case_id, old["outcome"], current["outcome"])
         yield from _status_changes(case_id, old, current)
         yield from _divergence_changes(case_id, old, current, factor)
+
+
+def _runners_not_run(old_cases: Mapping[str, Any], new_cases: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """Runners that ran in some baseline case and were skipped in every new case that has them:
+    runner -> (the first skip reason, how many baseline divergences that leaves uncompared)."""
+    ran_before = {name for case in old_cases.values() for name, run in case.get("runners", {}).items()
+                  if run.get("status") != "skipped"}
+    found: dict[str, tuple[str, int]] = {}
+    for runner in sorted(ran_before):
+        new_runs = [case["runners"][runner] for case in new_cases.values() if runner in case.get("runners", {})]
+        if new_runs and all(run.get("status") == "skipped" for run in new_runs):
+            entries = sum(len([key for key in _divergences(case) if key[1] == runner]) for case in old_cases.values())
+            found[runner] = (new_runs[0].get("reason") or "no reason given", entries)
+    return found
+
+
+def _without(case: Mapping[str, Any], runners: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The case with `runners` left out of its statuses and comparisons."""
+    if not runners:
+        return case
+    return {**case, "runners": {name: run for name, run in case.get("runners", {}).items() if name not in runners},
+            "comparisons": [c for c in case.get("comparisons", []) if c.get("other") not in runners]}
 
 
 def _by_id(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -71,6 +71,18 @@ def test_statuses_outcomes_and_cases():
         "case gone: forum", "new case: renamed"]
 
 
+def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
+    skipped = {"status": "skipped", "reason": "onnxruntime is not installed"}
+    document = changed(**{"cases/0/runners/onnx-torchscript-ort": skipped, "cases/0/comparisons": []})
+    assert [change.describe() for change in compare_results(BASELINE, document).changes] == [
+        "runner not run: onnx-torchscript-ort ran in the baseline and was skipped in every case here "
+        "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"]
+    second = copy.deepcopy(document["cases"][0]) | {"id": "other"}
+    second["runners"]["onnx-torchscript-ort"] = {"status": "ok"}
+    assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(
+        BASELINE, document | {"cases": [document["cases"][0], second]}).report(), "skipped in one case only: per case"
+
+
 def test_another_environment_is_compared_all_the_same_with_versions_first():
     other = changed(**{"environment/versions/onnxruntime": "1.33.0"})
     comparison = compare_results(BASELINE, other)
