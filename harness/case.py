@@ -148,6 +148,7 @@ class Case:
     tolerance: ToleranceOverride | None = None
     runners: tuple[str, ...] | None = None  # None: every registered runner
     keras: KerasOptions = KerasOptions()
+    timeout_s: float | None = None  # per runner; None: the command line's, else harness.execution's default
 
     @property
     def dtype(self) -> str:
@@ -191,6 +192,7 @@ class GraphCase:
     tolerance: ToleranceOverride | None = None
     runners: tuple[str, ...] | None = None
     directory: str = ""  # of the case file: relative backend-test paths start there
+    timeout_s: float | None = None
 
     @property
     def dtype(self) -> str:

@@ -11,9 +11,11 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
-from harness.engine import CaseResult, explain_known, run_case
+from harness.engine import CaseResult, explain_known, judge, run_case, select_runners
+from harness.execution import DEFAULT_TIMEOUT_S
 from harness.errors import CaseError, HarnessError
 from harness.runners import runner_names
 from harness.schema import load_case
@@ -28,18 +30,68 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
 
 
-def run_file(path: Path, only: Sequence[str] | None) -> CaseResult:
-    """Load and run one case file; a bad file or a harness bug becomes that case's result only."""
+def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[CaseResult]:
+    """Load every case file, schedule all their runners at once (the executor runs `jobs` at a
+    time), and yield each case's result in file order as soon as it is complete. A bad file or a
+    harness bug becomes that case's result only."""
+    from harness.execution import default_executor
+
+    executor = default_executor()
+    scheduled: list[tuple[Path, Any]] = []
+    for path in paths:
+        try:
+            case = load_case(path, display_path=str(path))
+            scheduled.append((path, (case, executor.submit(case, select_runners(case, only)))))
+        except CaseError as error:
+            scheduled.append((path, CaseResult(path.stem, str(path), "invalid", error=str(error))))
+        except HarnessError as error:
+            scheduled.append((path, CaseResult(case.case_id, case.path, "error", case.description, error=str(error))))
+    for path, item in scheduled:
+        if isinstance(item, CaseResult):
+            yield item
+            continue
+        case, futures = item
+        try:
+            yield judge(case, tuple(future.result() for future in futures))
+        except HarnessError as error:
+            yield CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
+        except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
+            yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
+        finally:
+            executor.forget(case)
+
+
+def journal_path(results: Path) -> Path:
+    """`reports/results.json` -> `reports/results.jsonl`."""
+    return results.with_suffix(".jsonl")
+
+
+def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
+    """`python -m harness recover JOURNAL`: results.json and the report of the cases a run finished."""
+    from harness.record import read_journal, write_document
+
     try:
-        case = load_case(path, display_path=str(path))
-    except CaseError as error:
-        return CaseResult(path.stem, str(path), "invalid", error=str(error))
-    try:
-        return run_case(case, only)
+        document = read_journal(journal)
     except HarnessError as error:
-        return CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
-    except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
-        return CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_document(results, document)
+    print(f"{len(document['cases'])} finished case(s) from {journal}; results written to {results}")
+    return render_report_file(results, report)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text}")
+    return value
 
 
 def summary_line(result: CaseResult) -> str:
@@ -63,6 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
     run.add_argument("--report", type=Path, default=Path("reports/report.html"),
                      help="where to write the HTML report at the end (default reports/report.html)")
+    run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners to run at once (default 1)")
+    run.add_argument("--timeout", type=_positive_float, default=None,
+                     help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})")
+    recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
+    recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
+    recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
+    recover.add_argument("--report", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
     report = commands.add_parser("report", help="render the HTML report of a results.json")
     report.add_argument("results", type=Path, help="a results.json")
     report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
@@ -93,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare_baseline(args.old, args.new, args.factor)
     if args.command == "report":
         return render_report_file(args.results, args.output)
+    if args.command == "recover":
+        return recover_from_journal(args.journal, args.results, args.report)
 
     only = None
     if args.runners:
@@ -104,21 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
 
-    from harness.record import write_results
+    from harness import execution
+    from harness.record import Journal, write_results
 
+    execution.configure(jobs=args.jobs, timeout_s=args.timeout)
     results = []
-    for path in files:
-        result = run_file(path, only)
-        results.append(result)
-        print(summary_line(result), flush=True)
-        if result.outcome in ("failed", "invalid", "error"):
-            print(_indent(result.explain()), flush=True)
-        if args.verbose and result.classification is not None and result.classification.known:
-            print(_indent(explain_known(result.classification)), flush=True)
-        # Rewritten after each case, atomically: a run stopped halfway keeps what it finished.
-        write_results(args.results, results)
+    journal = Journal(journal_path(args.results))
+    try:
+        for result in run_files(files, only):
+            results.append(result)
+            journal.append(result)  # a run killed halfway keeps every finished case
+            print(summary_line(result), flush=True)
+            if result.outcome in ("failed", "invalid", "error"):
+                print(_indent(result.explain()), flush=True)
+            if args.verbose and result.classification is not None and result.classification.known:
+                print(_indent(explain_known(result.classification)), flush=True)
+    finally:
+        journal.close()
+    write_results(args.results, results)
     counts = Counter(result.outcome for result in results)
-    print(f"results written to {args.results}")
+    print(f"results written to {args.results} (journal: {journal.path})")
     render_report_file(args.results, args.report)
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1

@@ -52,7 +52,16 @@ class _HarnessItem(pytest.Item):
         return self.path, None, f"case {self.name}"
 
     def _record(self, result: CaseResult) -> None:
-        self.config.stash[RESULTS_KEY].append(result)
+        """Attach the case's record to the item: its reports carry it to the plugin, also from
+        pytest-xdist workers to the controller."""
+        import json
+
+        from harness.engine import explain_known
+        from harness.record import case_record, plain_json
+
+        known = explain_known(result.classification) if result.classification and result.classification.known else ""
+        self.user_properties.append((CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)),
+                                                                      "known": known})))
 
 
 class CaseItem(_HarnessItem):
@@ -88,5 +97,6 @@ class InvalidCaseItem(_HarnessItem):
         raise self.error
 
 
-RESULTS_KEY = pytest.StashKey[list[CaseResult]]()
+CASE_RECORD_PROPERTY = "bn_harness_case"
+RESULTS_KEY = pytest.StashKey[list[dict]]()  # each finished case: {"record": results.json's entry, "known": text}
 RUNNERS_KEY = pytest.StashKey["tuple[str, ...] | None"]()

@@ -13,7 +13,7 @@ from harness.compare import compare_runs
 from harness.errors import RunnerError
 from harness.expected import Classification, classify
 from harness.results import RunResult, Verdict
-from harness.runners import GRAPH_REFERENCES, REFERENCE_RUNNER, create_runner, graph_runner_names, runner_names
+from harness.runners import GRAPH_REFERENCES, REFERENCE_RUNNER, graph_runner_names, runner_names
 
 MAX_VERDICTS_SHOWN = 8
 
@@ -67,7 +67,13 @@ def select_runners(case: Case | GraphCase, only: Sequence[str] | None = None) ->
 
 def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseResult:
     """Run `case` on its runners and judge it against its expectations."""
-    runs = tuple(create_runner(name).run(case) for name in select_runners(case, only))
+    from harness.execution import default_executor
+
+    return judge(case, default_executor().run(case, select_runners(case, only)))
+
+
+def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
+    """Compare each run with the reference (the first) and match the case's expectations."""
     reference = runs[0]
     steps = tuple(case.step_label(index) for index in range(len(case.steps)))
     if reference.status == "skipped":

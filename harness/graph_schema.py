@@ -81,6 +81,7 @@ def graph_case_from_document(document: LoadedDocument, case_id: str, source: str
         expectations=build_expectations(document),
         tolerance=build_tolerance(data),
         runners=tuple(data["runners"]) if "runners" in data else None,
+        timeout_s=float(data["timeout"]) if "timeout" in data else None,
         directory=str(Path(source).parent),
     )
 

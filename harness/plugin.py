@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.collect import RESULTS_KEY, RUNNERS_KEY, CaseFile
-from harness.engine import explain_known
+from harness.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS_KEY, CaseFile
+from harness.execution import DEFAULT_TIMEOUT_S
 from harness.runners import runner_names
 
 BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
@@ -36,6 +36,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="at the end of the session, compare its results with this baseline results.json and fail "
         "the session when anything changed (as `python -m harness baseline compare`)",
     )
+    group.addoption(
+        "--harness-jobs",
+        metavar="N",
+        type=int,
+        default=1,
+        help="runners of a case to run at once, each in its framework's worker process (default 1); "
+        "across cases, use pytest-xdist's -n",
+    )
+    group.addoption(
+        "--harness-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})",
+    )
     parser.addini(
         "harness_case_dirs",
         type="args",
@@ -46,6 +61,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = []
+    config.pluginmanager.register(CaseRecordCollector(config), "bn-harness-case-records")
+    jobs, timeout = config.getoption("harness_jobs"), config.getoption("harness_timeout")
+    if jobs < 1 or (timeout is not None and not timeout > 0):
+        raise pytest.UsageError(f"--harness-jobs must be at least 1 and --harness-timeout positive; got {jobs} and {timeout}")
+    from harness import execution
+
+    execution.configure(jobs=jobs, timeout_s=timeout)
     raw = config.getoption("harness_runners")
     if raw is None:
         config.stash[RUNNERS_KEY] = None
@@ -70,42 +92,66 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile |
     return None
 
 
+class CaseRecordCollector:
+    """Collects each case's record from its call report, made here or sent by a pytest-xdist worker."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        import json
+
+        for name, value in report.user_properties:
+            if name == CASE_RECORD_PROPERTY:
+                self.config.stash[RESULTS_KEY].append(json.loads(value))
+
+
+def _finished(config: pytest.Config) -> list[dict]:
+    """Every finished case, in file order whichever worker ran it."""
+    return sorted(config.stash.get(RESULTS_KEY, []), key=lambda entry: (entry["record"]["file"] or "", entry["record"]["id"]))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller writes
+        return
     target = session.config.getoption("harness_results")
-    results = session.config.stash.get(RESULTS_KEY, [])
-    if target and results:
-        from harness.record import write_results
+    records = [entry["record"] for entry in _finished(session.config)]
+    if target and records:
+        from harness.record import document_of, write_document
 
-        write_results(Path(target), results)
+        write_document(Path(target), document_of(records))
     baseline = session.config.getoption("harness_baseline")
-    if baseline and results:
+    if baseline and records:
         from harness.baseline import compare_results, load_results
-        from harness.record import results_record
+        from harness.record import document_of, plain_json
 
-        comparison = compare_results(load_results(Path(baseline)), results_record(results))
+        comparison = compare_results(load_results(Path(baseline)), plain_json(document_of(records)))
         session.config.stash[BASELINE_KEY] = comparison
         if comparison.regressed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    results = config.stash.get(RESULTS_KEY, [])
-    if not results:
+    finished = _finished(config)
+    if not finished:
         return
     terminalreporter.section("BatchNorm harness")
-    for result in results:
-        if result.outcome in ("invalid", "error"):
-            terminalreporter.write_line(f"{result.outcome:8} {result.path}: see its failure above")
+    for entry in finished:
+        record = entry["record"]
+        if record["outcome"] in ("invalid", "error"):
+            terminalreporter.write_line(f"{record['outcome']:8} {record['file']}: see its failure above")
             continue
-        known = Counter(verdict.other for verdict, _ in result.classification.known) if result.classification else Counter()
+        known = Counter(c["other"] for c in record.get("comparisons", []) if c.get("classification") == "known")
         known_text = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items())) or "none"
-        not_run = [f"{run.runner} ({run.status})" for run in result.runs if run.status != "ok"]
-        line = f"{result.outcome:8} {result.path}: known divergences: {known_text}"
+        not_run = [f"{name} ({run['status']})" for name, run in record.get("runners", {}).items() if run["status"] != "ok"]
+        line = f"{record['outcome']:8} {record['file']}: known divergences: {known_text}"
         if not_run:
             line += f"; not ok: {', '.join(not_run)}"
         terminalreporter.write_line(line)
-        if config.get_verbosity() > 0 and result.classification is not None and result.classification.known:
-            terminalreporter.write_line("    " + explain_known(result.classification).replace("\n", "\n    "))
+        if config.get_verbosity() > 0 and entry["known"]:
+            terminalreporter.write_line("    " + entry["known"].replace("\n", "\n    "))
     target = config.getoption("harness_results")
     if target:
         terminalreporter.write_line(f"results written to {target}")

@@ -1,4 +1,6 @@
-"""results.json: the machine-readable record of a run, written atomically."""
+"""results.json: the machine-readable record of a run, written atomically; and its journal, one
+line per finished case, appended as the run goes, from which a killed run's results.json and
+report are rebuilt."""
 
 from __future__ import annotations
 
@@ -88,7 +90,82 @@ def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
 
 def results_json(results: Sequence[CaseResult]) -> str:
     """results.json's text: strict JSON (no NaN), plain types only."""
-    return json.dumps(_finite(results_document(results)), indent=1, default=_json_default, allow_nan=False)
+    return _dumps(results_document(results), indent=1)
+
+
+def plain_json(value: Any) -> Any:
+    """`value` as results.json holds it: plain types, non-finite numbers as strings."""
+    return json.loads(_dumps(value))
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(_finite(value), indent=indent, default=_json_default, allow_nan=False)
+
+
+class Journal:
+    """`results.jsonl`: a header line (schema version, time, environment), then one line per case
+    as it finishes, flushed to disk, so that a run killed halfway keeps every finished case."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("w", encoding="utf-8")
+        header = results_document([])
+        del header["cases"]
+        self._write({"journal": "bn-harness results", **header})
+
+    def append(self, result: CaseResult) -> None:
+        """One finished case."""
+        self._write({"case": case_record(result)})
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self._file.write(_dumps(entry) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_journal(path: Path) -> dict[str, Any]:
+    """The results record a journal holds: its header and every complete case line (a line cut
+    short by a kill is left out).
+
+    Raises:
+        HarnessError: not readable, or not a journal.
+    """
+    from harness.errors import HarnessError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise HarnessError(f"{path}: cannot read the journal: {error}") from None
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("journal") != "bn-harness results":
+        raise HarnessError(f"{path}: not a results journal (its first line is not a bn-harness journal header)")
+    cases = []
+    for line in lines[1:]:
+        try:
+            cases.append(json.loads(line)["case"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the last line of a killed run may be incomplete
+    document = {key: value for key, value in header.items() if key != "journal"}
+    return {**document, "cases": cases}
+
+
+def write_document(path: Path, document: dict[str, Any]) -> None:
+    """Write a results record (as read back from a journal) as results.json."""
+    write_atomically(path, _dumps(document, indent=1))
+
+
+def document_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A results record around case records already made (as pytest's reports carry them)."""
+    document = results_document([])
+    document["cases"] = list(records)
+    return document
 
 
 def results_record(results: Sequence[CaseResult]) -> dict[str, Any]:

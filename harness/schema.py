@@ -38,12 +38,17 @@ from harness.schema_errors import explain_schema_error
 MAX_INPUT_ELEMENTS = 1 << 22
 
 
-@functools.cache
 def case_schema() -> dict[str, Any]:
-    """The JSON schema of a case file, with the registries' names filled in."""
+    """The JSON schema of a case file, with the registries' names filled in (runners registered
+    later included)."""
+    return _case_schema(runner_names())
+
+
+@functools.cache
+def _case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
     schema = json.loads(resources.files("harness").joinpath("case.schema.json").read_text())
     schema["properties"]["model"]["enum"] = list(MODEL_SPECS)
-    names = list(runner_names())
+    names = list(runners)
     schema["properties"]["runners"]["items"]["enum"] = names
     schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
     return schema
@@ -304,6 +309,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         expectations=build_expectations(document),
         tolerance=build_tolerance(data),
         runners=tuple(data["runners"]) if "runners" in data else None,
+        timeout_s=float(data["timeout"]) if "timeout" in data else None,
         keras=KerasOptions(**data.get("keras", {})),
     )
 

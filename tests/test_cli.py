@@ -27,14 +27,14 @@ def test_run_writes_results_for_good_and_bad_cases_and_fails_on_the_bad_one(tmp_
 def test_a_harness_bug_in_one_case_keeps_its_traceback_and_the_other_results(tmp_path, capsys, monkeypatch):
     write_case(tmp_path / "cases", "a_first", EVAL_BN2D)
     write_case(tmp_path / "cases", "b_second", EVAL_BN2D)
-    real_run_case = cli.run_case
+    real_judge = cli.judge
 
-    def run_case_with_a_bug(case, only):
+    def judge_with_a_bug(case, runs):
         if case.case_id == "a_first":
             raise ZeroDivisionError("a bug in the harness")
-        return real_run_case(case, only)
+        return real_judge(case, runs)
 
-    monkeypatch.setattr(cli, "run_case", run_case_with_a_bug)
+    monkeypatch.setattr(cli, "judge", judge_with_a_bug)
     results = tmp_path / "results.json"
     assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 1
     assert "ZeroDivisionError: a bug in the harness" in capsys.readouterr().out
@@ -50,3 +50,47 @@ def test_unknown_runner_and_empty_directory_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", str(tmp_path)])
     assert "no case files (*.yaml) under" in capsys.readouterr().err
+
+
+def test_a_run_killed_halfway_keeps_every_finished_case_in_its_journal(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    write_case(tmp_path / "cases", "a_first", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
+    results = tmp_path / "reports" / "results.json"
+    # The harness's own command line, with the test-only runner that never returns registered.
+    script = ("import sys; from harness.runners import register_runner; "
+              "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
+              "from harness import cli; sys.exit(cli.main(sys.argv[1:]))")
+    run = subprocess.Popen([sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
+                           cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = cli.journal_path(results)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and run.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # the header and two cases
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
+    os.killpg(run.pid, signal.SIGKILL)  # the run and its workers, as an out-of-memory killer would
+    run.wait()
+    assert not results.exists(), "killed before its end: only the journal holds the results"
+
+    report = tmp_path / "reports" / "report.html"
+    assert cli.main(["recover", str(journal), "--results", str(results), "--report", str(report)]) == 0
+    assert "2 finished case(s) from" in capsys.readouterr().out
+    cases = json.loads(results.read_text())["cases"]
+    assert [(case["id"], case["outcome"]) for case in cases] == [("a_first", "passed"), ("b_second", "passed")]
+    assert 'data-case="b_second"' in report.read_text()
+
+
+def test_recover_refuses_a_file_that_is_not_a_journal(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{}")
+    assert cli.main(["recover", str(tmp_path / "results.json")]) == 2
+    assert "not a results journal" in capsys.readouterr().err

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 import pytest
 
 from harness.inputs import make_batch
+from harness.execution import default_executor
 from harness.runners import create_runner
 from harness.runners import keras as keras_runners
 from harness.schema import load_case
@@ -23,8 +20,9 @@ TRAIN_BN2D = EVAL_BN2D.replace("mode: eval", "mode: train").replace("  - export\
 
 
 def run(tmp_path, text: str, runner: str = "keras-tensorflow"):
+    """The runner on the case, in its backend's worker process."""
     case = load_case(write_case(tmp_path, "case", text))
-    return case, create_runner(runner).run(case)
+    return case, default_executor().run(case, [runner])[0]
 
 
 def value(result, step: int, field: str):
@@ -62,22 +60,17 @@ def test_a_convolutional_port_matches_torch_eager(tmp_path):
 def test_a_missing_backend_skips_with_its_install_hint(tmp_path, monkeypatch):
     real_find_spec = keras_runners.importlib.util.find_spec
     monkeypatch.setattr(keras_runners.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
-    _, result = run(tmp_path, EVAL_BN2D, "keras-jax")
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    # In this process: the check comes before anything imports keras.
+    result = create_runner("keras-jax").run(case)
     assert (result.status, result.reason) == ("skipped", "jax is not installed; install it with: pip install jax==0.10.2")
-    _, result = run(tmp_path, EVAL_BN2D, "keras-numpy")
+    result = create_runner("keras-numpy").run(case)
     assert result.reason == "jax is not installed (Keras's numpy backend imports it); install it with: pip install jax==0.10.2"
 
 
 def test_a_case_keras_cannot_express_skips_with_the_reason(tmp_path):
     _, result = run(tmp_path, EVAL_BN2D.replace("num_features: 2", "num_features: 2\n  momentum: null"))
     assert result.status == "skipped" and "momentum=None (a cumulative moving average) has no Keras counterpart" in result.reason
-
-
-def test_a_worker_that_dies_is_a_crashed_result(tmp_path, monkeypatch):
-    dying = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=os.abort)
-    monkeypatch.setattr(keras_runners, "worker_for", lambda backend: dying)
-    _, result = run(tmp_path, EVAL_BN2D)
-    assert result.status == "crashed" and "the tensorflow worker process died" in result.reason
 
 
 def test_a_backend_that_cannot_import_keras_is_skipped_with_the_missing_package(tmp_path):

@@ -48,7 +48,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval",
         "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_seed, bn, mode, input, "
-        "steps, expect, tolerance, runners, keras",
+        "steps, expect, tolerance, runners, timeout, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, "
         "or a mapping with one key of: forward, train_step, export, set_mode",
         "cases/case.yaml:14: steps[2].export.opsett: unknown field; allowed: training, opset, dynamic_batch",

@@ -1,4 +1,5 @@
-"""Runner registry: stable names (baseline keys) mapped to lazily imported classes.
+"""Runner registry: stable names (baseline keys) mapped to lazily imported classes, and the
+worker family each runs in.
 
 Importing this module imports no framework; `create_runner` imports only the runner asked for.
 """
@@ -36,6 +37,42 @@ GRAPH_RUNNER_CLASSES: dict[str, str] = {
 }
 
 
+# Runners share a worker process with the others of their family: torch and onnxruntime in one;
+# each Keras backend in its own (KERAS_BACKEND is process-global).
+TORCH_FAMILY = "torch-onnx"
+RUNNER_FAMILIES: dict[str, str] = {name: name for name in RUNNER_CLASSES if name.startswith("keras-")}
+
+
+def runner_family(name: str) -> str:
+    """The worker family a runner runs in."""
+    return RUNNER_FAMILIES.get(name, TORCH_FAMILY)
+
+
+def runner_target(name: str) -> str:
+    """`module:Class` of a runner, for a worker process to import.
+
+    Raises:
+        RunnerError: no runner has that name.
+    """
+    try:
+        return {**RUNNER_CLASSES, **GRAPH_RUNNER_CLASSES}[name]
+    except KeyError:
+        raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join([*RUNNER_CLASSES, *GRAPH_RUNNER_CLASSES])}") from None
+
+
+def register_runner(name: str, target: str, family: str = TORCH_FAMILY) -> None:
+    """Add a runner of torch-model cases (`module:Class`, importable in a worker process)."""
+    RUNNER_CLASSES[name] = target
+    if family != TORCH_FAMILY:
+        RUNNER_FAMILIES[name] = family
+
+
+def unregister_runner(name: str) -> None:
+    """Remove a runner added with `register_runner`."""
+    RUNNER_CLASSES.pop(name, None)
+    RUNNER_FAMILIES.pop(name, None)
+
+
 def runner_names() -> tuple[str, ...]:
     """Every runner of torch-model cases, the reference first."""
     return tuple(RUNNER_CLASSES)
@@ -52,9 +89,5 @@ def create_runner(name: str) -> Runner:
     Raises:
         RunnerError: no runner has that name.
     """
-    try:
-        target = {**RUNNER_CLASSES, **GRAPH_RUNNER_CLASSES}[name]
-    except KeyError:
-        raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join([*RUNNER_CLASSES, *GRAPH_RUNNER_CLASSES])}") from None
-    module_name, class_name = target.split(":")
+    module_name, class_name = runner_target(name).split(":")
     return getattr(importlib.import_module(module_name), class_name)()

@@ -1,22 +1,16 @@
 """`keras-tensorflow`, `keras-jax`, `keras-torch`, `keras-numpy`: the case's model ported to Keras 3
-with the mapping of `harness.keras_mapping`, run in one worker process per backend.
+with the mapping of `harness.keras_mapping`.
 
-The workers live as long as the run (the backend is imported once, not once per case). A worker
-that dies makes its case `crashed` and is replaced for the next case.
+Each runs in its own family's worker process (harness.execution), whose initializer set
+KERAS_BACKEND before anything imported keras; the torch weights the port copies are built in the
+torch family's worker and handed over.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import importlib.util
 import os
-import multiprocessing
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from harness.case import Case
 from harness.keras_mapping import Unmappable, keras_mapping
@@ -37,46 +31,6 @@ INSTALL_HINTS = {
     "torch": "pip install torch==2.13.0",
     "keras": "pip install keras",
 }
-OUTPUT_TAIL_CHARS = 2000
-_workers: dict[str, ProcessPoolExecutor] = {}
-_worker_output: dict[str, str] = {}  # backend -> the file its worker prints to
-
-
-def worker_for(backend: str) -> ProcessPoolExecutor:
-    """The backend's worker process, started on first use."""
-    if backend not in _workers:
-        from harness.runners.keras_worker import prepare_worker
-
-        with tempfile.NamedTemporaryFile(prefix=f"bn-harness-keras-{backend}-", suffix=".log", delete=False) as output:
-            _worker_output[backend] = output.name
-        _workers[backend] = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=prepare_worker,
-            initargs=(backend, output.name),
-        )
-    return _workers[backend]
-
-
-def worker_output_tail(backend: str) -> str:
-    """The end of what the backend's worker printed."""
-    try:
-        with open(_worker_output[backend], errors="replace") as output:
-            return output.read()[-OUTPUT_TAIL_CHARS:]
-    except (KeyError, OSError):
-        return ""
-
-
-@atexit.register
-def stop_workers() -> None:
-    """Shut every worker down (also called at interpreter exit)."""
-    for worker in _workers.values():
-        worker.shutdown(wait=True, cancel_futures=True)
-    _workers.clear()
-    for path in _worker_output.values():
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    _worker_output.clear()
 
 
 class KerasRunner(Runner):
@@ -84,7 +38,7 @@ class KerasRunner(Runner):
 
     backend: ClassVar[str]
 
-    def run(self, case: Case) -> RunResult:
+    def run(self, case: Case, torch_weights: dict[str, Any] | None = None) -> RunResult:
         for module in ("keras", *BACKEND_MODULES[self.backend]):
             if importlib.util.find_spec(module) is None:
                 needed_by = "" if module in ("keras", self.backend) else f" (Keras's {self.backend} backend imports it)"
@@ -93,30 +47,25 @@ class KerasRunner(Runner):
             mapping = keras_mapping(case)
         except Unmappable as reason:
             return skipped(self.name, f"no Keras port: {reason}")
-        try:
-            weights = _torch_weights(case)
-        except FrameworkMissing as missing:
-            return skipped(self.name, f"the port copies the torch model's weights: {missing}")
+        if torch_weights is None:  # called outside the executor
+            torch_weights = build_torch_weights(case)
+            if isinstance(torch_weights, RunResult):
+                return skipped(self.name, f"the port copies the torch model's weights: {torch_weights.reason}")
+        if os.environ.get("KERAS_BACKEND", "tensorflow") != self.backend:
+            raise RuntimeError(f"{self.name} runs in a process whose KERAS_BACKEND is {self.backend} "
+                               "(harness.execution's worker for it), not in this one")
         from harness.runners.keras_worker import run_case_in_worker
 
-        worker = worker_for(self.backend)
-        future = worker.submit(run_case_in_worker, self.name, self.backend, case, mapping, weights)
-        try:
-            return future.result()
-        except BrokenProcessPool as error:
-            # Retire the broken worker; the next case starts a fresh one.
-            if _workers.get(self.backend) is worker:
-                del _workers[self.backend]
-            worker.shutdown(wait=False, cancel_futures=True)
-            tail = worker_output_tail(self.backend)
-            return RunResult(self.name, "crashed", f"the {self.backend} worker process died: {error}",
-                             details={"worker_output_tail": tail})
+        return run_case_in_worker(self.name, self.backend, case, mapping, torch_weights)
 
 
-@functools.lru_cache(maxsize=2)
-def _torch_weights(case: Case) -> dict:
-    """The torch model's initial weights, built once per case for all four backends (read-only)."""
-    import_framework("torch", INSTALL_HINTS["torch"])
+def build_torch_weights(case: Case) -> dict[str, Any] | RunResult:
+    """The torch model's initial weights as float64 arrays (the executor runs this in the torch
+    family's worker), or a skipped result when torch is missing."""
+    try:
+        import_framework("torch", INSTALL_HINTS["torch"])
+    except FrameworkMissing as missing:
+        return skipped("torch-weights", str(missing))
     from harness.runners.torch_models import build_model, to_numpy
 
     return {name: to_numpy(tensor) for name, tensor in build_model(case).state_dict().items()}

@@ -1,9 +1,7 @@
-"""Runs one case in Keras inside a worker process dedicated to one backend (KERAS_BACKEND is
+"""Runs one case in Keras, inside the worker process of its backend (KERAS_BACKEND is
 process-global and read when keras is first imported)."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -14,17 +12,6 @@ from harness.keras_mapping import KerasMapping
 from harness.models import MODEL_SPECS
 from harness.results import BNCall, RunResult
 from harness.runners.base import ObservationLog, clean_reason, skipped
-
-
-def prepare_worker(backend: str, output_path: str) -> None:
-    """Process initializer: choose the backend before anything imports keras, and send what the
-    frameworks print (C++ start-up logs included) to `output_path` instead of the user's terminal."""
-    os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(output, 1)
-    os.dup2(output, 2)
-    os.close(output)
 
 
 def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping,

@@ -1,0 +1,203 @@
+"""Where runners run: worker processes, one pool per framework family (torch + onnxruntime; each
+Keras backend), kept alive across cases so that each framework is imported once per worker.
+
+A worker that dies (segfault, abort, out of memory) makes that runner's result `crashed`, with
+the signal and the tail of what the worker printed; a runner that takes longer than its timeout
+is `timed_out`. Either way pebble replaces the worker and the run goes on. `jobs` bounds how many
+runners run at once (and so how many workers each family may start).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import pebble
+
+from harness.case import Case, GraphCase
+from harness.results import RunResult
+
+DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
+OUTPUT_TAIL_CHARS = 2000
+WORKER_FAMILY_ENV = "BN_HARNESS_WORKER_FAMILY"
+
+
+def prepare_worker(family: str, output_directory: str) -> None:
+    """Pool initializer: set what must be set before a framework is imported (Keras reads
+    KERAS_BACKEND once), and send what the frameworks print (C++ logs included) to a file per
+    worker process, whose tail a crash reports."""
+    os.environ[WORKER_FAMILY_ENV] = family
+    if family.startswith("keras-"):
+        os.environ["KERAS_BACKEND"] = family.removeprefix("keras-")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    output = os.open(os.path.join(output_directory, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
+
+
+def execute_runner(target: str, case: Case | GraphCase, inputs: dict[str, Any]) -> RunResult:
+    """In a worker: instantiate the runner class `module:Class` and run the case."""
+    import importlib
+
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)().run(case, **inputs)
+
+
+class Executor:
+    """Runs runners in their families' worker pools, at most `jobs` at once."""
+
+    def __init__(self, jobs: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1; got {jobs}")
+        if timeout_s <= 0:
+            raise ValueError(f"the timeout must be positive; got {timeout_s}")
+        self.jobs, self.timeout_s = jobs, timeout_s
+        self._pools: dict[str, pebble.ProcessPool] = {}
+        self._lock = threading.Lock()
+        self._dispatch = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bn-harness-dispatch")
+        self._output_directory = tempfile.mkdtemp(prefix="bn-harness-workers-")
+        self._weights: dict[Case, Future] = {}
+
+    def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
+        """Schedule each runner of `names` on `case`; each future gives its RunResult."""
+        return [self._dispatch.submit(self._run_one, name, case) for name in names]
+
+    def run(self, case: Case | GraphCase, names: Sequence[str]) -> tuple[RunResult, ...]:
+        """Every runner's result for `case`, in the order of `names`."""
+        try:
+            return tuple(future.result() for future in self.submit(case, names))
+        finally:
+            self.forget(case)
+
+    def forget(self, case: Case | GraphCase) -> None:
+        """Drop what was kept for `case` (the torch weights its Keras runners share)."""
+        with self._lock:
+            self._weights.pop(case, None)  # type: ignore[arg-type]
+
+    def timeout_for(self, case: Case | GraphCase) -> float:
+        """The case's own timeout, else the executor's (the command line's, else the default)."""
+        return getattr(case, "timeout_s", None) or self.timeout_s
+
+    def _run_one(self, name: str, case: Case | GraphCase) -> RunResult:
+        from harness.runners import runner_family, runner_target
+
+        family = runner_family(name)
+        inputs: dict[str, Any] = {}
+        if family.startswith("keras-") and isinstance(case, Case):
+            weights = self._torch_weights(case)
+            if isinstance(weights, RunResult):  # building the torch model failed: say so as this runner
+                return RunResult(name, weights.status, f"building the torch weights for the Keras port: {weights.reason}",
+                                 details=weights.details)
+            inputs["torch_weights"] = weights
+        return self._call(name, family, execute_runner, (runner_target(name), case, inputs), self.timeout_for(case))
+
+    def _torch_weights(self, case: Case) -> dict[str, Any] | RunResult:
+        """The torch model's initial weights, built once per case (whichever Keras runner asks
+        first builds them in the torch family's worker; the others wait for that)."""
+        from harness.runners.keras import build_torch_weights
+
+        with self._lock:
+            future = self._weights.get(case)
+            builds = future is None
+            if builds:
+                future = self._weights[case] = Future()
+        if builds:
+            future.set_result(self._call("torch-weights", "torch-onnx", build_torch_weights, (case,), self.timeout_for(case)))
+        return future.result()
+
+    def _call(self, name: str, family: str, function, args: tuple, timeout_s: float) -> Any:
+        future = self._pool(family).schedule(function, args=args, timeout=timeout_s)
+        try:
+            return future.result()
+        except FutureTimeout:
+            return RunResult(name, "timed_out", f"no result within {timeout_s:g} s; the {family} worker was stopped and replaced")
+        except pebble.ProcessExpired as expired:
+            tail = self._output_tail(expired.pid)
+            return RunResult(name, "crashed", f"the {family} worker process died: {_describe_exit(expired.exitcode)}"
+                             + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
+                             details={"exitcode": expired.exitcode, "worker_output_tail": tail})
+        except Exception as error:  # a harness bug inside the worker: this runner's result, not the run's end
+            import traceback
+
+            text = "".join(traceback.format_exception(error))
+            return RunResult(name, "crashed", f"{type(error).__name__} in the {family} worker: {error}",
+                             details={"traceback": text[-OUTPUT_TAIL_CHARS:]})
+
+    def _pool(self, family: str) -> pebble.ProcessPool:
+        with self._lock:
+            if family not in self._pools:
+                self._pools[family] = pebble.ProcessPool(
+                    max_workers=self.jobs, initializer=prepare_worker, initargs=(family, self._output_directory),
+                    context=multiprocessing.get_context("spawn"))
+            return self._pools[family]
+
+    def _output_tail(self, pid: int | None) -> str:
+        with contextlib.suppress(OSError, TypeError):
+            with open(os.path.join(self._output_directory, f"{pid}.log"), errors="replace") as output:
+                return output.read()[-OUTPUT_TAIL_CHARS:]
+        return ""
+
+    def close(self) -> None:
+        """Stop every worker and remove their output files."""
+        self._dispatch.shutdown(wait=True, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.stop()
+            pool.join()
+        self._pools.clear()
+        shutil.rmtree(self._output_directory, ignore_errors=True)
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    """`signal SIGABRT (exit code -6)`."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-exitcode).name} (exit code {exitcode})"
+    return f"exit code {exitcode}"
+
+
+def _last_lines(text: str, count: int = 10) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+_default: Executor | None = None
+_settings: dict[str, Any] = {"jobs": 1, "timeout_s": DEFAULT_TIMEOUT_S}
+
+
+def configure(jobs: int | None = None, timeout_s: float | None = None) -> None:
+    """Set how the default executor runs (the command line's --jobs and --timeout); restarts it."""
+    global _default
+    if jobs is not None:
+        _settings["jobs"] = jobs
+    if timeout_s is not None:
+        _settings["timeout_s"] = timeout_s
+    if _default is not None:
+        _default.close()
+        _default = None
+
+
+def default_executor() -> Executor:
+    """The process's executor, started on first use and stopped at exit."""
+    global _default
+    if _default is None:
+        _default = Executor(**_settings)
+    return _default
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop the default executor's workers (also at interpreter exit)."""
+    global _default
+    if _default is not None:
+        _default.close()
+        _default = None

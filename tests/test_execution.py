@@ -1,0 +1,77 @@
+"""Faults as results: a runner whose worker aborts is `crashed`, one that hangs is `timed_out`,
+one whose framework is missing is `skipped`; every other result of the run is still there."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import cli
+from harness.engine import run_case
+from harness.execution import Executor
+from harness.runners import register_runner, unregister_runner
+from harness.schema import load_case
+from tests.fault_runners import FAULT_RUNNERS
+from tests.tiny_cases import EVAL_BN2D, write_case
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture
+def fault_runners():
+    for name, target in FAULT_RUNNERS.items():
+        register_runner(name, target)
+    yield list(FAULT_RUNNERS)
+    for name in FAULT_RUNNERS:
+        unregister_runner(name)
+
+
+@pytest.fixture
+def executor():
+    executor = Executor(jobs=1, timeout_s=10)  # a fresh worker's torch import and an export fit in it
+    yield executor
+    executor.close()
+
+
+def test_each_fault_is_its_runners_result_and_the_others_still_run(tmp_path, fault_runners, executor):
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    # Each fault replaces the worker: the runners after it start in a fresh one.
+    names = ["fault-hang", "torch-eager", "fault-abort", "onnx-torchscript-ort", "fault-missing"]
+    runs = {run.runner: run for run in executor.run(case, names)}
+    assert runs["fault-abort"].status == "crashed"
+    assert "the torch-onnx worker process died: signal SIGABRT (exit code -6)" in runs["fault-abort"].reason
+    assert "fault-abort: a C++ assertion failed, aborting" in runs["fault-abort"].reason, "the tail of its stderr"
+    assert (runs["fault-hang"].status, runs["fault-hang"].reason) == (
+        "timed_out", "no result within 10 s; the torch-onnx worker was stopped and replaced")
+    assert runs["fault-missing"].status == "skipped"
+    assert "a_framework_that_is_not_installed is not importable" in runs["fault-missing"].reason
+    for name in ("torch-eager", "onnx-torchscript-ort"):
+        assert runs[name].status == "ok" and runs[name].observations, f"{name} ran in a replaced worker"
+
+
+def test_a_case_timeout_overrides_the_executors(tmp_path, fault_runners, executor):
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D + "timeout: 1.5\n"))
+    (run,) = executor.run(case, ["fault-hang"])
+    assert (run.status, run.reason) == ("timed_out", "no result within 1.5 s; the torch-onnx worker was stopped and replaced")
+
+
+def test_a_crash_fails_its_case_not_the_run(tmp_path, fault_runners, capsys):
+    write_case(tmp_path / "cases", "a_crashes", EVAL_BN2D)
+    write_case(tmp_path / "cases", "b_after", EVAL_BN2D)
+    results = tmp_path / "results.json"
+    status = cli.main(["run", str(tmp_path / "cases"), "--results", str(results),
+                       "--runners", "torch-eager,fault-abort,onnx-torchscript-ort"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "fault-abort ended with status crashed: the torch-onnx worker process died: signal SIGABRT" in out
+    import json
+
+    cases = json.loads(results.read_text())["cases"]
+    assert [(case["id"], case["runners"]["onnx-torchscript-ort"]["status"]) for case in cases] == [
+        ("a_crashes", "ok"), ("b_after", "ok")]
+    assert all(case["runners"]["fault-abort"]["status"] == "crashed" for case in cases)
+
+
+def test_an_expected_crash_is_a_known_result(tmp_path, fault_runners):
+    text = EVAL_BN2D + "expect:\n  - status: crashed\n    runners: [fault-abort]\n    reason: the runtime aborts here\n"
+    result = run_case(load_case(write_case(tmp_path, "case", text)), only=["torch-eager", "fault-abort"])
+    assert result.outcome == "passed", result.explain()
