@@ -94,3 +94,20 @@ def test_an_unknown_runner_is_a_usage_error(pytester):
     result = pytester.runpytest("--harness-runners=torch-eager,tensorrt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"])
+
+
+def test_pytest_xdist_gives_the_results_of_a_serial_run(pytester):
+    pytest.importorskip("xdist")
+    write_case(pytester.path / "cases", "a_forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    write_case(pytester.path / "cases", "b_eval", EVAL_BN2D)
+    write_case(pytester.path / "cases", "c_broken", EVAL_BN2D.replace("num_features: 2", "num_features: -2"))
+    write_case(pytester.path / "cases", "d_train", EVAL_BN2D.replace("mode: eval", "mode: train"))
+    serial = pytester.runpytest_subprocess("cases", FAST, "--harness-results=serial.json", "-p", "no:cacheprovider")
+    parallel = pytester.runpytest_subprocess("cases", FAST, "--harness-results=parallel.json", "-n", "2", "-p", "no:cacheprovider")
+    serial.assert_outcomes(passed=2, failed=2)  # d_train: the train-mode export's divergences are not listed
+    parallel.assert_outcomes(passed=2, failed=2)
+    parallel.stdout.fnmatch_lines(["passed   cases/a_forum.yaml: known divergences: onnx-torchscript-ort 6"])
+    serial_cases = json.loads((pytester.path / "serial.json").read_text())["cases"]
+    parallel_cases = json.loads((pytester.path / "parallel.json").read_text())["cases"]
+    assert [case["id"] for case in parallel_cases] == ["a_forum", "b_eval", "c_broken", "d_train"]
+    assert parallel_cases == serial_cases
