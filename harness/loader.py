@@ -81,8 +81,12 @@ def load_yaml(text: str, source: str) -> LoadedDocument:
             source,
             [CaseProblem(None, "", "file too large for a case", f"at most {MAX_CASE_FILE_BYTES} bytes")],
         )
-    loader = CaseLoader(text)
+    too_deep = _flow_nesting_problem(text)
+    if too_deep is not None:  # checked before parsing: PyYAML's parser recurses once per level
+        raise CaseError(source, [too_deep])
+    loader = None
     try:
+        loader = CaseLoader(text)  # its reader already refuses characters YAML does not allow
         root = loader.get_single_node()
         if root is None:
             raise CaseError(source, [CaseProblem(1, "", "the file is empty", "a mapping of case fields")])
@@ -100,11 +104,45 @@ def load_yaml(text: str, source: str) -> LoadedDocument:
         line = mark.line + 1 if mark is not None else None
         reason = " ".join(part for part in (error.context, error.problem) if part)
         raise CaseError(source, [CaseProblem(line, "", f"invalid YAML: {reason}")]) from None
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow (NUL, control characters)
+        character = f"#x{error.character:04x}" if isinstance(error.character, int) else repr(error.character)
+        raise CaseError(source, [CaseProblem(text.count("\n", 0, error.position) + 1, "",
+                                             f"invalid YAML: character {character} is not allowed in YAML text")]) from None
     except yaml.YAMLError as error:
         raise CaseError(source, [CaseProblem(None, "", f"invalid YAML: {error}")]) from None
+    except RecursionError:  # block nesting deep enough to exhaust the parser before the depth check
+        raise CaseError(source, [CaseProblem(None, "", "nesting too deep", f"at most {MAX_DEPTH} levels")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return LoadedDocument(data, lines)
+
+
+def _flow_nesting_problem(text: str) -> CaseProblem | None:
+    """The first line where flow collections (`[`, `{`) nest deeper than MAX_DEPTH, outside quotes
+    and comments; None when they do not."""
+    depth, line, quote, comment = 0, 1, "", False
+    previous = "\n"
+    for character in text:
+        if character == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            pass
+        elif quote:
+            if character == quote:
+                quote = ""
+        elif character in "\"'" and previous in " \t[{,:\n":
+            quote = character
+        elif character == "#" and previous in " \t\n":
+            comment = True
+        elif character in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return CaseProblem(line, "", "nesting too deep", f"at most {MAX_DEPTH} levels")
+        elif character in "]}":
+            depth = max(depth - 1, 0)
+        previous = character
+    return None
 
 
 class _TooLarge(Exception):

@@ -62,9 +62,15 @@ def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
     """
     source = display_path or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise CaseError(source, [CaseProblem(None, "", f"cannot read the file: {error}")]) from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise CaseError(source, [CaseProblem(None, "", f"cannot read the file: {error.strerror or error}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})",
+                                             "a UTF-8 text file")]) from None
     document = load_yaml(text, source)
     if is_graph_case(document.data):
         return graph_case_from_document(document, case_id=path.stem, source=source)
