@@ -38,10 +38,15 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
 
     executor = default_executor()
     scheduled: list[tuple[Path, Any]] = []
+    warmed = False
     for path in paths:
         try:
             case = load_case(path, display_path=str(path))
-            scheduled.append((path, (case, executor.submit(case, select_runners(case, only)))))
+            names = select_runners(case, only)
+            if not warmed:
+                executor.warm(everything_runnable(only))
+                warmed = True
+            scheduled.append((path, (case, executor.submit(case, names))))
         except CaseError as error:
             scheduled.append((path, CaseResult(path.stem, str(path), "invalid", error=str(error))))
         except HarnessError as error:
@@ -59,6 +64,11 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
             yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
         finally:
             executor.forget(case)
+
+
+def everything_runnable(only: Sequence[str] | None) -> tuple[str, ...]:
+    """The runners a run may use: those named, else all (graph cases' runners share torch's family)."""
+    return tuple(only) if only else runner_names()
 
 
 def journal_path(results: Path) -> Path:

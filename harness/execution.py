@@ -4,7 +4,7 @@ Keras backend), kept alive across cases so that each framework is imported once 
 A worker that dies (segfault, abort, out of memory) makes that runner's result `crashed`, with
 the signal and the tail of what the worker printed; a runner that takes longer than its timeout
 is `timed_out`. Either way pebble replaces the worker and the run goes on. `jobs` bounds how many
-runners run at once (and so how many workers each family may start).
+runners run at once and how many torch + onnxruntime workers start; each Keras backend has one.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import pebble
 from harness.case import Case, GraphCase
 from harness.results import RunResult
 
+# What a family's worker imports before its first runner (warm-up overlaps across families).
+WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",)}
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
 WORKER_FAMILY_ENV = "BN_HARNESS_WORKER_FAMILY"
@@ -44,6 +46,17 @@ def prepare_worker(family: str, output_directory: str) -> None:
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
+
+
+def import_quietly(modules: Sequence[str]) -> None:
+    """In a worker: import what its runners will need (a missing one is their skip reason, later)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the runner that needs it reports why
+            pass
 
 
 def execute_runner(target: str, case: Case | GraphCase, inputs: dict[str, Any]) -> RunResult:
@@ -68,6 +81,16 @@ class Executor:
         self._dispatch = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bn-harness-dispatch")
         self._output_directory = tempfile.mkdtemp(prefix="bn-harness-workers-")
         self._weights: dict[Case, Future] = {}
+
+    def warm(self, names: Sequence[str]) -> None:
+        """Start the workers of these runners' families now, importing their frameworks, so that
+        the families' imports overlap instead of coming one after another at their first case."""
+        from harness.runners import runner_family
+
+        for family in dict.fromkeys(runner_family(name) for name in names):
+            modules = WARM_MODULES["keras" if family.startswith("keras-") else family]
+            for _ in range(self._workers_of(family)):
+                self._pool(family).schedule(import_quietly, args=(modules,))
 
     def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
         """Schedule each runner of `names` on `case`; each future gives its RunResult."""
@@ -134,11 +157,16 @@ class Executor:
             return RunResult(name, "crashed", f"{type(error).__name__} in the {family} worker: {error}",
                              details={"traceback": text[-OUTPUT_TAIL_CHARS:]})
 
+    def _workers_of(self, family: str) -> int:
+        """How many workers a family may start: `jobs` for torch and onnxruntime, which do most of
+        the work; one per Keras backend, whose runs are short and whose workers are the largest."""
+        return 1 if family.startswith("keras-") else self.jobs
+
     def _pool(self, family: str) -> pebble.ProcessPool:
         with self._lock:
             if family not in self._pools:
                 self._pools[family] = pebble.ProcessPool(
-                    max_workers=self.jobs, initializer=prepare_worker, initargs=(family, self._output_directory),
+                    max_workers=self._workers_of(family), initializer=prepare_worker, initargs=(family, self._output_directory),
                     context=multiprocessing.get_context("spawn"))
             return self._pools[family]
 
