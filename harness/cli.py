@@ -123,15 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
-    run.add_argument("--report", type=Path, default=Path("reports/report.html"),
-                     help="where to write the HTML report at the end (default reports/report.html)")
+    run.add_argument("--report", type=Path, default=None,
+                     help="where to write the HTML report at the end (default: report.html beside --results)")
     run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners to run at once (default 1)")
     run.add_argument("--timeout", type=_positive_float, default=None,
                      help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})")
     recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
     recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
     recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
-    recover.add_argument("--report", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
+    recover.add_argument("--report", type=Path, default=None, help="default: report.html beside --results")
     report = commands.add_parser("report", help="render the HTML report of a results.json")
     report.add_argument("results", type=Path, help="a results.json")
     report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return render_report_file(args.results, args.output)
     if args.command == "recover":
-        return recover_from_journal(args.journal, args.results, args.report)
+        return recover_from_journal(args.journal, args.results, args.report or args.results.with_name("report.html"))
 
     only = None
     if args.runners:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(args.results, results)
     counts = Counter(result.outcome for result in results)
     print(f"results written to {args.results} (journal: {journal.path})")
-    render_report_file(args.results, args.report)
+    render_report_file(args.results, args.report or args.results.with_name("report.html"))
     print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
 

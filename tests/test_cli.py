@@ -94,3 +94,10 @@ def test_recover_refuses_a_file_that_is_not_a_journal(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{}")
     assert cli.main(["recover", str(tmp_path / "results.json")]) == 2
     assert "not a results journal" in capsys.readouterr().err
+
+
+def test_the_report_goes_beside_the_results_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory's reports/
+    write_case(tmp_path / "cases", "a", EVAL_BN2D)
+    assert cli.main(["run", "cases", "--results", "out/results.json", "--runners", "torch-eager"]) == 0
+    assert (tmp_path / "out" / "report.html").is_file() and not (tmp_path / "reports").exists()
