@@ -31,27 +31,27 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[CaseResult]:
-    """Load every case file, schedule all their runners at once (the executor runs `jobs` at a
-    time), and yield each case's result in file order as soon as it is complete. A bad file or a
-    harness bug becomes that case's result only."""
+    """Load every case file, start the workers of the runners they use (their imports overlap),
+    schedule all runners at once (the executor runs `jobs` at a time), and yield each case's
+    result in file order as soon as it is complete. A bad file or a harness bug becomes that
+    case's result only."""
     from harness.execution import default_executor
 
-    executor = default_executor()
-    scheduled: list[tuple[Path, Any]] = []
-    warmed = False
+    loaded: list[CaseResult | tuple[Any, tuple[str, ...]]] = []
     for path in paths:
         try:
             case = load_case(path, display_path=str(path))
-            names = select_runners(case, only)
-            if not warmed:
-                executor.warm(everything_runnable(only))
-                warmed = True
-            scheduled.append((path, (case, executor.submit(case, names))))
         except CaseError as error:
-            scheduled.append((path, CaseResult(path.stem, str(path), "invalid", error=str(error))))
+            loaded.append(CaseResult(path.stem, str(path), "invalid", error=str(error)))
+            continue
+        try:
+            loaded.append((case, select_runners(case, only)))
         except HarnessError as error:
-            scheduled.append((path, CaseResult(case.case_id, case.path, "error", case.description, error=str(error))))
-    for path, item in scheduled:
+            loaded.append(CaseResult(case.case_id, case.path, "error", case.description, error=str(error)))
+    executor = default_executor()
+    executor.warm(list(dict.fromkeys(name for item in loaded if not isinstance(item, CaseResult) for name in item[1])))
+    scheduled = [item if isinstance(item, CaseResult) else (item[0], executor.submit(*item)) for item in loaded]
+    for item in scheduled:
         if isinstance(item, CaseResult):
             yield item
             continue
@@ -64,11 +64,6 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
             yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
         finally:
             executor.forget(case)
-
-
-def everything_runnable(only: Sequence[str] | None) -> tuple[str, ...]:
-    """The runners a run may use: those named, else all (graph cases' runners share torch's family)."""
-    return tuple(only) if only else runner_names()
 
 
 def journal_path(results: Path) -> Path:

@@ -31,14 +31,12 @@ from harness.results import RunResult
 WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",)}
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
-WORKER_FAMILY_ENV = "BN_HARNESS_WORKER_FAMILY"
 
 
 def prepare_worker(family: str, output_directory: str) -> None:
     """Pool initializer: set what must be set before a framework is imported (Keras reads
     KERAS_BACKEND once), and send what the frameworks print (C++ logs included) to a file per
     worker process, whose tail a crash reports."""
-    os.environ[WORKER_FAMILY_ENV] = family
     if family.startswith("keras-"):
         os.environ["KERAS_BACKEND"] = family.removeprefix("keras-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

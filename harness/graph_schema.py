@@ -11,8 +11,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from harness.case import GraphCase, GraphNodeSpec
 from harness.errors import CaseError, CaseProblem
 from harness.fields import field_matches
