@@ -59,10 +59,19 @@ def import_quietly(modules: Sequence[str]) -> None:
 
 def execute_runner(target: str, case: Case | GraphCase, inputs: dict[str, Any]) -> RunResult:
     """In a worker: instantiate the runner class `module:Class` and run the case."""
+    return _resolve(target)().run(case, **inputs)
+
+
+def execute_shared_walk(target: str, case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
+    """In a worker: run the runners `names` on one walk with the function `module:function`."""
+    return _resolve(target)(case, names)
+
+
+def _resolve(target: str) -> Any:
     import importlib
 
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)().run(case, **inputs)
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 class Executor:
@@ -91,8 +100,18 @@ class Executor:
                 self._pool(family).schedule(import_quietly, args=(modules,))
 
     def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
-        """Schedule each runner of `names` on `case`; each future gives its RunResult."""
-        return [self._dispatch.submit(self._run_one, name, case) for name in names]
+        """Schedule each runner of `names` on `case`; each future gives its RunResult. Runners that
+        can share a walk (harness.runners.SHARED_WALKS) run as one, exporting once."""
+        from harness.runners import shared_walks
+
+        futures: dict[str, Future] = {}
+        for members, target in shared_walks(names):
+            if target is None or not isinstance(case, Case):
+                futures.update({name: self._dispatch.submit(self._run_one, name, case) for name in members})
+                continue
+            walk = self._dispatch.submit(self._run_shared_walk, target, members, case)
+            futures.update({name: _member_of(walk, index) for index, name in enumerate(members)})
+        return [futures[name] for name in names]
 
     def run(self, case: Case | GraphCase, names: Sequence[str]) -> tuple[RunResult, ...]:
         """Every runner's result for `case`, in the order of `names`."""
@@ -122,6 +141,17 @@ class Executor:
                                  details=weights.details)
             inputs["torch_weights"] = weights
         return self._call(name, family, execute_runner, (runner_target(name), case, inputs), self.timeout_for(case))
+
+    def _run_shared_walk(self, target: str, names: tuple[str, ...], case: Case) -> tuple[RunResult, ...]:
+        from harness.runners import runner_family
+
+        family = runner_family(names[0])
+        outcome = self._call(" + ".join(names), family, execute_shared_walk, (target, case, names), self.timeout_for(case))
+        if isinstance(outcome, RunResult):
+            # The shared worker crashed or timed out: run each alone, so that the fault is the
+            # result of the runner that made it and the others keep theirs.
+            return tuple(self._run_one(name, case) for name in names)
+        return outcome
 
     def _torch_weights(self, case: Case) -> dict[str, Any] | RunResult:
         """The torch model's initial weights, built once per case (whichever Keras runner asks
@@ -182,6 +212,24 @@ class Executor:
             pool.join()
         self._pools.clear()
         shutil.rmtree(self._output_directory, ignore_errors=True)
+
+
+def _member_of(walk: Future, index: int) -> Future:
+    """A future of one runner's result out of a shared walk's tuple."""
+    member: Future = Future()
+
+    def settle(done: Future) -> None:
+        if done.cancelled():
+            member.cancel()
+            return
+        error = done.exception()
+        if error is not None:
+            member.set_exception(error)
+        else:
+            member.set_result(done.result()[index])
+
+    walk.add_done_callback(settle)
+    return member
 
 
 def _describe_exit(exitcode: int | None) -> str:

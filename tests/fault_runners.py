@@ -46,5 +46,12 @@ class MissingFrameworkRunner(Runner):
         return RunResult(self.name, "ok")
 
 
+def abort_in_shared_walk(case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
+    """A shared walk whose runtime aborts: which of its runners made it is not known yet."""
+    sys.stderr.write(f"a shared walk of {', '.join(names)} aborts\n")
+    sys.stderr.flush()
+    os.abort()
+
+
 FAULT_RUNNERS = {"fault-abort": "tests.fault_runners:AbortRunner", "fault-hang": "tests.fault_runners:HangRunner",
                  "fault-missing": "tests.fault_runners:MissingFrameworkRunner"}

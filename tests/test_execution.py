@@ -3,6 +3,7 @@ one whose framework is missing is `skipped`; every other result of the run is st
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from harness import cli
@@ -46,6 +47,43 @@ def test_each_fault_is_its_runners_result_and_the_others_still_run(tmp_path, fau
     assert "a_framework_that_is_not_installed is not importable" in runs["fault-missing"].reason
     for name in ("torch-eager", "onnx-torchscript-ort"):
         assert runs[name].status == "ok" and runs[name].observations, f"{name} ran in a replaced worker"
+
+
+def test_runners_sharing_an_export_observe_what_each_would_alone(tmp_path, executor):
+    """One walk, one export per export step, for the three TorchScript runners: every observation
+    is what the runner makes on its own walk (the export is deterministic; what it does to the
+    module is observed once and holds for each)."""
+    from tests.tiny_cases import TRAIN_EXPORT_BN2D
+
+    case = load_case(write_case(tmp_path, "case", TRAIN_EXPORT_BN2D))
+    names = ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference")
+    shared = executor.run(case, names)
+    alone = [executor.run(case, [name])[0] for name in names]
+    for together, by_itself in zip(shared, alone):
+        assert together.status == by_itself.status == "ok", (together.reason, by_itself.reason)
+        assert together.details["export_shared_with"] == [name for name in names if name != together.runner]
+        assert "export_shared_with" not in by_itself.details
+        assert together.observations.keys() == by_itself.observations.keys()
+        for key, observed in together.observations.items():
+            expected = by_itself.observations[key]
+            if isinstance(observed.value, np.ndarray):
+                np.testing.assert_array_equal(observed.value, expected.value, err_msg=f"{together.runner} {key}")
+            else:
+                assert observed.value == expected.value, (together.runner, key)
+        assert together.details["exports"] == by_itself.details["exports"]
+        assert together.artifacts["model.onnx"] == by_itself.artifacts["model.onnx"]
+
+
+def test_a_fault_in_a_shared_walk_is_rerun_runner_by_runner(tmp_path, fault_runners, executor, monkeypatch):
+    """Which runner of a crashed shared walk made the crash is found by running each alone."""
+    from harness import runners
+
+    monkeypatch.setitem(runners.SHARED_WALKS, ("fault-abort", "onnx-torchscript-ort"), "tests.fault_runners:abort_in_shared_walk")
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    abort, torchscript = executor.run(case, ["fault-abort", "onnx-torchscript-ort"])
+    assert abort.status == "crashed" and "fault-abort: a C++ assertion failed" in abort.reason, abort.reason
+    assert "shared walk" not in abort.reason, "the crash reported is the runner's own, not the walk's"
+    assert torchscript.status == "ok" and torchscript.observations
 
 
 def test_a_case_timeout_overrides_the_executors(tmp_path, fault_runners, executor):

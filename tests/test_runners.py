@@ -72,6 +72,17 @@ def test_dynamo_export_leaves_the_module_alone(tmp_path):
     assert value(result, 2, "module.bn.num_batches_tracked") == 0
 
 
+def test_the_exporter_sees_the_users_module_without_the_harness_hooks(tmp_path):
+    """The harness's BatchNorm hooks (to_numpy on what BN is given) must be off during the export:
+    traced, they make the dynamo exporter fall back from strict=False to strict=True capture, a
+    path the user's own export would not take."""
+    pytest.importorskip("onnxscript")
+    _, result = run(tmp_path, "onnx-dynamo-ort", FORUM_FLIP)
+    printed = result.details["exports"][0]["printed"]
+    assert "strict=False)`... ✅" in printed and "❌" not in printed, printed
+    assert (0, "bn.output") in result.observations, "the hooks are back for the forwards"
+
+
 @pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-reference"])
 def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tmp_path, runner):
     pytest.importorskip("onnxruntime")

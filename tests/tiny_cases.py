@@ -22,6 +22,24 @@ steps:
   - forward
 """
 
+TRAIN_EXPORT_BN2D = """\
+description: a train-mode BatchNorm2d exported as a training graph, stepped on after the export
+model: batchnorm2d
+bn:
+  num_features: 2
+  running_mean: [0.5, -0.5]
+  running_var: [2.0, 0.5]
+mode: train
+input:
+  shape: [4, 2, 3, 3]
+  seed: 1
+steps:
+  - forward
+  - export: {training: training, opset: 15}
+  - forward
+  - forward
+"""
+
 FORUM_FLIP = """\
 description: the forum thread, smallest form
 model: forum_net

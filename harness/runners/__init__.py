@@ -7,6 +7,7 @@ Importing this module imports no framework; `create_runner` imports only the run
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
 from harness.errors import RunnerError
 from harness.runners.base import Runner
@@ -41,6 +42,33 @@ GRAPH_RUNNER_CLASSES: dict[str, str] = {
 # each Keras backend in its own (KERAS_BACKEND is process-global).
 TORCH_FAMILY = "torch-onnx"
 RUNNER_FAMILIES: dict[str, str] = {name: name for name in RUNNER_CLASSES if name.startswith("keras-")}
+
+
+# Runners that make the same export of the same module walk and differ only in what runs the graph:
+# the executor runs those of a case as one walk (one export per export step), with this function.
+SHARED_WALKS: dict[tuple[str, ...], str] = {
+    ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"): "harness.runners.onnx_export:run_sharing_exports",
+    ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt"): "harness.runners.onnx_export:run_sharing_exports",
+}
+
+
+def shared_walks(names: Sequence[str]) -> list[tuple[tuple[str, ...], str | None]]:
+    """`names` split into what runs together: (members, the function that walks them all) for each
+    shared walk two or more of `names` belong to, (one runner, None) for every other runner."""
+    units: list[tuple[tuple[str, ...], str | None]] = []
+    grouped: set[str] = set()
+    for name in names:
+        if name in grouped:
+            continue
+        for members, target in SHARED_WALKS.items():
+            present = tuple(member for member in names if member in members)
+            if name in members and len(present) > 1:
+                units.append((present, target))
+                grouped.update(present)
+                break
+        else:
+            units.append(((name,), None))
+    return units
 
 
 def runner_family(name: str) -> str:

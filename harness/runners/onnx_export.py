@@ -46,18 +46,7 @@ class OnnxExportRunner(Runner):
     frameworks: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxruntime")
 
     def run(self, case: Case) -> RunResult:
-        try:
-            versions = import_frameworks(self.frameworks, ONNX_INSTALL_HINT)
-        except FrameworkMissing as missing:
-            return skipped(self.name, str(missing))
-        from harness.runners.torch_steps import run_steps
-
-        log = ObservationLog(self.name)
-        log.details["versions"] = versions
-        log.details["exporter"] = {"dynamo": self.dynamo, "executor": self.executor}
-        with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
-            exporter = _GraphExporter(case, self.dynamo, self.executor, Path(workdir))
-            return run_steps(case, log, export=exporter)
+        return run_sharing_exports(case, (self.name,))[0]
 
 
 class TorchScriptOrtRunner(OnnxExportRunner):
@@ -98,14 +87,51 @@ class ReferenceRunner(TorchScriptOrtRunner):
     frameworks = ("torch", "onnx")
 
 
-class _GraphExporter:
-    """The export step: export, inspect the graph, and open an onnxruntime session on it."""
+EXPORT_RUNNERS: dict[str, type[OnnxExportRunner]] = {
+    runner.name: runner for runner in (TorchScriptOrtRunner, DynamoOrtRunner, TorchScriptOrtNoOptRunner,
+                                       DynamoOrtNoOptRunner, ReferenceRunner)
+}
 
-    def __init__(self, case: Case, dynamo: bool, executor: str, workdir: Path) -> None:
-        self.case, self.dynamo, self.executor, self.workdir = case, dynamo, executor, workdir
+
+def run_sharing_exports(case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
+    """Run the export runners `names`, which must share an exporter, on one walk of the module:
+    each export step exports once, and each runner opens that graph in its own executor. What is
+    measured is unchanged: the runners would make the same export of the same module, each alone.
+    A runner whose frameworks are missing is skipped; the others still run."""
+    runners = [EXPORT_RUNNERS[name] for name in names]
+    if len({runner.dynamo for runner in runners}) != 1:
+        raise ValueError(f"runners sharing an export must use the same exporter; got {', '.join(names)}")
+    from harness.runners.torch_steps import Lane, run_steps
+
+    results: dict[str, RunResult] = {}
+    lanes: dict[str, Lane] = {}
+    for runner in runners:
+        try:
+            versions = import_frameworks(runner.frameworks, ONNX_INSTALL_HINT)
+        except FrameworkMissing as missing:
+            results[runner.name] = skipped(runner.name, str(missing))
+            continue
+        log = ObservationLog(runner.name)
+        log.details["versions"] = versions
+        log.details["exporter"] = {"dynamo": runner.dynamo, "executor": runner.executor}
+        if len(names) > 1:
+            log.details["export_shared_with"] = [name for name in names if name != runner.name]
+        lanes[runner.name] = Lane(log, deploy=lambda exported, executor=runner.executor: exported.deploy(executor))
+    if lanes:
+        with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
+            walked = run_steps(case, list(lanes.values()), export=_GraphExporter(case, runners[0].dynamo, Path(workdir)))
+        results.update(zip(lanes, walked))
+    return tuple(results[name] for name in names)
+
+
+class _GraphExporter:
+    """The export step: export, and inspect the graph against the module's buffers."""
+
+    def __init__(self, case: Case, dynamo: bool, workdir: Path) -> None:
+        self.case, self.dynamo, self.workdir = case, dynamo, workdir
         self.exports = 0
 
-    def __call__(self, model, example, step: Step, log: ObservationLog) -> GraphDeployed:
+    def __call__(self, model, example, step: Step) -> ExportedGraph:
         import onnx
 
         from harness.runners.onnx_graph import find_batchnorms, initializer_values, opset_of
@@ -118,30 +144,24 @@ class _GraphExporter:
         try:
             export_warnings, printed = self._export(model, example, step, path)
             graph = onnx.load(str(path))
-            log.artifacts.setdefault("model.onnx", graph.SerializeToString())  # the first export, as exported
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)
         bn_paths = MODEL_SPECS[self.case.model].batchnorm_paths
         nodes = find_batchnorms(graph, bn_paths)
         initializers = initializer_values(graph)
-        log.details.setdefault("exports", []).append(
-            {
-                "step": step.label(),
-                "opset": opset_of(graph),
-                "ops": sorted({node.op_type for node in graph.graph.node}),
-                "batchnorm": {
-                    path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}))
-                    for path in bn_paths
-                },
-                "warnings": export_warnings,
-                "printed": printed,  # progress, and tracebacks the exporter logged and survived
-            }
-        )
-        try:
-            return GraphDeployed(graph, nodes, initializers, self.case, self.executor)
-        except Exception as error:  # the runtime refusing the graph is a result too
-            raise StepFailed("run_failed", error) from None
+        facts = {
+            "step": step.label(),
+            "opset": opset_of(graph),
+            "ops": sorted({node.op_type for node in graph.graph.node}),
+            "batchnorm": {
+                path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}))
+                for path in bn_paths
+            },
+            "warnings": export_warnings,
+            "printed": printed,  # progress, and tracebacks the exporter logged and survived
+        }
+        return ExportedGraph(graph, nodes, initializers, self.case, facts)
 
     def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
         """Run torch.onnx.export; return its warnings and what it printed."""
@@ -197,6 +217,29 @@ def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str,
             for name in stored
         )
     return facts
+
+
+class ExportedGraph:
+    """One export step's graph, what it holds, and what the export did; each runner sharing the
+    export deploys it in its own executor."""
+
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any]) -> None:
+        self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
+        self.serialized = graph.SerializeToString()
+
+    def record(self, log: ObservationLog) -> None:
+        log.artifacts.setdefault("model.onnx", self.serialized)  # the first export, as exported
+        log.details.setdefault("exports", []).append(self.facts)
+
+    def deploy(self, executor: str) -> GraphDeployed:
+        from harness.runners.torch_steps import StepFailed
+
+        import onnx
+
+        try:  # each executor gets its own copy: deploying rewires a training graph's state in place
+            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor)
+        except Exception as error:  # the runtime refusing the graph is a result too
+            raise StepFailed("run_failed", error) from None
 
 
 class GraphDeployed:

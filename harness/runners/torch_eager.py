@@ -19,8 +19,8 @@ class TorchEagerRunner(Runner):
             torch = import_framework("torch", TORCH_INSTALL_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
-        from harness.runners.torch_steps import run_steps
+        from harness.runners.torch_steps import Lane, run_steps
 
         log = ObservationLog(self.name)
         log.details["versions"] = {"torch": torch.__version__}
-        return run_steps(case, log, export=lambda model, example, step, log: None)
+        return run_steps(case, [Lane(log)])[0]

@@ -3,12 +3,19 @@
 The deployed artifact is the module itself until an export step hands back another one (an
 onnxruntime session); from then on forwards run both, so that what the export did to the
 user's module shows next to what the graph computes.
+
+One walk can serve several runners (lanes) that make the same export and differ only in what
+runs the graph: the module is built, stepped and exported once, and each lane deploys the export
+in its own executor. A lane whose executor fails ends alone; a failure of the module or of the
+export ends every lane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -48,48 +55,132 @@ class Deployed(Protocol):
         """Log `<bn>.uses_batch_stats`, `<bn>.running_mean`, `<bn>.running_var` as the artifact holds them."""
 
 
-Exporter = Callable[[nn.Module, torch.Tensor, Step, ObservationLog], Deployed | None]
+class Exported(Protocol):
+    """What an export step produced, before any runtime opened it."""
+
+    def record(self, log: ObservationLog) -> None:
+        """Log what the export did (details, the artifact) into one lane's log."""
 
 
-def run_steps(case: Case, log: ObservationLog, export: Exporter) -> RunResult:
-    """Build the model, walk every step, and return what was observed (up to a failed step)."""
+# (model, example input, the export step) -> the export; raises StepFailed when the exporter refuses.
+Exporter = Callable[[nn.Module, torch.Tensor, Step], Exported]
+
+
+@dataclass
+class Lane:
+    """One runner's share of a walk: its log, and how it deploys an export (None: it never
+    deploys one, the module stays what runs, as in torch-eager)."""
+
+    log: ObservationLog
+    deploy: Callable[[Any], Deployed] | None = None
+    deployed: Deployed | None = None
+    failure: StepFailed | None = field(default=None, repr=False)
+    failed_step: int | None = None
+
+    def fail(self, step: int, failure: StepFailed) -> None:
+        self.failure, self.failed_step = failure, step
+
+    def result(self) -> RunResult:
+        if self.failure is None:
+            return self.log.result()
+        self.log.details["failed_step"] = self.failed_step
+        return self.log.result(self.failure.status, self.failure.reason)
+
+
+def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None) -> list[RunResult]:
+    """Build the model, walk every step for every lane, and return each lane's result (up to the
+    step that failed it)."""
     model = build_model(case)
     example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
-    deployed: Deployed | None = None
     module_calls: dict[str, BNCall] = {}
     bn_outputs: dict[str, np.ndarray] = {}
-    for path, bn in batchnorms(model, case).items():
-        bn.register_forward_pre_hook(_recorder(path, module_calls))
-        if path:  # a bare BatchNorm's output is the model's
-            bn.register_forward_hook(lambda _, __, output, path=path: bn_outputs.__setitem__(path, to_numpy(output)))
-    try:
-        for index, step in enumerate(case.steps):
+    taps = _BatchNormTaps(model, case, module_calls, bn_outputs)
+    for index, step in enumerate(case.steps):
+        live = [lane for lane in lanes if lane.failure is None]
+        if not live:
+            break
+        try:
             if step.kind in ("forward", "train_step"):
                 batch = to_tensor(make_batch(case.input, step.seed), case.input.dtype)
                 module_calls.clear()
                 module_output = _module_forward(model, batch)
-                if deployed is None:  # the module is what is deployed: its calls face the oracles
-                    log.bn_calls.update({(index, path): call for path, call in module_calls.items()})
-                    for path, values in bn_outputs.items():
-                        log.array(index, deployed_field(path, OUTPUT), values, case.input.dtype)
+                for lane in live:
+                    _forward_lane(lane, case, index, batch, module_output, module_calls, bn_outputs)
                 bn_outputs.clear()
-                log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
-                output = module_output if deployed is None else deployed.forward(batch)
-                log.array(index, OUTPUT, output, case.input.dtype)
             elif step.kind == "export":
-                deployed = export(model, example, step, log) or deployed
+                exported = None
+                if export is not None and any(lane.deploy is not None for lane in live):
+                    with taps.detached():  # the user's module has no hooks: the exporter must not see ours
+                        exported = export(model, example, step)
+                for lane in live:
+                    if exported is not None and lane.deploy is not None:
+                        exported.record(lane.log)
+                        try:
+                            lane.deployed = lane.deploy(exported)
+                        except StepFailed as failure:  # this lane's runtime refused the graph
+                            lane.fail(index, failure)
             else:
                 assert step.mode is not None
                 apply_mode(model, step.mode)
-            snapshot_module(model, case, index, log)
-            if deployed is None:
-                record_module_as_deployed(model, case, index, log)
-            else:
-                deployed.record_state(index, log)
-    except StepFailed as failure:
-        log.details["failed_step"] = index
-        return log.result(failure.status, failure.reason)
-    return log.result()
+        except StepFailed as failure:  # the module or the export: every lane ends here
+            for lane in live:
+                lane.fail(index, failure)
+            break
+        for lane in live:
+            if lane.failure is None:
+                snapshot_module(model, case, index, lane.log)
+                if lane.deployed is None:
+                    record_module_as_deployed(model, case, index, lane.log)
+                else:
+                    lane.deployed.record_state(index, lane.log)
+    return [lane.result() for lane in lanes]
+
+
+def _forward_lane(lane: Lane, case: Case, index: int, batch: torch.Tensor, module_output: np.ndarray,
+                  module_calls: dict[str, BNCall], bn_outputs: dict[str, np.ndarray]) -> None:
+    """Log one forward step for one lane: the module's output, and the deployed artifact's."""
+    log = lane.log
+    if lane.deployed is None:  # the module is what is deployed: its calls face the oracles
+        log.bn_calls.update({(index, path): call for path, call in module_calls.items()})
+        for path, values in bn_outputs.items():
+            log.array(index, deployed_field(path, OUTPUT), values, case.input.dtype)
+    log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
+    if lane.deployed is None:
+        log.array(index, OUTPUT, module_output, case.input.dtype)
+        return
+    try:
+        log.array(index, OUTPUT, lane.deployed.forward(batch), case.input.dtype)
+    except StepFailed as failure:  # this lane's runtime failed on the batch
+        lane.fail(index, failure)
+
+
+class _BatchNormTaps:
+    """Forward hooks on each BatchNorm: what it is given (for the oracles) and what it returns."""
+
+    def __init__(self, model: nn.Module, case: Case, calls: dict[str, BNCall], outputs: dict[str, np.ndarray]) -> None:
+        self.bns = batchnorms(model, case)
+        self.calls, self.outputs = calls, outputs
+        self.handles: list[Any] = []
+        self.attach()
+
+    def attach(self) -> None:
+        for path, bn in self.bns.items():
+            self.handles.append(bn.register_forward_pre_hook(_recorder(path, self.calls)))
+            if path:  # a bare BatchNorm's output is the model's
+                self.handles.append(bn.register_forward_hook(
+                    lambda _, __, output, path=path: self.outputs.__setitem__(path, to_numpy(output))))
+
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[None]:
+        """Without the hooks: torch.export traces hooks, and ours (to_numpy on a traced tensor)
+        would make the dynamo exporter fall back to another capture strategy than the user's."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        try:
+            yield
+        finally:
+            self.attach()
 
 
 def _recorder(path: str, calls: dict[str, BNCall]):
