@@ -49,23 +49,24 @@ def harness_run(cases: list[Path] | Path, jobs: int = 1, runners: str | None = N
 
 
 def bench_scripts(case_dir: Path) -> None:
-    from harness.cli import case_files
-    from harness.engine import run_case
+    from harness.cli import case_files, run_files
     from harness.repro import bundle_runners, write_bundle
-    from harness.schema import load_case
+    from harness.schema import load_cases
 
     bundles, files, runners = [], [], {"torch-eager"}
+    paths = list(case_files([case_dir]))
+    cases = {case.case_id: case for path in paths for case in load_cases(path, display_path=str(path))}
     with tempfile.TemporaryDirectory() as scratch:
-        for path in case_files([case_dir]):
-            case = load_case(path, display_path=str(path))
+        for result in run_files(paths, None):
+            case = cases[result.case_id]
             if not hasattr(case, "bn"):
                 continue  # graph cases: their bundle runs other runtimes, not one runner
-            result = run_case(case)
             names = bundle_runners(result)
             if names:
-                files.append(path)
+                files.append(Path(case.path))
                 runners.update(names)
                 bundles += [write_bundle(case, result, name, Path(scratch)) for name in names]
+        files = list(dict.fromkeys(files))
         start = time.perf_counter()
         for bundle in bundles:
             subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, stdout=subprocess.DEVNULL,
@@ -95,7 +96,7 @@ def bench_floor(case_dir: Path) -> None:
     from harness.inputs import make_batch
     from harness.keras_mapping import Unmappable, keras_mapping
     from harness.runners.torch_models import apply_mode, build_model, to_tensor
-    from harness.schema import load_case
+    from harness.schema import load_cases
 
     exporters = {False: ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"),
                  True: ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt")}
@@ -165,7 +166,7 @@ def bench_floor(case_dir: Path) -> None:
                 wanted.remove("keras-tensorflow")
         return tuple(["torch-eager", *(name for name in wanted if name != "torch-eager")])
 
-    cases = [(case, runners_of(case)) for case in (load_case(path, display_path=str(path)) for path in case_files([case_dir]))
+    cases = [(case, runners_of(case)) for case in (case for path in case_files([case_dir]) for case in load_cases(path, display_path=str(path)))
              if hasattr(case, "bn") and case.bn.dtype == "float32" and case.input.dtype == "float32"]
     executor = Executor(jobs=1)
     try:

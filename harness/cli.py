@@ -18,7 +18,7 @@ from harness.engine import CaseResult, explain_known, judge, run_case, select_ru
 from harness.execution import DEFAULT_TIMEOUT_S
 from harness.errors import CaseError, HarnessError
 from harness.runners import runner_names
-from harness.schema import load_case
+from harness.schema import load_cases
 
 
 def case_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -40,14 +40,15 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
     loaded: list[CaseResult | tuple[Any, tuple[str, ...]]] = []
     for path in paths:
         try:
-            case = load_case(path, display_path=str(path))
+            cases = load_cases(path, display_path=str(path))
         except CaseError as error:
             loaded.append(CaseResult(path.stem, str(path), "invalid", error=str(error)))
             continue
-        try:
-            loaded.append((case, select_runners(case, only)))
-        except HarnessError as error:
-            loaded.append(CaseResult(case.case_id, case.path, "error", case.description, error=str(error)))
+        for case in cases:
+            try:
+                loaded.append((case, select_runners(case, only)))
+            except HarnessError as error:
+                loaded.append(CaseResult(case.case_id, case.path, "error", case.description, error=str(error)))
     executor = default_executor()
     executor.warm(list(dict.fromkeys(name for item in loaded if not isinstance(item, CaseResult) for name in item[1])))
     scheduled = [item if isinstance(item, CaseResult) else (item[0], executor.submit(*item)) for item in loaded]
@@ -201,17 +202,17 @@ def write_repro_bundles(path: Path, output: Path) -> int:
     from harness.repro import bundle_runners, write_bundle, write_graph_bundle
 
     try:
-        case = load_case(path, display_path=str(path))
-        result = run_case(case)
-        if not isinstance(case, Case):
-            print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
-            return 0
-        runners = bundle_runners(result)
-        if not runners:
-            print(f"{path}: no exporter or Keras runner diverged: nothing to reproduce")
-            return 0
-        for runner in runners:
-            print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
+        for case in load_cases(path, display_path=str(path)):  # each point of a grid
+            result = run_case(case)
+            if not isinstance(case, Case):
+                print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
+                continue
+            runners = bundle_runners(result)
+            if not runners:
+                print(f"{case.case_id}: no exporter or Keras runner diverged: nothing to reproduce")
+                continue
+            for runner in runners:
+                print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

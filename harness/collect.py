@@ -1,4 +1,4 @@
-"""pytest items for case files: one item per case; a bad file fails its own item only."""
+"""pytest items for case files: one item per case (per grid point); a bad file fails its own item only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from harness.engine import CaseResult, run_case
 from harness.errors import CaseError, HarnessError
-from harness.schema import load_case
+from harness.schema import load_cases
 
 
 class CaseFailed(Exception):
@@ -34,12 +34,13 @@ class CaseFile(pytest.File):
     def collect(self):
         shown = display_path(self.path, self.config.rootpath)
         try:
-            case = load_case(self.path, display_path=shown)
+            cases = load_cases(self.path, display_path=shown)
         except CaseError as error:
             # Never a collection error: that would stop every other case from running.
             yield InvalidCaseItem.from_parent(self, name=self.path.stem, error=error)
             return
-        yield CaseItem.from_parent(self, name=case.case_id, case=case)
+        for case in cases:  # one item per point of a grid
+            yield CaseItem.from_parent(self, name=case.case_id, case=case)
 
 
 class _HarnessItem(pytest.Item):

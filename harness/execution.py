@@ -28,7 +28,8 @@ from harness.case import Case, GraphCase
 from harness.results import RunResult
 
 # What a family's worker imports before its first runner (warm-up overlaps across families).
-WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",)}
+WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",),
+                "torch-compile": ("torch", "torch._inductor.compile_fx")}
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
 
@@ -187,8 +188,9 @@ class Executor:
 
     def _workers_of(self, family: str) -> int:
         """How many workers a family may start: `jobs` for torch and onnxruntime, which do most of
-        the work; one per Keras backend, whose runs are short and whose workers are the largest."""
-        return 1 if family.startswith("keras-") else self.jobs
+        the work; one per Keras backend, whose runs are short and whose workers are the largest;
+        one for torch.compile, whose first compilation in a process is its largest cost."""
+        return self.jobs if family == "torch-onnx" else 1
 
     def _pool(self, family: str) -> pebble.ProcessPool:
         with self._lock:

@@ -29,6 +29,7 @@ from harness.case import (
 from harness.errors import CaseError, CaseProblem
 from harness.fields import field_matches, known_fields
 from harness.graph_schema import graph_case_from_document, is_graph_case
+from harness.grid import expand_grid
 from harness.loader import LoadedDocument, PathKey, format_path, load_yaml
 from harness.models import MODEL_SPECS, ModelSpec
 from harness.runners import REFERENCE_RUNNER, runner_names
@@ -54,11 +55,11 @@ def _case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
     return schema
 
 
-def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
-    """Load, validate and build the case in `path`.
+def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | GraphCase, ...]:
+    """Load, validate and build the cases in `path`: one, or one per point of its `grid:`.
 
     Raises:
-        CaseError: with every problem found in the file.
+        CaseError: with every problem found in the file (at the first point that has any).
     """
     source = display_path or str(path)
     try:
@@ -72,9 +73,26 @@ def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
         raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})",
                                              "a UTF-8 text file")]) from None
     document = load_yaml(text, source)
-    if is_graph_case(document.data):
-        return graph_case_from_document(document, case_id=path.stem, source=source)
-    return case_from_document(document, case_id=path.stem, source=source)
+    cases = []
+    for case_id, point in expand_grid(document, path.stem, source):
+        if is_graph_case(point.data):
+            cases.append(graph_case_from_document(point, case_id=case_id, source=source))
+        else:
+            cases.append(case_from_document(point, case_id=case_id, source=source))
+    return tuple(cases)
+
+
+def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
+    """The one case in `path` (a file without a grid).
+
+    Raises:
+        CaseError: a problem in the file, or a grid (use `load_cases`).
+    """
+    cases = load_cases(path, display_path)
+    if len(cases) != 1:
+        raise CaseError(display_path or str(path), [CaseProblem(None, "grid", f"the file is a grid of {len(cases)} cases",
+                                                               "load it with load_cases")])
+    return cases[0]
 
 
 def case_from_document(document: LoadedDocument, case_id: str, source: str) -> Case:

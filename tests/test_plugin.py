@@ -93,7 +93,7 @@ def test_results_json_records_every_case_with_runner_statuses(pytester):
 def test_an_unknown_runner_is_a_usage_error(pytester):
     result = pytester.runpytest("--harness-runners=torch-eager,tensorrt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"])
+    result.stderr.fnmatch_lines(["*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, torch-compile, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"])
 
 
 def test_pytest_xdist_gives_the_results_of_a_serial_run(pytester):

@@ -128,3 +128,16 @@ def test_a_missing_framework_skips_the_runner_with_an_install_hint(tmp_path, mon
     _, result = run(tmp_path, "onnx-torchscript-ort", EVAL_BN2D)
     assert result.status == "skipped"
     assert "onnxruntime is not importable" in result.reason and "pip install" in result.reason
+
+
+def test_torch_compile_steps_the_running_stats_as_eager_and_recompiles_for_eval(tmp_path):
+    text = TRAIN_BN2D.replace("  - export: {training: training}\n", "  - set_mode: eval\n")
+    case, compiled = run(tmp_path, "torch-compile", text)
+    _, eager = run(tmp_path, "torch-eager", text)
+    assert compiled.status == "ok", compiled.reason
+    assert compiled.details["compile"] == {"backend": "inductor"}
+    assert value(compiled, 0, "module.num_batches_tracked") == 1
+    for step, field in [(0, "running_mean"), (0, "running_var"), (2, "output")]:
+        np.testing.assert_allclose(value(compiled, step, field), value(eager, step, field), rtol=1.3e-6, atol=1e-5)
+    assert value(compiled, 2, "uses_batch_stats") is False, "after set_mode: eval the compiled module uses running stats"
+    assert (0, "") in compiled.bn_calls, "a bare BatchNorm's call is recorded for the oracles"

@@ -19,6 +19,7 @@ GRAPH_REFERENCES = {"node": "onnx-spec", "backend_test": "stored-outputs"}
 # name -> "module:class"; the module is imported only when the runner is created.
 RUNNER_CLASSES: dict[str, str] = {
     "torch-eager": "harness.runners.torch_eager:TorchEagerRunner",
+    "torch-compile": "harness.runners.torch_compile:TorchCompileRunner",
     "onnx-torchscript-ort": "harness.runners.onnx_export:TorchScriptOrtRunner",
     "onnx-dynamo-ort": "harness.runners.onnx_export:DynamoOrtRunner",
     "onnx-torchscript-ort-noopt": "harness.runners.onnx_export:TorchScriptOrtNoOptRunner",
@@ -39,9 +40,10 @@ GRAPH_RUNNER_CLASSES: dict[str, str] = {
 
 
 # Runners share a worker process with the others of their family: torch and onnxruntime in one;
-# each Keras backend in its own (KERAS_BACKEND is process-global).
+# each Keras backend in its own (KERAS_BACKEND is process-global); torch.compile in its own
+# (inductor's process-wide caches and compile workers).
 TORCH_FAMILY = "torch-onnx"
-RUNNER_FAMILIES: dict[str, str] = {name: name for name in RUNNER_CLASSES if name.startswith("keras-")}
+RUNNER_FAMILIES: dict[str, str] = {name: name for name in RUNNER_CLASSES if name.startswith("keras-") or name == "torch-compile"}
 
 
 # Runners that make the same export of the same module walk and differ only in what runs the graph:

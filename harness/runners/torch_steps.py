@@ -87,14 +87,23 @@ class Lane:
         return self.log.result(self.failure.status, self.failure.reason)
 
 
-def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None) -> list[RunResult]:
+def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None,
+              compile_model: Callable[[nn.Module], Callable] | None = None) -> list[RunResult]:
     """Build the model, walk every step for every lane, and return each lane's result (up to the
-    step that failed it)."""
+    step that failed it). With `compile_model`, forwards call what it returns (torch.compile)."""
     model = build_model(case)
     example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
     module_calls: dict[str, BNCall] = {}
     bn_outputs: dict[str, np.ndarray] = {}
     taps = _BatchNormTaps(model, case, module_calls, bn_outputs)
+    forward: Callable = model
+    if compile_model is not None:
+        # Compiled code must not trace our hooks; a bare BatchNorm's call is recorded from outside.
+        taps.detach()
+        forward = compile_model(model)
+        if "" in taps.bns:
+            record_bare_call = _recorder("", module_calls)
+            forward = _recording_before(forward, lambda batch: record_bare_call(taps.bns[""], (batch,)))
     for index, step in enumerate(case.steps):
         live = [lane for lane in lanes if lane.failure is None]
         if not live:
@@ -103,7 +112,7 @@ def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None)
             if step.kind in ("forward", "train_step"):
                 batch = to_tensor(make_batch(case.input, step.seed), case.input.dtype)
                 module_calls.clear()
-                module_output = _module_forward(model, batch)
+                module_output = _module_forward(forward, batch)
                 for lane in live:
                     _forward_lane(lane, case, index, batch, module_output, module_calls, bn_outputs)
                 bn_outputs.clear()
@@ -170,13 +179,16 @@ class _BatchNormTaps:
                 self.handles.append(bn.register_forward_hook(
                     lambda _, __, output, path=path: self.outputs.__setitem__(path, to_numpy(output))))
 
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
     @contextlib.contextmanager
     def detached(self) -> Iterator[None]:
         """Without the hooks: torch.export traces hooks, and ours (to_numpy on a traced tensor)
         would make the dynamo exporter fall back to another capture strategy than the user's."""
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        self.detach()
         try:
             yield
         finally:
@@ -207,11 +219,19 @@ def _recorder(path: str, calls: dict[str, BNCall]):
     return record
 
 
-def _module_forward(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
+def _recording_before(forward: Callable, record: Callable) -> Callable:
+    def recorded(batch: torch.Tensor):
+        record(batch)
+        return forward(batch)
+
+    return recorded
+
+
+def _module_forward(forward: Callable, batch: torch.Tensor) -> np.ndarray:
     try:
         with torch.no_grad():
-            return to_numpy(model(batch))
-    except (RuntimeError, ValueError) as error:
+            return to_numpy(forward(batch))
+    except Exception as error:  # the module's, or the compiler's (torch._dynamo's own error types)
         raise StepFailed("run_failed", error) from None
 
 

@@ -1,0 +1,99 @@
+"""Parameter grids: one case per point, values written where the grid says, errors at the grid's lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import CaseError
+from harness.grid import MAX_GRID_POINTS
+from harness.schema import load_case, load_cases
+from tests.tiny_cases import EVAL_BN2D, write_case
+
+GRID = EVAL_BN2D + """\
+grid:
+  bn.eps: [1.0e-5, 0.001]
+  input.shape: [[2, 2, 3, 3], [8, 2, 1, 1]]
+  export.opset: [9, 18]
+"""
+
+
+def test_a_grid_expands_into_one_case_per_point_with_its_values_written_in(tmp_path):
+    cases = load_cases(write_case(tmp_path, "sweep", GRID))
+    assert [case.case_id for case in cases] == [
+        f"sweep[eps={eps},shape={shape},opset={opset}]"
+        for eps in ("1e-05", "0.001") for shape in ("2x2x3x3", "8x2x1x1") for opset in (9, 18)]
+    last = cases[-1]
+    assert (last.bn.eps, last.input.shape) == (0.001, (8, 2, 1, 1))
+    assert [step.export.opset for step in last.steps if step.kind == "export"] == [18], "a bare `- export` step gets the option"
+    assert cases[0].bn.eps == 1e-5 and cases[0].path == cases[-1].path
+
+
+def test_where_keeps_an_expectation_at_its_points_only(tmp_path):
+    text = GRID + """\
+expect:
+  - status: run_failed
+    runners: [onnx-torchscript-ort]
+    where: {export.opset: 9, input.shape: [[8, 2, 1, 1]]}
+    reason: only there
+  - status: export_failed
+    runners: [onnx-dynamo-ort]
+    reason: everywhere
+"""
+    cases = {case.case_id: case for case in load_cases(write_case(tmp_path, "sweep", text))}
+    assert [e.reason for e in cases["sweep[eps=0.001,shape=8x2x1x1,opset=9]"].expectations] == ["only there", "everywhere"]
+    assert [e.reason for e in cases["sweep[eps=0.001,shape=2x2x3x3,opset=9]"].expectations] == ["everywhere"]
+    kept = cases["sweep[eps=0.001,shape=2x2x3x3,opset=9]"].expectations[0]
+    assert kept.line == text.splitlines().index("  - status: export_failed") + 1, "lines follow the expectation moved up"
+
+
+def test_a_bad_value_in_the_grid_is_reported_at_its_line(tmp_path):
+    path = write_case(tmp_path, "sweep", EVAL_BN2D + "grid:\n  bn.eps: [0.001, -1.0]\n")
+    with pytest.raises(CaseError) as error:
+        load_cases(path)
+    line = (EVAL_BN2D + "grid:\n").count("\n") + 1
+    assert str(error.value).startswith(f"{path}:{line}: bn.eps: "), str(error.value)
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("  bn.nonsense.deeper: [1]\n", "grid.bn.nonsense.deeper: is not a field a grid can sweep; allowed: bn.<field>"),
+    ("  bn.eps: []\n", "grid.bn.eps: must be a non-empty list of values"),
+    ("  bn.eps: 0.1\n", "grid.bn.eps: must be a non-empty list of values"),
+    ("  bn.eps: [" + ", ".join(["0.1"] * 17) + "]\n  bn.momentum: [" + ", ".join(["0.1"] * 16) + "]\n",
+     f"grid: expands into 272 cases; allowed: at most {MAX_GRID_POINTS} per file"),
+])
+def test_a_malformed_grid_names_its_field_and_what_is_allowed(tmp_path, grid, message):
+    path = write_case(tmp_path, "sweep", EVAL_BN2D + "grid:\n" + grid)
+    with pytest.raises(CaseError) as error:
+        load_cases(path)
+    assert message in str(error.value)
+    assert f"{path}:" in str(error.value)
+
+
+def test_where_must_name_a_grid_field_and_one_of_its_values(tmp_path):
+    text = GRID + "expect:\n  - status: run_failed\n    runners: [onnx-reference]\n    reason: r\n    where: {bn.momentum: 0.1}\n"
+    with pytest.raises(CaseError, match=r"expect\[0\].where.bn.momentum: is not a field of the grid; allowed: bn.eps"):
+        load_cases(write_case(tmp_path, "a", text))
+    text = text.replace("bn.momentum: 0.1", "bn.eps: 0.5")
+    with pytest.raises(CaseError, match=r"expect\[0\].where.bn.eps: 0.5 is not one of the grid's values; allowed: 1e-05, 0.001"):
+        load_cases(write_case(tmp_path, "b", text))
+    text = EVAL_BN2D + "expect:\n  - status: run_failed\n    runners: [onnx-reference]\n    reason: r\n    where: {bn.eps: 0.5}\n"
+    with pytest.raises(CaseError, match=r"expect\[0\].where: selects grid points, but the case has no grid"):
+        load_cases(write_case(tmp_path, "c", text))
+
+
+def test_load_case_refuses_a_grid_and_names_load_cases(tmp_path):
+    with pytest.raises(CaseError, match="the file is a grid of 8 cases"):
+        load_case(write_case(tmp_path, "sweep", GRID))
+
+
+def test_the_run_reports_each_point_as_its_own_case(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from harness import cli
+
+    write_case(tmp_path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [1.0e-5, 0.001]\n")
+    results = tmp_path / "results.json"
+    assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager,onnx-reference"]) == 0
+    cases = json.loads(results.read_text())["cases"]
+    assert [(case["id"], case["outcome"]) for case in cases] == [("sweep[eps=1e-05]", "passed"), ("sweep[eps=0.001]", "passed")]
