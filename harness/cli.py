@@ -101,12 +101,14 @@ def _positive_float(text: str) -> float:
 
 
 def summary_line(result: CaseResult) -> str:
-    """`passed  cases/x.yaml  known 6, agree 120; onnx-dynamo-ort: skipped (...)`."""
+    """`passed  cases/x.yaml  known 6, agree 120; onnx-dynamo-ort: skipped (...)`; a grid point
+    is named by its id after the file: `cases/x.yaml::x[eps=0.001]`."""
+    where = result.path if result.case_id == Path(result.path).stem else f"{result.path}::{result.case_id}"
     if result.classification is None:
-        return f"{result.outcome:8} {result.path}"
+        return f"{result.outcome:8} {where}"
     known = len(result.classification.known)
     agree = sum(1 for verdict in result.verdicts if verdict)
-    text = f"{result.outcome:8} {result.path}  known divergences {known}, agreeing comparisons {agree}"
+    text = f"{result.outcome:8} {where}  known divergences {known}, agreeing comparisons {agree}"
     not_ok = [f"{run.runner}: {run.status}" for run in result.runs if run.status != "ok"]
     return text + (f"; {', '.join(not_ok)}" if not_ok else "")
 

@@ -4,6 +4,7 @@
       bn.eps: [1.0e-5, 1.0e-3]
       input.shape: [[2, 3, 4, 4], [16, 3, 4, 4]]
       export.opset: [9, 15, 18]      # every export step of the case
+      model, input.shape: [[batchnorm1d, [8, 3]], [batchnorm3d, [2, 3, 2, 2, 2]]]  # varied together
     expect:
       - status: run_failed
         where: {bn.dtype: bfloat16}  # this expectation holds at these points only
@@ -44,15 +45,35 @@ def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[
     problems = list(_grid_problems(document, grid))
     if problems:
         raise CaseError(source, problems)
-    keys = list(grid)
-    names = _short_names(keys)
-    points = [dict(zip(keys, indices)) for indices in itertools.product(*(range(len(grid[key])) for key in keys))]
+    columns = _columns(grid)
+    names = _short_names(list(columns))
     expanded = []
-    for point in points:
-        values = {key: grid[key][index] for key, index in point.items()}
-        label = ",".join(f"{names[key]}={_label(values[key])}" for key in keys)
-        expanded.append((f"{stem}[{label}]", _point_document(document, point, values)))
+    for indices in itertools.product(*(range(len(values)) for values in grid.values())):
+        values: dict[str, Any] = {}
+        origins: dict[str, PathKey] = {}  # where in the grid each written value stands
+        for (key, values_of_key), index in zip(grid.items(), indices):
+            for position, field in enumerate(_fields(key)):
+                joint = len(_fields(key)) > 1
+                values[field] = values_of_key[index][position] if joint else values_of_key[index]
+                origins[field] = ("grid", key, index, position) if joint else ("grid", key, index)
+        label = ",".join(f"{names[field]}={_label(values[field])}" for field in columns)
+        expanded.append((f"{stem}[{label}]", _point_document(document, values, origins, columns)))
     return expanded
+
+
+def _fields(key: str) -> list[str]:
+    """`model, input.shape` -> [model, input.shape]: fields a grid key varies together."""
+    return [part.strip() for part in key.split(",")]
+
+
+def _columns(grid: dict[str, list]) -> dict[str, list[Any]]:
+    """Each field the grid varies, with the values it takes."""
+    columns: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        fields = _fields(key)
+        for position, field in enumerate(fields):
+            columns[field] = [value[position] for value in values] if len(fields) > 1 else list(values)
+    return columns
 
 
 def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]:
@@ -60,25 +81,42 @@ def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]
     if not isinstance(grid, dict) or not grid:
         yield CaseProblem(line, "grid", "must be a mapping of field to the list of its values", "e.g. {bn.eps: [1.0e-5, 1.0e-3]}")
         return
-    size = 1
+    size, seen, bad = 1, set(), False
     for key, values in grid.items():
         where = document.line_of(("grid", key))
-        if not isinstance(key, str) or not _GRID_KEY.match(key):
-            yield CaseProblem(where, f"grid.{key}", "is not a field a grid can sweep", ALLOWED_KEYS)
+        fields = _fields(key) if isinstance(key, str) else [key]
+        for field in fields:
+            if not isinstance(field, str) or not _GRID_KEY.match(field):
+                yield CaseProblem(where, f"grid.{key}", f"{field!r} is not a field a grid can sweep", ALLOWED_KEYS)
+                bad = True
+            elif field in seen:
+                yield CaseProblem(where, f"grid.{key}", f"{field} is swept twice", "each field in one grid key")
+                bad = True
+            seen.add(field)
         if not isinstance(values, list) or not values:
             yield CaseProblem(where, f"grid.{key}", "must be a non-empty list of values")
+            bad = True
             continue
+        if len(fields) > 1:
+            for index, value in enumerate(values):
+                if not isinstance(value, list) or len(value) != len(fields):
+                    yield CaseProblem(document.line_of(("grid", key, index)), f"grid.{key}[{index}]",
+                                      f"must list one value for each of the {len(fields)} fields", f"[{', '.join(fields)}]")
+                    bad = True
         size *= len(values)
     if size > MAX_GRID_POINTS:
         yield CaseProblem(line, "grid", f"expands into {size} cases", f"at most {MAX_GRID_POINTS} per file")
+    if bad:
+        return
     data = document.data
     steps = data.get("steps")
-    if any(isinstance(key, str) and key.startswith("export.") for key in grid) and not (
+    if any(field.startswith("export.") for field in seen) and not (
             isinstance(steps, list) and any(_step_kind(step) == "export" for step in steps)):
         yield CaseProblem(line, "grid", "sweeps an export option, but the case has no export step")
+    columns = _columns(grid)
     for index, expectation in enumerate(data.get("expect") or []):
         if isinstance(expectation, dict) and "where" in expectation:
-            yield from _where_problems(document, index, expectation["where"], grid)
+            yield from _where_problems(document, index, expectation["where"], columns)
 
 
 def _where_problems(document: LoadedDocument, index: int, where: Any, grid: dict[str, list]) -> Iterator[CaseProblem]:
@@ -109,26 +147,27 @@ def _refuse_where_without_grid(document: LoadedDocument, source: str) -> None:
         raise CaseError(source, problems)
 
 
-def _point_document(document: LoadedDocument, point: dict[str, int], values: dict[str, Any]) -> LoadedDocument:
+def _point_document(document: LoadedDocument, values: dict[str, Any], origins: dict[str, PathKey],
+                    columns: dict[str, list[Any]]) -> LoadedDocument:
     """The document at one point: the grid's values written in, the expectations that hold there,
     and the line of each written value pointing at the value in the grid."""
     data = copy.deepcopy(document.data)
     del data["grid"]
     lines = {path: line for path, line in document.lines.items() if path[:1] != ("grid",)}
     for key, value in values.items():
-        grid_path: PathKey = ("grid", key, point[key])
+        grid_path = origins[key]
         for target in _targets(data, key):
             _write(data, target, copy.deepcopy(value))
             for path in [path for path in lines if path[:len(target)] == target]:
                 del lines[path]
             for path, line in document.lines.items():
-                if path[:3] == grid_path:
-                    lines[target + path[3:]] = line
+                if path[:len(grid_path)] == grid_path:
+                    lines[target + path[len(grid_path):]] = line
             lines.setdefault(target, document.line_of(grid_path) or 0)
     if isinstance(data.get("expect"), list):
         kept = []
         for index, expectation in enumerate(data["expect"]):
-            if isinstance(expectation, dict) and not _holds_at(expectation.pop("where", {}), values, document.data["grid"]):
+            if isinstance(expectation, dict) and not _holds_at(expectation.pop("where", {}), values, columns):
                 continue
             kept.append((index, expectation))
         data["expect"] = [expectation for _, expectation in kept]

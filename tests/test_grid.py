@@ -55,7 +55,7 @@ def test_a_bad_value_in_the_grid_is_reported_at_its_line(tmp_path):
 
 
 @pytest.mark.parametrize("grid, message", [
-    ("  bn.nonsense.deeper: [1]\n", "grid.bn.nonsense.deeper: is not a field a grid can sweep; allowed: bn.<field>"),
+    ("  bn.nonsense.deeper: [1]\n", "grid.bn.nonsense.deeper: 'bn.nonsense.deeper' is not a field a grid can sweep; allowed: bn.<field>"),
     ("  bn.eps: []\n", "grid.bn.eps: must be a non-empty list of values"),
     ("  bn.eps: 0.1\n", "grid.bn.eps: must be a non-empty list of values"),
     ("  bn.eps: [" + ", ".join(["0.1"] * 17) + "]\n  bn.momentum: [" + ", ".join(["0.1"] * 16) + "]\n",
@@ -97,3 +97,21 @@ def test_the_run_reports_each_point_as_its_own_case(tmp_path):
     assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager,onnx-reference"]) == 0
     cases = json.loads(results.read_text())["cases"]
     assert [(case["id"], case["outcome"]) for case in cases] == [("sweep[eps=1e-05]", "passed"), ("sweep[eps=0.001]", "passed")]
+
+
+def test_fields_varied_together_take_their_values_side_by_side(tmp_path):
+    text = EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [2, 2]") + """\
+grid:
+  model, input.shape: [[batchnorm1d, [8, 2]], [batchnorm3d, [2, 2, 2, 2, 2]]]
+expect:
+  - status: run_failed
+    runners: [onnx-reference]
+    where: {model: batchnorm3d}
+    reason: only 3d
+"""
+    first, second = load_cases(write_case(tmp_path, "joint", text))
+    assert (first.case_id, first.model, first.input.shape) == ("joint[model=batchnorm1d,shape=8x2]", "batchnorm1d", (8, 2))
+    assert (second.model, second.input.shape, len(second.expectations), len(first.expectations)) == ("batchnorm3d", (2, 2, 2, 2, 2), 1, 0)
+    bad = text.replace("[batchnorm3d, [2, 2, 2, 2, 2]]", "[batchnorm3d]")
+    with pytest.raises(CaseError, match=r"grid.model, input.shape\[1\]: must list one value for each of the 2 fields; allowed: \[model, input.shape\]"):
+        load_cases(write_case(tmp_path, "bad", bad))
