@@ -63,6 +63,9 @@ class ExportOptions:
     training: str = "eval"  # eval | preserve | training -> torch.onnx.TrainingMode
     opset: int | None = None  # None: the exporter's default
     dynamic_batch: bool = False
+    # TorchScript: do_constant_folding (which also folds an eval BatchNorm into its Conv);
+    # dynamo: optimize (onnxscript's optimiser, which folds constants).
+    constant_folding: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class Step:
                 options.append(f"opset={self.export.opset}")
             if self.export.dynamic_batch:
                 options.append("dynamic_batch")
+            if not self.export.constant_folding:
+                options.append("constant_folding=False")
             return f"export({', '.join(options)})"
         if self.kind == "set_mode" and self.mode is not None:
             return f"set_mode({self.mode.describe()})"

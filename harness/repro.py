@@ -149,7 +149,8 @@ def _render(template: str, case: Case, **values: Any) -> str:
                                                      torch_models.Head, torch_models.NestedTwoBN)]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), keep_trailing_newline=True)
     steps = [{"kind": step.kind, "label": step.label(), "export": None if step.export is None else
-              {"training": step.export.training, "opset": step.export.opset, "dynamic_batch": step.export.dynamic_batch},
+              {"training": step.export.training, "opset": step.export.opset, "dynamic_batch": step.export.dynamic_batch,
+               "constant_folding": step.export.constant_folding},
               "mode": None if step.mode is None else [list(item) for item in step.mode.assignments]} for step in case.steps]
     return environment.get_template(template).render(
         case=case, sources="\n\n".join(sources), **values,

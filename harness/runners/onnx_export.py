@@ -181,6 +181,8 @@ class _GraphExporter:
             "input_names": ["input"],
             "output_names": ["output"],
         }
+        if not options.constant_folding:
+            kwargs["optimize" if self.dynamo else "do_constant_folding"] = False
         if options.dynamic_batch:
             if self.dynamo:
                 kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
