@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
-from harness.engine import CaseResult, explain_known, judge, run_case, select_runners
+from harness.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
 from harness.execution import DEFAULT_TIMEOUT_S
 from harness.errors import CaseError, HarnessError
 from harness.runners import runner_names
@@ -103,7 +103,7 @@ def _positive_float(text: str) -> float:
 def summary_line(result: CaseResult) -> str:
     """`passed  cases/x.yaml  known 6, agree 120; onnx-dynamo-ort: skipped (...)`; a grid point
     is named by its id after the file: `cases/x.yaml::x[eps=0.001]`."""
-    where = result.path if result.case_id == Path(result.path).stem else f"{result.path}::{result.case_id}"
+    where = case_location(result.path, result.case_id)
     if result.classification is None:
         return f"{result.outcome:8} {where}"
     known = len(result.classification.known)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.attribution import attribute_all
 from harness.case import Case, GraphCase
@@ -39,6 +40,11 @@ class CaseResult:
         if self.classification is None:
             return ""
         return explain_classification(self.path, self.classification)
+
+
+def case_location(path: str, case_id: str) -> str:
+    """How a case is named to the user: its file, and for a grid point `file::id` (pytest's form)."""
+    return path if case_id == Path(path).stem else f"{path}::{case_id}"
 
 
 def reference_of(case: Case | GraphCase) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS_KEY, CaseFile
+from harness.engine import case_location
 from harness.execution import DEFAULT_TIMEOUT_S
 from harness.runners import runner_names
 
@@ -146,7 +147,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         known = Counter(c["other"] for c in record.get("comparisons", []) if c.get("classification") == "known")
         known_text = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items())) or "none"
         not_run = [f"{name} ({run['status']})" for name, run in record.get("runners", {}).items() if run["status"] != "ok"]
-        line = f"{record['outcome']:8} {record['file']}: known divergences: {known_text}"
+        line = f"{record['outcome']:8} {case_location(record['file'], record['id'])}: known divergences: {known_text}"
         if not_run:
             line += f"; not ok: {', '.join(not_run)}"
         terminalreporter.write_line(line)
