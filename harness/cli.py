@@ -21,8 +21,15 @@ from harness.runners import runner_names
 from harness.schema import load_cases
 
 
+def split_case_id(path: Path) -> tuple[Path, str | None]:
+    """`cases/x.yaml::x[eps=0.1]` (one point of a grid, as pytest and the summary name it) ->
+    (the file, the case id); a plain path -> (the path, None)."""
+    file, separator, case_id = str(path).partition("::")
+    return (Path(file), case_id) if separator else (path, None)
+
+
 def case_files(paths: Sequence[Path]) -> Iterator[Path]:
-    """The YAML files named, and those under the directories named, in sorted order."""
+    """The YAML files named (or `file::case id`), and those under the directories named, in sorted order."""
     for path in paths:
         if path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -39,11 +46,18 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
 
     loaded: list[CaseResult | tuple[Any, tuple[str, ...]]] = []
     for path in paths:
+        path, wanted = split_case_id(path)
         try:
             cases = load_cases(path, display_path=str(path))
         except CaseError as error:
             loaded.append(CaseResult(path.stem, str(path), "invalid", error=str(error)))
             continue
+        if wanted is not None:
+            chosen = tuple(case for case in cases if case.case_id == wanted)
+            if not chosen:
+                loaded.append(CaseResult(wanted, str(path), "error", error=f"{path}: no case {wanted!r}; its cases: "
+                                         + ", ".join(case.case_id for case in cases)))
+            cases = chosen
         for case in cases:
             try:
                 loaded.append((case, select_runners(case, only)))
@@ -117,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run case files and write results.json")
-    run.add_argument("paths", nargs="*", type=Path, default=[Path("cases")], help="case files or directories (default: cases)")
+    run.add_argument("paths", nargs="*", type=Path, default=[Path("cases")], help="case files, directories, or FILE::CASE_ID for one point of a grid (default: cases)")
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
@@ -204,7 +218,10 @@ def write_repro_bundles(path: Path, output: Path) -> int:
     from harness.repro import bundle_runners, write_bundle, write_graph_bundle
 
     try:
-        for case in load_cases(path, display_path=str(path)):  # each point of a grid
+        path, wanted = split_case_id(path)
+        for case in load_cases(path, display_path=str(path)):  # each point of a grid, or the one named
+            if wanted is not None and case.case_id != wanted:
+                continue
             result = run_case(case)
             if not isinstance(case, Case):
                 print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")

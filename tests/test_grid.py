@@ -115,3 +115,17 @@ expect:
     bad = text.replace("[batchnorm3d, [2, 2, 2, 2, 2]]", "[batchnorm3d]")
     with pytest.raises(CaseError, match=r"grid.model, input.shape\[1\]: must list one value for each of the 2 fields; allowed: \[model, input.shape\]"):
         load_cases(write_case(tmp_path, "bad", bad))
+
+
+def test_one_point_of_a_grid_runs_alone_by_its_id(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import json
+
+    from harness import cli
+
+    path = write_case(tmp_path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [1.0e-5, 0.001]\n")
+    results = tmp_path / "results.json"
+    assert cli.main(["run", f"{path}::sweep[eps=0.001]", "--results", str(results), "--runners", "torch-eager"]) == 0
+    assert [case["id"] for case in json.loads(results.read_text())["cases"]] == ["sweep[eps=0.001]"]
+    assert cli.main(["run", f"{path}::sweep[eps=9]", "--results", str(results), "--runners", "torch-eager"]) == 1
+    assert f"{path}: no case 'sweep[eps=9]'; its cases: sweep[eps=1e-05], sweep[eps=0.001]" in capsys.readouterr().out
