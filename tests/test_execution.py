@@ -113,3 +113,22 @@ def test_an_expected_crash_is_a_known_result(tmp_path, fault_runners):
     text = EVAL_BN2D + "expect:\n  - status: crashed\n    runners: [fault-abort]\n    reason: the runtime aborts here\n"
     result = run_case(load_case(write_case(tmp_path, "case", text)), only=["torch-eager", "fault-abort"])
     assert result.outcome == "passed", result.explain()
+
+
+def test_results_cross_the_process_boundary_as_plain_data(tmp_path, executor):
+    """Unpickling a worker's result must not import a framework in the harness's process (torch's
+    TorchVersion in a details dict once pulled 300 MB of torch into it)."""
+    import pickle
+    import subprocess
+    import sys
+
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    names = ["torch-eager", "torch-compile", "onnx-torchscript-ort", "onnx-dynamo-ort", "keras-torch"]
+    runs = executor.run(case, names)
+    assert [run.status for run in runs] == ["ok"] * len(names), [run.reason for run in runs]
+    (tmp_path / "runs.pickle").write_bytes(pickle.dumps(runs))
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], 'rb')); "
+         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime', 'onnxscript', 'keras', 'tensorflow', 'jax'}))",
+         str(tmp_path / "runs.pickle")], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", f"unpickling the results imported {loaded.stdout.strip()}"

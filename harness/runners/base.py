@@ -37,9 +37,15 @@ def import_framework(module: str, install_hint: str) -> ModuleType:
         raise FrameworkMissing(f"{module} is not importable ({error}); install it with: {install_hint}") from None
 
 
+def version_of(module: ModuleType) -> str:
+    """A module's version as a plain str: torch's is a TorchVersion, and unpickling one in the
+    harness's process would import torch there (300 MB) just to read a version."""
+    return str(getattr(module, "__version__", "?"))
+
+
 def import_frameworks(modules: Sequence[str], install_hint: str) -> dict[str, str]:
     """Import each module (or raise FrameworkMissing); return their versions for the details."""
-    return {name: getattr(import_framework(name, install_hint), "__version__", "?") for name in modules}
+    return {name: version_of(import_framework(name, install_hint)) for name in modules}
 
 
 class Runner(ABC):

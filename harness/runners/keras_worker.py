@@ -11,7 +11,7 @@ from harness.inputs import make_batch
 from harness.keras_mapping import KerasMapping
 from harness.models import MODEL_SPECS
 from harness.results import BNCall, RunResult
-from harness.runners.base import ObservationLog, clean_reason, skipped
+from harness.runners.base import ObservationLog, clean_reason, skipped, version_of
 
 
 def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping,
@@ -25,7 +25,7 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
     log = ObservationLog(runner)
     if keras.backend.backend() != backend:  # the pool's initializer guarantees it; a bug otherwise
         raise RuntimeError(f"worker for {backend} runs keras on {keras.backend.backend()}")
-    log.details["versions"] = {"keras": keras.__version__, backend: _backend_version(backend)}
+    log.details["versions"] = {"keras": version_of(keras), backend: _backend_version(backend)}
     log.details["mapping"] = mapping.to_json()
     log.notes.append(mapping.summary())
     try:
@@ -75,4 +75,4 @@ def record_state(port, case: Case, step: int, log: ObservationLog) -> None:
 def _backend_version(backend: str) -> str:
     import importlib
 
-    return getattr(importlib.import_module(backend), "__version__", "?")
+    return version_of(importlib.import_module(backend))

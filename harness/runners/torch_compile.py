@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from harness.case import Case
 from harness.results import RunResult
-from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped
+from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
 from harness.runners.torch_eager import TORCH_INSTALL_HINT
 
 
@@ -29,6 +29,6 @@ class TorchCompileRunner(Runner):
 
         torch._dynamo.reset()  # each case compiles afresh, as in the user's own process
         log = ObservationLog(self.name)
-        log.details["versions"] = {"torch": torch.__version__}
+        log.details["versions"] = {"torch": version_of(torch)}
         log.details["compile"] = {"backend": self.backend}
         return run_steps(case, [Lane(log)], compile_model=lambda model: torch.compile(model, backend=self.backend))[0]

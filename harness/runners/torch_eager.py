@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness.case import Case
 from harness.results import RunResult
-from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped
+from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
 
 TORCH_INSTALL_HINT = "pip install torch==2.13.0"
 
@@ -22,5 +22,5 @@ class TorchEagerRunner(Runner):
         from harness.runners.torch_steps import Lane, run_steps
 
         log = ObservationLog(self.name)
-        log.details["versions"] = {"torch": torch.__version__}
+        log.details["versions"] = {"torch": version_of(torch)}
         return run_steps(case, [Lane(log)])[0]
