@@ -115,7 +115,7 @@ def test_an_expected_crash_is_a_known_result(tmp_path, fault_runners):
     assert result.outcome == "passed", result.explain()
 
 
-def test_results_cross_the_process_boundary_as_plain_data(tmp_path, executor):
+def test_results_cross_the_process_boundary_as_plain_data(tmp_path):
     """Unpickling a worker's result must not import a framework in the harness's process (torch's
     TorchVersion in a details dict once pulled 300 MB of torch into it)."""
     import pickle
@@ -124,7 +124,11 @@ def test_results_cross_the_process_boundary_as_plain_data(tmp_path, executor):
 
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
     names = ["torch-eager", "torch-compile", "onnx-torchscript-ort", "onnx-dynamo-ort", "keras-torch"]
-    runs = executor.run(case, names)
+    executor = Executor(jobs=1)  # the default timeout: inductor's first compilation in a fresh worker takes tens of seconds
+    try:
+        runs = executor.run(case, names)
+    finally:
+        executor.close()
     assert [run.status for run in runs] == ["ok"] * len(names), [run.reason for run in runs]
     (tmp_path / "runs.pickle").write_bytes(pickle.dumps(runs))
     loaded = subprocess.run(
