@@ -208,8 +208,8 @@ def _magnitude(comparison: Mapping[str, Any]) -> float | None:
 
 
 def _moved(old: float | None, new: float | None, factor: float) -> bool:
-    if old is None or new is None or old == new:
-        return False
+    if old is None or new is None or old == new or (math.isnan(old) and math.isnan(new)):
+        return False  # NaN to NaN: the same divergence (a NaN output), not a move
     if not (math.isfinite(old) and math.isfinite(new)) or old == 0 or new == 0:
         return True
     ratio = new / old

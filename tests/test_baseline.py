@@ -59,6 +59,8 @@ def test_class_changes_and_magnitudes_beyond_the_factor():
     ]
     assert not compare_results(BASELINE, changed(**{"cases/0/comparisons/1/max_abs_diff": 0.9})).regressed, "within 2x"
     assert compare_results(BASELINE, changed(**{"cases/0/comparisons/1/max_abs_diff": "nan"})).regressed
+    both_nan = changed(**{"cases/0/comparisons/1/max_abs_diff": "nan"})
+    assert not compare_results(both_nan, copy.deepcopy(both_nan)).regressed, "a NaN output both times has not moved"
 
 
 def test_statuses_outcomes_and_cases():
