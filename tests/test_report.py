@@ -87,3 +87,11 @@ def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
         assert browser.save_screenshot(str(tmp_path / "report.png")) and (tmp_path / "report.png").stat().st_size > 0
     finally:
         browser.quit()
+
+
+def test_a_grid_points_repro_command_names_the_point_quoted_for_the_shell():
+    from harness.report.render import _repro_command
+
+    point = {"id": "sweep[eps=0.001]", "file": "cases/sweep.yaml", "runners": {"onnx-torchscript-ort": {}}}
+    assert _repro_command(point, {"onnx-torchscript-ort"}) == "python -m harness repro 'cases/sweep.yaml::sweep[eps=0.001]'"
+    assert _repro_command({**point, "id": "sweep"}, {"onnx-torchscript-ort"}) == "python -m harness repro cases/sweep.yaml"

@@ -109,11 +109,15 @@ def _case_view(case: Mapping[str, Any]) -> dict[str, Any]:
 
 def _repro_command(case: Mapping[str, Any], diverging: set[str]) -> str | None:
     """The command that writes this case's repro bundles, where one can be written."""
+    import shlex
+
+    from harness.engine import case_location
     from harness.repro import EXPORT_RUNNERS, KERAS_BACKENDS
 
     graph_case = "onnx-spec" in case.get("runners", {})
     if case.get("file") and (graph_case and diverging or diverging & (EXPORT_RUNNERS.keys() | KERAS_BACKENDS.keys())):
-        return f"python -m harness repro {case['file']}"
+        # a grid point by its id, quoted: its brackets are shell patterns
+        return f"python -m harness repro {shlex.quote(case_location(case['file'], case.get('id', '')))}"
     return None
 
 
