@@ -52,8 +52,9 @@ def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[
         values: dict[str, Any] = {}
         origins: dict[str, PathKey] = {}  # where in the grid each written value stands
         for (key, values_of_key), index in zip(grid.items(), indices):
-            for position, field in enumerate(_fields(key)):
-                joint = len(_fields(key)) > 1
+            fields = _fields(key)
+            for position, field in enumerate(fields):
+                joint = len(fields) > 1
                 values[field] = values_of_key[index][position] if joint else values_of_key[index]
                 origins[field] = ("grid", key, index, position) if joint else ("grid", key, index)
         label = ",".join(f"{names[field]}={_label(values[field])}" for field in columns)
@@ -111,7 +112,7 @@ def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]
     data = document.data
     steps = data.get("steps")
     if any(field.startswith("export.") for field in seen) and not (
-            isinstance(steps, list) and any(_step_kind(step) == "export" for step in steps)):
+            isinstance(steps, list) and any(step_kind(step) == "export" for step in steps)):
         yield CaseProblem(line, "grid", "sweeps an export option, but the case has no export step")
     columns = _columns(grid)
     for index, expectation in enumerate(data.get("expect") or []):
@@ -185,7 +186,7 @@ def _targets(data: dict[str, Any], key: str) -> list[PathKey]:
         option = key.split(".", 1)[1]
         targets = []
         for index, step in enumerate(data.get("steps", [])):
-            if _step_kind(step) != "export":
+            if step_kind(step) != "export":
                 continue
             if not isinstance(step, dict) or not isinstance(step.get("export"), dict):
                 data["steps"][index] = {"export": {}}
@@ -203,7 +204,8 @@ def _write(data: dict[str, Any], path: PathKey, value: Any) -> None:
     node[path[-1]] = value
 
 
-def _step_kind(step: Any) -> str | None:
+def step_kind(step: Any) -> str | None:
+    """`forward` for `forward` or `{forward: {...}}`; None for what is not a step (not validated yet)."""
     if isinstance(step, str):
         return step
     if isinstance(step, dict) and len(step) == 1:

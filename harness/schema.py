@@ -29,7 +29,7 @@ from harness.case import (
 from harness.errors import CaseError, CaseProblem
 from harness.fields import field_matches, known_fields
 from harness.graph_schema import graph_case_from_document, is_graph_case
-from harness.grid import expand_grid
+from harness.grid import expand_grid, step_kind
 from harness.loader import LoadedDocument, PathKey, format_path, load_yaml
 from harness.models import MODEL_SPECS, ModelSpec
 from harness.runners import REFERENCE_RUNNER, runner_names
@@ -128,7 +128,7 @@ def cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
     for index, raw in enumerate(data["steps"]):
         if isinstance(raw, dict) and "set_mode" in raw:
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
-        if _step_kind(raw) == "train_step" and "values" in data["input"]:
+        if step_kind(raw) == "train_step" and "values" in data["input"]:
             yield checks.problem(("steps", index), "train_step draws new seeded batches, but the input is literal values",
                                  "forward steps, or a seeded distribution under input")
     for index, raw in enumerate(data.get("expect", [])):
@@ -239,10 +239,6 @@ def _flatten(values: Any) -> Iterator[float]:
         yield float(values)
 
 
-def _step_kind(raw: str | dict[str, Any]) -> str:
-    return raw if isinstance(raw, str) else next(iter(raw))
-
-
 def _mode(raw: str | dict[str, str]) -> ModeSetting:
     if isinstance(raw, str):
         return ModeSetting((("", raw == "train"),))
@@ -255,7 +251,7 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> 
     """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed."""
     index = 0
     for raw in raw_steps:
-        kind = _step_kind(raw)
+        kind = step_kind(raw)
         options = (raw.get(kind) if isinstance(raw, dict) else None) or {}
         if kind == "forward":
             steps = [Step("forward", seed=options.get("seed", input_seed))]

@@ -8,27 +8,21 @@ caches, its compile workers), and its first compilation in a process costs tens 
 
 from __future__ import annotations
 
-from harness.case import Case
-from harness.results import RunResult
-from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
-from harness.runners.torch_eager import TORCH_INSTALL_HINT
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from harness.runners.base import ObservationLog
+from harness.runners.torch_eager import TorchEagerRunner
 
 
-class TorchCompileRunner(Runner):
+class TorchCompileRunner(TorchEagerRunner):
     """Runs each step through `torch.compile(model)`; an export step changes nothing."""
 
     name = "torch-compile"
     backend = "inductor"
 
-    def run(self, case: Case) -> RunResult:
-        try:
-            torch = import_framework("torch", TORCH_INSTALL_HINT)
-        except FrameworkMissing as missing:
-            return skipped(self.name, str(missing))
-        from harness.runners.torch_steps import Lane, run_steps
-
+    def compiler(self, torch: ModuleType, log: ObservationLog) -> Callable[[Any], Callable]:
         torch._dynamo.reset()  # each case compiles afresh, as in the user's own process
-        log = ObservationLog(self.name)
-        log.details["versions"] = {"torch": version_of(torch)}
         log.details["compile"] = {"backend": self.backend}
-        return run_steps(case, [Lane(log)], compile_model=lambda model: torch.compile(model, backend=self.backend))[0]
+        return lambda model: torch.compile(model, backend=self.backend)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
 from harness.case import Case
 from harness.results import RunResult
 from harness.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
@@ -23,4 +27,8 @@ class TorchEagerRunner(Runner):
 
         log = ObservationLog(self.name)
         log.details["versions"] = {"torch": version_of(torch)}
-        return run_steps(case, [Lane(log)])[0]
+        return run_steps(case, [Lane(log)], compile_model=self.compiler(torch, log))[0]
+
+    def compiler(self, torch: ModuleType, log: ObservationLog) -> Callable[[Any], Callable] | None:
+        """What wraps the module for its forwards (None: the module itself)."""
+        return None

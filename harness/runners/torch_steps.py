@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -74,7 +74,7 @@ class Lane:
     log: ObservationLog
     deploy: Callable[[Any], Deployed] | None = None
     deployed: Deployed | None = None
-    failure: StepFailed | None = field(default=None, repr=False)
+    failure: StepFailed | None = None
     failed_step: int | None = None
 
     def fail(self, step: int, failure: StepFailed) -> None:
@@ -149,12 +149,11 @@ def _forward_lane(lane: Lane, case: Case, index: int, batch: torch.Tensor, modul
                   module_calls: dict[str, BNCall], bn_outputs: dict[str, np.ndarray]) -> None:
     """Log one forward step for one lane: the module's output, and the deployed artifact's."""
     log = lane.log
+    log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
     if lane.deployed is None:  # the module is what is deployed: its calls face the oracles
         log.bn_calls.update({(index, path): call for path, call in module_calls.items()})
         for path, values in bn_outputs.items():
             log.array(index, deployed_field(path, OUTPUT), values, case.input.dtype)
-    log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
-    if lane.deployed is None:
         log.array(index, OUTPUT, module_output, case.input.dtype)
         return
     try:
