@@ -39,7 +39,8 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[CaseResult]:
     """Load every case file, start the workers of the runners they use (their imports overlap),
-    schedule all runners at once (the executor runs `jobs` at a time), and yield each case's
+    schedule all runners at once (the executor runs `jobs` at a time, and stops each family's
+    workers when the family has nothing left), and yield each case's
     result in file order as soon as it is complete. A bad file or a harness bug becomes that
     case's result only."""
     from harness.execution import default_executor
@@ -66,6 +67,7 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
     executor = default_executor()
     executor.warm(list(dict.fromkeys(name for item in loaded if not isinstance(item, CaseResult) for name in item[1])))
     scheduled = [item if isinstance(item, CaseResult) else (item[0], executor.submit(*item)) for item in loaded]
+    executor.seal()  # each family's workers stop once its part of the run is done
     for item in scheduled:
         if isinstance(item, CaseResult):
             yield item

@@ -1,15 +1,22 @@
 """Where runners run: worker processes, one pool per framework family (torch + onnxruntime; each
-Keras backend), kept alive across cases so that each framework is imported once per worker.
+Keras backend; torch.compile), kept alive across cases so that each framework is imported once
+per worker.
 
 A worker that dies (segfault, abort, out of memory) makes that runner's result `crashed`, with
 the signal and the tail of what the worker printed; a runner that takes longer than its timeout
-is `timed_out`. Either way pebble replaces the worker and the run goes on. `jobs` bounds how many
-runners run at once and how many torch + onnxruntime workers start; each Keras backend has one.
+is `timed_out`. Either way pebble replaces the worker and the run goes on.
+
+`jobs` bounds how many runners compute at once, across families (a semaphore around each call
+into a worker), and how many torch + onnxruntime workers start; the other families have one
+worker each. Each family has its own dispatch threads, so that a family whose only worker is busy
+never holds up another family's work. Every worker computes on one thread, so that `jobs` is the
+number of cores a run uses and no result depends on it.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -17,7 +24,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -30,17 +37,25 @@ from harness.results import RunResult
 # What a family's worker imports before its first runner (warm-up overlaps across families).
 WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",),
                 "torch-compile": ("torch", "torch._inductor.compile_fx")}
+# One compute thread per worker, set before any framework is imported (a value already in the
+# environment wins): `jobs` is then the number of cores a run uses, no result depends on it, and
+# idle threads spinning in one worker do not slow another (torch's OpenMP threads did: a fifth
+# more CPU time with two workers). onnxruntime's sessions are set alike (`open_executor`).
+ONE_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+                          "TF_NUM_INTEROP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
 
 
 def prepare_worker(family: str, output_directory: str) -> None:
     """Pool initializer: set what must be set before a framework is imported (Keras reads
-    KERAS_BACKEND once), and send what the frameworks print (C++ logs included) to a file per
-    worker process, whose tail a crash reports."""
+    KERAS_BACKEND once; the thread counts), and send what the frameworks print (C++ logs
+    included) to a file per worker process, whose tail a crash reports."""
     if family.startswith("keras-"):
         os.environ["KERAS_BACKEND"] = family.removeprefix("keras-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for variable, value in ONE_THREAD_ENVIRONMENT.items():
+        os.environ.setdefault(variable, value)
     output = os.open(os.path.join(output_directory, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(output, 1)
     os.dup2(output, 2)
@@ -85,10 +100,13 @@ class Executor:
             raise ValueError(f"the timeout must be positive; got {timeout_s}")
         self.jobs, self.timeout_s = jobs, timeout_s
         self._pools: dict[str, pebble.ProcessPool] = {}
+        self._dispatchers: dict[str, ThreadPoolExecutor] = {}
+        self._slots = ArrivalOrderSlots(jobs)  # runners computing at once, all families together
         self._lock = threading.Lock()
-        self._dispatch = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bn-harness-dispatch")
         self._output_directory = tempfile.mkdtemp(prefix="bn-harness-workers-")
         self._weights: dict[Case, Future] = {}
+        self._pending: collections.Counter[str] = collections.Counter()  # submitted, unfinished work per family
+        self._sealed = False
 
     def warm(self, names: Sequence[str]) -> None:
         """Start the workers of these runners' families now, importing their frameworks, so that
@@ -96,23 +114,33 @@ class Executor:
         from harness.runners import runner_family
 
         for family in dict.fromkeys(runner_family(name) for name in names):
-            modules = WARM_MODULES["keras" if family.startswith("keras-") else family]
+            modules = WARM_MODULES.get("keras" if family.startswith("keras-") else family, ())
             for _ in range(self._workers_of(family)):
                 self._pool(family).schedule(import_quietly, args=(modules,))
 
     def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
         """Schedule each runner of `names` on `case`; each future gives its RunResult. Runners that
         can share a walk (harness.runners.SHARED_WALKS) run as one, exporting once."""
-        from harness.runners import shared_walks
+        from harness.runners import runner_family, shared_walks
 
         futures: dict[str, Future] = {}
         for members, target in shared_walks(names):
+            family = runner_family(members[0])
             if target is None or not isinstance(case, Case):
-                futures.update({name: self._dispatch.submit(self._run_one, name, case) for name in members})
+                futures.update({name: self._dispatch(family, case, self._run_one, name, case) for name in members})
                 continue
-            walk = self._dispatch.submit(self._run_shared_walk, target, members, case)
+            walk = self._dispatch(family, case, self._run_shared_walk, target, members, case)
             futures.update({name: _member_of(walk, index) for index, name in enumerate(members)})
         return [futures[name] for name in names]
+
+    def seal(self) -> None:
+        """No more work is coming: each family's workers stop as soon as the family has nothing
+        left to run, which gives their memory back while the others still run. A later `submit`
+        starts a retired family afresh."""
+        with self._lock:
+            self._sealed = True
+            idle = [self._retire(family) for family in list(self._pools) if not self._pending[family]]
+        _stop(idle)
 
     def run(self, case: Case | GraphCase, names: Sequence[str]) -> tuple[RunResult, ...]:
         """Every runner's result for `case`, in the order of `names`."""
@@ -129,6 +157,35 @@ class Executor:
     def timeout_for(self, case: Case | GraphCase) -> float:
         """The case's own timeout, else the executor's (the command line's, else the default)."""
         return getattr(case, "timeout_s", None) or self.timeout_s
+
+    def _dispatch(self, family: str, case: Case | GraphCase, function: Callable, *args: Any) -> Future:
+        """Run `function(*args)` on one of the family's dispatch threads; count it as the family's
+        pending work (and the torch family's, which builds a Keras runner's weights) until done."""
+        from harness.runners import TORCH_FAMILY
+
+        families = (family, TORCH_FAMILY) if family.startswith("keras-") and isinstance(case, Case) else (family,)
+        with self._lock:
+            self._pending.update(families)
+            if family not in self._dispatchers:
+                self._dispatchers[family] = ThreadPoolExecutor(max_workers=self._workers_of(family),
+                                                               thread_name_prefix=f"bn-harness-{family}")
+            future = self._dispatchers[family].submit(function, *args)
+        future.add_done_callback(lambda _: self._finished(families))
+        return future
+
+    def _finished(self, families: tuple[str, ...]) -> None:
+        with self._lock:
+            self._pending.subtract(families)
+            idle = [self._retire(family) for family in families if self._sealed and not self._pending[family]]
+        _stop(idle)
+
+    def _retire(self, family: str) -> pebble.ProcessPool | None:
+        """Forget a family's pool and dispatch threads (called with the lock held, the family
+        having nothing pending); the pool is the caller's to stop."""
+        dispatcher = self._dispatchers.pop(family, None)
+        if dispatcher is not None:
+            dispatcher.shutdown(wait=False)
+        return self._pools.pop(family, None)
 
     def _run_one(self, name: str, case: Case | GraphCase) -> RunResult:
         from harness.runners import runner_family, runner_target
@@ -169,22 +226,23 @@ class Executor:
         return future.result()
 
     def _call(self, name: str, family: str, function, args: tuple, timeout_s: float) -> Any:
-        future = self._pool(family).schedule(function, args=args, timeout=timeout_s)
-        try:
-            return future.result()
-        except FutureTimeout:
-            return RunResult(name, "timed_out", f"no result within {timeout_s:g} s; the {family} worker was stopped and replaced")
-        except pebble.ProcessExpired as expired:
-            tail = self._output_tail(expired.pid)
-            return RunResult(name, "crashed", f"the {family} worker process died: {_describe_exit(expired.exitcode)}"
-                             + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
-                             details={"exitcode": expired.exitcode, "worker_output_tail": tail})
-        except Exception as error:  # a harness bug inside the worker: this runner's result, not the run's end
-            import traceback
+        with self._slots:  # held while the worker computes: at most `jobs` runners at once
+            future = self._pool(family).schedule(function, args=args, timeout=timeout_s)
+            try:
+                return future.result()
+            except FutureTimeout:
+                return RunResult(name, "timed_out", f"no result within {timeout_s:g} s; the {family} worker was stopped and replaced")
+            except pebble.ProcessExpired as expired:
+                tail = self._output_tail(expired.pid)
+                return RunResult(name, "crashed", f"the {family} worker process died: {_describe_exit(expired.exitcode)}"
+                                 + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
+                                 details={"exitcode": expired.exitcode, "worker_output_tail": tail})
+            except Exception as error:  # a harness bug inside the worker: this runner's result, not the run's end
+                import traceback
 
-            text = "".join(traceback.format_exception(error))
-            return RunResult(name, "crashed", f"{type(error).__name__} in the {family} worker: {error}",
-                             details={"traceback": text[-OUTPUT_TAIL_CHARS:]})
+                text = "".join(traceback.format_exception(error))
+                return RunResult(name, "crashed", f"{type(error).__name__} in the {family} worker: {error}",
+                                 details={"traceback": text[-OUTPUT_TAIL_CHARS:]})
 
     def _workers_of(self, family: str) -> int:
         """How many workers a family may start: `jobs` for torch and onnxruntime, which do most of
@@ -208,12 +266,40 @@ class Executor:
 
     def close(self) -> None:
         """Stop every worker and remove their output files."""
-        self._dispatch.shutdown(wait=True, cancel_futures=True)
-        for pool in self._pools.values():
-            pool.stop()
-            pool.join()
-        self._pools.clear()
+        with self._lock:
+            dispatchers, self._dispatchers = list(self._dispatchers.values()), {}
+        for dispatcher in dispatchers:
+            dispatcher.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        _stop(pools)
         shutil.rmtree(self._output_directory, ignore_errors=True)
+
+
+class ArrivalOrderSlots:
+    """A semaphore that grants its slots in the order they were asked for. threading.Semaphore
+    lets the thread that releases take the slot straight back, so that a family with several
+    dispatch threads (torch + onnxruntime) starved the one-worker families until the end of the
+    run, which left one core idle through their work there."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: collections.deque[object] = collections.deque()
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            self._changed.wait_for(lambda: self._free > 0 and self._waiting[0] is ticket)
+            self._waiting.popleft()
+            self._free -= 1
+            self._changed.notify_all()  # the next in line may find a slot free too
+
+    def __exit__(self, *_: object) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify_all()
 
 
 def _member_of(walk: Future, index: int) -> Future:
@@ -232,6 +318,14 @@ def _member_of(walk: Future, index: int) -> Future:
 
     walk.add_done_callback(settle)
     return member
+
+
+def _stop(pools: Sequence[pebble.ProcessPool | None]) -> None:
+    """Stop these pools' workers and wait for them to exit."""
+    for pool in pools:
+        if pool is not None:
+            pool.stop()
+            pool.join()
 
 
 def _describe_exit(exitcode: int | None) -> str:

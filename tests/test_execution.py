@@ -8,10 +8,11 @@ import pytest
 
 from harness import cli
 from harness.engine import run_case
-from harness.execution import Executor
+from harness.execution import ArrivalOrderSlots, Executor
 from harness.runners import register_runner, unregister_runner
 from harness.schema import load_case
 from tests.fault_runners import FAULT_RUNNERS
+from tests.probe_runners import PROBE_RUNNERS
 from tests.tiny_cases import EVAL_BN2D, write_case
 
 pytest.importorskip("torch")
@@ -23,6 +24,15 @@ def fault_runners():
         register_runner(name, target)
     yield list(FAULT_RUNNERS)
     for name in FAULT_RUNNERS:
+        unregister_runner(name)
+
+
+@pytest.fixture
+def probe_runners():
+    for name, (target, family) in PROBE_RUNNERS.items():
+        register_runner(name, target, family)
+    yield list(PROBE_RUNNERS)
+    for name in PROBE_RUNNERS:
         unregister_runner(name)
 
 
@@ -136,3 +146,96 @@ def test_results_cross_the_process_boundary_as_plain_data(tmp_path):
          "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime', 'onnxscript', 'keras', 'tensorflow', 'jax'}))",
          str(tmp_path / "runs.pickle")], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", f"unpickling the results imported {loaded.stdout.strip()}"
+
+
+def _window(run) -> tuple[float, float]:
+    assert run.status == "ok", run.reason
+    return run.details["start"], run.details["end"]
+
+
+def test_jobs_bounds_the_runners_computing_at_once_across_families(tmp_path, probe_runners, executor):
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    (torch_start, torch_end), (solo_start, solo_end) = map(_window, executor.run(case, ["probe-slow", "probe-solo-slow"]))
+    assert torch_end <= solo_start or solo_end <= torch_start, "with jobs=1, runners of two families ran at once"
+
+
+def test_a_busy_one_worker_family_does_not_hold_up_the_others(tmp_path, probe_runners):
+    """Two runs of a one-worker family and then a quick torch runner, with jobs=2: the quick one
+    runs beside the first slow one instead of waiting behind the second."""
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    executor = Executor(jobs=2)
+    try:
+        executor.run(case, ["probe-quick"])  # the torch worker started and torch imported: not what is timed
+        first, second, quick = (executor.submit(case, [name])[0] for name in ("probe-solo-slow", "probe-solo-slow", "probe-quick"))
+        (first_start, first_end), (second_start, _), (_, quick_end) = (_window(future.result()) for future in (first, second, quick))
+    finally:
+        executor.close()
+    assert second_start >= first_end, "the one-worker family ran two at once"
+    assert quick_end < first_end, "the torch runner waited for a family it does not use"
+
+
+def test_a_sealed_executor_stops_each_family_once_its_work_is_done(tmp_path, probe_runners, executor):
+    import time
+
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    (solo,) = executor.submit(case, ["probe-solo-slow"])
+    executor.seal()
+    pid = solo.result().details["pid"]
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the family's worker outlived its work"
+    (again,) = executor.run(case, ["probe-solo-slow"])
+    assert again.status == "ok" and again.details["pid"] != pid, "a submit after the seal starts the family afresh"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_every_worker_computes_on_one_thread(tmp_path, probe_runners, executor, monkeypatch):
+    """So that --jobs N uses N cores and no result depends on N."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    (run,) = executor.run(case, ["probe-quick"])
+    assert run.details["torch_threads"] == 1
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import helper
+
+    from harness.runners.onnx_export import open_executor
+
+    graph = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                                                [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                                [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    session, _, _ = open_executor(graph, "ort")
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_slots_are_granted_in_the_order_asked():
+    """A thread that gives its slot back and asks again queues behind one already waiting
+    (threading.Semaphore would hand the slot straight back to it)."""
+    import threading
+    import time
+
+    slots, order = ArrivalOrderSlots(1), []
+
+    def wait_for_a_slot() -> None:
+        with slots:
+            order.append("waiting thread")
+
+    with slots:
+        waiter = threading.Thread(target=wait_for_a_slot)
+        waiter.start()
+        while not slots._waiting:  # the waiter is in line
+            time.sleep(0.01)
+    with slots:
+        order.append("releasing thread")
+    waiter.join()
+    assert order == ["waiting thread", "releasing thread"]

@@ -323,6 +323,7 @@ def open_executor(graph, executor: str):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would land on the user's terminal
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # one thread per worker (harness.execution)
     if executor == "ort-noopt":
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=PROVIDERS)
