@@ -6,7 +6,8 @@
    users write by hand: one process per case, each paying its framework imports). Target >= 10x.
 2. floor:   per case, the harness's time against the bare framework calls it makes (model build
    and forwards, one export per exporter, the onnxruntime sessions and reference evaluator and
-   their runs, the Keras build and calls), timed in this process with warm imports. Target <= 1.25x.
+   their runs, the Keras build and calls), timed in this process with warm imports and one compute
+   thread, as in the harness's workers. Target <= 1.25x.
 3. scaling: the bundled library with --jobs 1 against --jobs 2, two runs each in the order
    1, 2, 2, 1. Target >= 1.7x on 2 cores.
 4. memory:  peak memory of a whole run, the harness and every worker process: their PSS summed
@@ -87,7 +88,11 @@ def bench_floor(case_dir: Path) -> None:
     """Per case, the harness (warm workers) against the bare framework calls its runners make, in
     this process: the torch walk, one export per exporter (runners sharing an export share it, as
     in the harness), a session per ONNX executor, and the Keras build and calls (tensorflow)."""
+    from harness.execution import ONE_THREAD_ENVIRONMENT
+
     os.environ["KERAS_BACKEND"] = "tensorflow"
+    for variable, value in ONE_THREAD_ENVIRONMENT.items():  # the threads the harness's workers compute on
+        os.environ.setdefault(variable, value)
     import keras
     import onnx
     import onnxruntime
@@ -104,14 +109,17 @@ def bench_floor(case_dir: Path) -> None:
     exporters = {False: ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"),
                  True: ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt")}
     measured = ("torch-eager", *exporters[False], *exporters[True], "keras-tensorflow")
-    no_opt = onnxruntime.SessionOptions()
+    torch.set_num_threads(1)
+    default, no_opt = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
     no_opt.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for options in (default, no_opt):
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
 
     def executor_for(path: str, name: str):
         if name.endswith("reference"):
             evaluator = ReferenceEvaluator(onnx.load(path))
             return lambda feeds: evaluator.run(None, {evaluator.input_names[0]: feeds["input"]})
-        session = onnxruntime.InferenceSession(path, no_opt if name.endswith("noopt") else None, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(path, no_opt if name.endswith("noopt") else default, providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(None, {session.get_inputs()[0].name: feeds["input"]})
 
     def torch_walk(case, scratch: str, executors: tuple[str, ...] = (), dynamo: bool = False) -> None:

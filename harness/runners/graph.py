@@ -147,9 +147,9 @@ def load_source(case: GraphCase) -> GraphSource:
 
 
 def _log_outputs(log: ObservationLog, step: int, outputs: list[np.ndarray]) -> None:
-    for field, values in zip(OUTPUT_FIELDS, outputs):
+    for output_field, values in zip(OUTPUT_FIELDS, outputs):
         array = np.asarray(values)
-        log.array(step, field, array.astype(np.float64), str(array.dtype))
+        log.array(step, output_field, array.astype(np.float64), str(array.dtype))
 
 
 class GraphRunner(Runner):
@@ -245,8 +245,8 @@ class OnnxSpecRunner(Runner):
             # The spec's values correctly rounded to the graph's dtype: what an exact runtime returns.
             outputs = [np.asarray(values).astype(data.dtype) for values in (result.output, result.running_mean, result.running_var)]
             outputs = outputs[: len([name for name in graph_node.output if name][:3])]
-            for field, array in zip(OUTPUT_FIELDS, outputs):
-                log.array(step, field, array.astype(np.float64), str(data.dtype))
+            for output_field, array in zip(OUTPUT_FIELDS, outputs):
+                log.array(step, output_field, array.astype(np.float64), str(data.dtype))
             # This step as a backend-test data set: what was fed, and what the spec says comes out.
             for position, name in enumerate(input_names):
                 log.artifacts[f"test_data_set_{step}/input_{position}.pb"] = numpy_helper.from_array(np.asarray(feeds[name])).SerializeToString()
