@@ -39,11 +39,13 @@ class CaseFile(pytest.File):
             # Never a collection error: that would stop every other case from running.
             yield InvalidCaseItem.from_parent(self, name=self.path.stem, error=error)
             return
-        for case in cases:  # one item per point of a grid
-            yield CaseItem.from_parent(self, name=case.case_id, case=case)
+        for position, case in enumerate(cases):  # one item per point of a grid, in the grid's order
+            yield CaseItem.from_parent(self, name=case.case_id, case=case, position=position)
 
 
 class _HarnessItem(pytest.Item):
+    position = 0  # in its file: the summary and results.json list a grid's points in the grid's order
+
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (CaseFailed, HarnessError)):
             return str(excinfo.value)
@@ -62,15 +64,15 @@ class _HarnessItem(pytest.Item):
 
         known = explain_known(result.classification) if result.classification and result.classification.known else ""
         self.user_properties.append((CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)),
-                                                                      "known": known})))
+                                                                      "known": known, "position": self.position})))
 
 
 class CaseItem(_HarnessItem):
     """Runs one case on its runners and fails on a new divergence, a vanished one, or a bad status."""
 
-    def __init__(self, *, case, **kwargs) -> None:
+    def __init__(self, *, case, position: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.case = case
+        self.case, self.position = case, position
 
     def runtest(self) -> None:
         try:

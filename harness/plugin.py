@@ -110,8 +110,9 @@ class CaseRecordCollector:
 
 
 def _finished(config: pytest.Config) -> list[dict]:
-    """Every finished case, in file order whichever worker ran it."""
-    return sorted(config.stash.get(RESULTS_KEY, []), key=lambda entry: (entry["record"]["file"] or "", entry["record"]["id"]))
+    """Every finished case, in file order and a grid's points in the grid's order, whichever
+    worker ran it."""
+    return sorted(config.stash.get(RESULTS_KEY, []), key=lambda entry: (entry["record"]["file"] or "", entry["position"]))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

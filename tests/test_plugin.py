@@ -90,6 +90,16 @@ def test_results_json_records_every_case_with_runner_statuses(pytester):
     assert comparison["classification"] == "agree" and comparison["rtol"] in (1.3e-6, None)
 
 
+def test_grid_points_are_listed_in_the_grids_order(pytester):
+    """Not sorted as strings, which would put eps=0.001 before eps=0.01."""
+    write_case(pytester.path / "cases", "eps", EVAL_BN2D + "grid:\n  bn.eps: [0.01, 0.001, 0.0001]\n")
+    result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "--harness-results=out.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    ids = [case["id"] for case in json.loads((pytester.path / "out.json").read_text())["cases"]]
+    assert ids == ["eps[eps=0.01]", "eps[eps=0.001]", "eps[eps=0.0001]"]
+    result.stdout.fnmatch_lines(["*eps.yaml::eps[[]eps=0.01]*", "*eps.yaml::eps[[]eps=0.001]*", "*eps.yaml::eps[[]eps=0.0001]*"])
+
+
 def test_an_unknown_runner_is_a_usage_error(pytester):
     result = pytester.runpytest("--harness-runners=torch-eager,tensorrt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
