@@ -54,6 +54,17 @@ def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
     assert "<code>python -m harness repro cases/flip.yaml</code>" in html
 
 
+def test_a_case_that_did_not_load_or_run_shows_as_such():
+    """Not as a runner's run_failed: no runner ran it."""
+    broken = [{"id": "typo", "file": "cases/typo.yaml", "outcome": "invalid", "error": "cases/typo.yaml:3: bn.eps: ..."},
+              {"id": "bug", "file": "cases/bug.yaml", "outcome": "error", "error": "Traceback ..."}]
+    html = render_report({**RESULTS, "cases": [*RESULTS["cases"], *broken]})
+    rows = re.findall(r'<tr class="case-row" data-case="(\w+)" data-status="(\w+)"', html)
+    assert rows[-2:] == [("typo", "invalid"), ("bug", "error")]
+    assert 'class="status-filter" value="invalid"' in html and 'class="status-filter" value="error"' in html
+    assert 'value="run_failed"' not in html
+
+
 def test_the_report_is_self_contained(tmp_path):
     write_report(RESULTS, tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()

@@ -14,7 +14,8 @@ from typing import Any
 import jinja2
 
 # Worst first: the status a case shows in the matrix is its worst cell's.
-SEVERITY = ("crashed", "timed_out", "run_failed", "export_failed", "new", "vanished", "known", "skipped", "agree")
+# A case that did not load (invalid) or that the harness could not run (error) has no runner cells.
+SEVERITY = ("invalid", "error", "crashed", "timed_out", "run_failed", "export_failed", "new", "vanished", "known", "skipped", "agree")
 _MODE_FIELD = re.compile(r"^module\.(?:(?P<path>.+)\.)?training$")
 
 
@@ -83,7 +84,7 @@ def _case_view(case: Mapping[str, Any]) -> dict[str, Any]:
         else:
             cell_status[runner] = "agree"
     if case.get("outcome") in ("invalid", "error"):
-        status = "run_failed"
+        status = case["outcome"]
     else:
         status = min(cell_status.values(), key=SEVERITY.index, default="agree")
     return {
