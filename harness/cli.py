@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
     run.add_argument("--report", type=Path, default=None,
                      help="where to write the HTML report at the end (default: report.html beside --results)")
-    run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners to run at once (default 1)")
+    run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners computing at once, one core each (default 1)")
     run.add_argument("--timeout", type=_positive_float, default=None,
                      help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})")
     recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
