@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         type=int,
         default=1,
-        help="runners of a case to run at once, each in its framework's worker process (default 1); "
+        help="runners computing at once, one core each, each in its framework's worker process (default 1); "
         "across cases, use pytest-xdist's -n",
     )
     group.addoption(
