@@ -88,39 +88,31 @@ def bench_floor(case_dir: Path) -> None:
     """Per case, the harness (warm workers) against the bare framework calls its runners make, in
     this process: the torch walk, one export per exporter (runners sharing an export share it, as
     in the harness), a session per ONNX executor, and the Keras build and calls (tensorflow)."""
-    from harness.execution import ONE_THREAD_ENVIRONMENT
+    from harness.execution import Executor, compute_on_one_thread
 
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    for variable, value in ONE_THREAD_ENVIRONMENT.items():  # the threads the harness's workers compute on
-        os.environ.setdefault(variable, value)
+    compute_on_one_thread()  # as the harness's workers compute
     import keras
     import onnx
-    import onnxruntime
     import torch
-    from onnx.reference import ReferenceEvaluator
 
     from harness.cli import case_files
-    from harness.execution import Executor
     from harness.inputs import make_batch
     from harness.keras_mapping import Unmappable, keras_mapping
+    from harness.runners.onnx_export import open_executor
     from harness.runners.torch_models import apply_mode, build_model, to_tensor
     from harness.schema import load_cases
 
     exporters = {False: ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"),
                  True: ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt")}
     measured = ("torch-eager", *exporters[False], *exporters[True], "keras-tensorflow")
-    torch.set_num_threads(1)
-    default, no_opt = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
-    no_opt.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    for options in (default, no_opt):
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
+    torch.set_num_threads(1)  # in case torch was imported here before the environment was set
 
-    def executor_for(path: str, name: str):
-        if name.endswith("reference"):
-            evaluator = ReferenceEvaluator(onnx.load(path))
-            return lambda feeds: evaluator.run(None, {evaluator.input_names[0]: feeds["input"]})
-        session = onnxruntime.InferenceSession(path, no_opt if name.endswith("noopt") else default, providers=["CPUExecutionProvider"])
-        return lambda feeds: session.run(None, {session.get_inputs()[0].name: feeds["input"]})
+    def executor_for(graph, name: str):
+        """The session (or evaluator) the runner `name` opens on the graph, as the harness opens it."""
+        kind = "reference" if name.endswith("reference") else "ort-noopt" if name.endswith("noopt") else "ort"
+        session, input_name, _ = open_executor(graph, kind)
+        return lambda feeds: session.run(None, {input_name: feeds["input"]})
 
     def torch_walk(case, scratch: str, executors: tuple[str, ...] = (), dynamo: bool = False) -> None:
         """The module's steps; at an export, one export and an executor for each of `executors`."""
@@ -138,7 +130,8 @@ def bench_floor(case_dir: Path) -> None:
                     warnings.simplefilter("ignore")
                     torch.onnx.export(model, (example,), f"{scratch}/m.onnx", dynamo=dynamo, opset_version=step.export.opset,
                                       training=getattr(torch.onnx.TrainingMode, step.export.training.upper()))
-                deployed = [executor_for(f"{scratch}/m.onnx", name) for name in executors]
+                graph = onnx.load(f"{scratch}/m.onnx")
+                deployed = [executor_for(graph, name) for name in executors]
             elif step.kind == "set_mode":
                 apply_mode(model, step.mode)
 

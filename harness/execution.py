@@ -54,12 +54,17 @@ def prepare_worker(family: str, output_directory: str) -> None:
     if family.startswith("keras-"):
         os.environ["KERAS_BACKEND"] = family.removeprefix("keras-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for variable, value in ONE_THREAD_ENVIRONMENT.items():
-        os.environ.setdefault(variable, value)
+    compute_on_one_thread()
     output = os.open(os.path.join(output_directory, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
+
+
+def compute_on_one_thread() -> None:
+    """Set ONE_THREAD_ENVIRONMENT in this process, where not set already; before any framework import."""
+    for variable, value in ONE_THREAD_ENVIRONMENT.items():
+        os.environ.setdefault(variable, value)
 
 
 def import_quietly(modules: Sequence[str]) -> None:
@@ -163,7 +168,7 @@ class Executor:
         pending work (and the torch family's, which builds a Keras runner's weights) until done."""
         from harness.runners import TORCH_FAMILY
 
-        families = (family, TORCH_FAMILY) if family.startswith("keras-") and isinstance(case, Case) else (family,)
+        families = (family, TORCH_FAMILY) if _ports_torch_weights(family, case) else (family,)
         with self._lock:
             self._pending.update(families)
             if family not in self._dispatchers:
@@ -192,7 +197,7 @@ class Executor:
 
         family = runner_family(name)
         inputs: dict[str, Any] = {}
-        if family.startswith("keras-") and isinstance(case, Case):
+        if _ports_torch_weights(family, case):
             weights = self._torch_weights(case)
             if isinstance(weights, RunResult):  # building the torch model failed: say so as this runner
                 return RunResult(name, weights.status, f"building the torch weights for the Keras port: {weights.reason}",
@@ -318,6 +323,12 @@ def _member_of(walk: Future, index: int) -> Future:
 
     walk.add_done_callback(settle)
     return member
+
+
+def _ports_torch_weights(family: str, case: Case | GraphCase) -> bool:
+    """Whether a runner of `family` on `case` is a Keras port, given the torch model's weights
+    (built in the torch family's worker)."""
+    return family.startswith("keras-") and isinstance(case, Case)
 
 
 def _stop(pools: Sequence[pebble.ProcessPool | None]) -> None:
