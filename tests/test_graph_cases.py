@@ -115,3 +115,43 @@ def test_an_unknown_backend_test_names_the_case_and_what_is_missing(tmp_path):
     case = load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: onnx:node/test_nope\n"))
     with pytest.raises(RunnerError, match="onnx_backend_test: onnx generates no node test 'test_nope'"):
         create_runner("graph-ort").run(case)
+
+
+NODE_TESTS_DUMP = """\
+import hashlib, sys
+import numpy as np
+from harness.runners import graph
+if sys.argv[1] == "all":  # what onnx's own collect_testcases makes
+    import warnings
+    from onnx.backend.test.case.node import collect_testcases
+    warnings.simplefilter("ignore")
+    with np.errstate(all="ignore"):
+        tests = collect_testcases("BatchNormalization")
+else:
+    tests = graph._onnx_node_tests()
+    assert "onnx.backend.test.case.node.cast" not in sys.modules, "every operator's generator was imported"
+for test in tests:
+    digest = hashlib.sha256(test.model.SerializeToString())
+    for inputs, outputs in test.data_sets:
+        for array in (*inputs, *outputs):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    print(test.name, digest.hexdigest())
+"""
+
+
+def test_onnx_node_tests_come_from_the_batchnorm_generator_alone_and_equal_onnxs_own_collection():
+    # Fresh processes: the generators keep global state, so one process cannot make them twice.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def dump(how: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", NODE_TESTS_DUMP, how], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.splitlines()
+
+    ours = dump("ours")
+    assert [line.split()[0] for line in ours] == ["test_batchnorm_example", "test_batchnorm_epsilon",
+                                                  "test_batchnorm_example_training_mode", "test_batchnorm_epsilon_training_mode"]
+    assert ours == dump("all")
