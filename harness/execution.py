@@ -10,7 +10,8 @@ is `timed_out`. Either way pebble replaces the worker and the run goes on.
 into a worker), and how many torch + onnxruntime workers start; the other families have one
 worker each. Each family has its own dispatch threads, so that a family whose only worker is busy
 never holds up another family's work. Every worker computes on one thread, so that `jobs` is the
-number of cores a run uses and no result depends on it.
+number of cores a run uses and no result depends on it. The workers of the families that use torch
+fork from a server that has imported torch and the exporter once; the others spawn.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import atexit
 import collections
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -43,6 +45,13 @@ WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "k
 # more CPU time with two workers). onnxruntime's sessions are set alike (`open_executor`).
 ONE_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
                           "TF_NUM_INTEROP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+# The workers of the families that use torch fork from a server that imported these once, on one
+# thread (harness.fork_server), instead of each spawned worker importing them itself: 2.8 s per
+# worker, paid again by a second torch worker and by each worker that replaces a crashed or hung
+# one. Not onnxruntime: its import starts a native thread, which a fork does not copy. Not Keras:
+# a worker sets KERAS_BACKEND before its own import. The other Keras backends' workers spawn.
+FORK_SERVER_FAMILIES = ("torch-onnx", "torch-compile", "keras-torch")
+FORK_SERVER_MODULES = ("torch", "onnx", "onnxscript", "torch._dynamo", "onnxscript.function_libs.torch_lib.ops")
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
 
@@ -118,7 +127,12 @@ class Executor:
         the families' imports overlap instead of coming one after another at their first case."""
         from harness.runners import runner_family
 
-        for family in dict.fromkeys(runner_family(name) for name in names):
+        families = list(dict.fromkeys(runner_family(name) for name in names))
+        forked = [family for family in families if _worker_context(family).get_start_method() == "forkserver"]
+        if forked:
+            multiprocessing.forkserver.ensure_running()  # its imports start now, beside the spawned workers'
+        # The spawned families first: the first fork waits for the server's imports.
+        for family in [family for family in families if family not in forked] + forked:
             modules = WARM_MODULES.get("keras" if family.startswith("keras-") else family, ())
             for _ in range(self._workers_of(family)):
                 self._pool(family).schedule(import_quietly, args=(modules,))
@@ -260,7 +274,7 @@ class Executor:
             if family not in self._pools:
                 self._pools[family] = pebble.ProcessPool(
                     max_workers=self._workers_of(family), initializer=prepare_worker, initargs=(family, self._output_directory),
-                    context=multiprocessing.get_context("spawn"))
+                    context=_worker_context(family))
             return self._pools[family]
 
     def _output_tail(self, pid: int | None) -> str:
@@ -305,6 +319,16 @@ class ArrivalOrderSlots:
         with self._changed:
             self._free += 1
             self._changed.notify_all()
+
+
+def _worker_context(family: str) -> multiprocessing.context.BaseContext:
+    """How a family's workers start: forked from the fork server (torch loaded) where the platform
+    has one, else spawned."""
+    if family in FORK_SERVER_FAMILIES and "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["harness.fork_server"])  # read when the server starts, once per process
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _member_of(walk: Future, index: int) -> Future:

@@ -1,10 +1,12 @@
-"""Test-only runners that report where, when and on how many threads they ran: the worker's pid,
-the start and end of their run on the system-wide monotonic clock, and torch's thread count.
+"""Test-only runners that report where, when and on how many threads they ran: the worker's pid
+and its parent's, whether torch was loaded before the run, the start and end of their run on the
+system-wide monotonic clock, and torch's thread count.
 Registered by tests/test_execution.py, in the torch family or in a one-worker family of their own."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from harness.case import Case
@@ -21,12 +23,12 @@ class QuickProbe(Runner):
     seconds = 0.0
 
     def run(self, case: Case) -> RunResult:
-        start = time.monotonic()
+        start, torch_loaded = time.monotonic(), "torch" in sys.modules
         time.sleep(self.seconds)
         import torch
 
-        return RunResult(self.name, "ok", details={"pid": os.getpid(), "start": start, "end": time.monotonic(),
-                                                   "torch_threads": torch.get_num_threads()})
+        return RunResult(self.name, "ok", details={"pid": os.getpid(), "parent_pid": os.getppid(), "torch_loaded": torch_loaded,
+                                                   "start": start, "end": time.monotonic(), "torch_threads": torch.get_num_threads()})
 
 
 class SlowProbe(QuickProbe):

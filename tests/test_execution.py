@@ -3,6 +3,9 @@ one whose framework is missing is `skipped`; every other result of the run is st
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -190,8 +193,6 @@ def test_a_sealed_executor_stops_each_family_once_its_work_is_done(tmp_path, pro
 
 
 def _alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -216,6 +217,19 @@ def test_every_worker_computes_on_one_thread(tmp_path, probe_runners, executor, 
                                                 [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
     session, _, _ = open_executor(graph, "ort")
     assert session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a process's mapped libraries from /proc")
+def test_the_torch_familys_workers_fork_from_a_server_that_loaded_torch(tmp_path, probe_runners, fault_runners, executor):
+    """Not spawned, each importing torch itself: a replaced worker starts without paying the imports."""
+    case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    first, replaced = (executor.run(case, ["probe-quick", "fault-abort"])[0] for _ in range(2))
+    for run in (first, replaced):
+        assert run.details["torch_loaded"], "torch was imported before the runner ran"
+        parent = run.details["parent_pid"]
+        assert parent != os.getpid(), "the worker is the fork server's child, not the harness's"
+        assert "libtorch" in Path(f"/proc/{parent}/maps").read_text(), "the fork server has torch loaded"
+    assert first.details["pid"] != replaced.details["pid"] and first.details["parent_pid"] == replaced.details["parent_pid"]
 
 
 def test_slots_are_granted_in_the_order_asked():
