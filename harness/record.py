@@ -90,7 +90,17 @@ def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
 
 def results_json(results: Sequence[CaseResult]) -> str:
     """results.json's text: strict JSON (no NaN), plain types only."""
-    return _dumps(results_document(results), indent=1)
+    return _document_text(results_document(results))
+
+
+def _document_text(document: dict[str, Any]) -> str:
+    """A results record as text: each top-level field on a line, then each case on a line of its
+    own (line tools and diffs see one case per line). Each line is encoded without indentation,
+    by json's C encoder: the whole library's 14 MB took 1.5 s through its indenting encoder, which
+    is pure Python, at the end of every run."""
+    fields = [f" {json.dumps(key)}: {_dumps(value)}" for key, value in document.items() if key != "cases"]
+    cases = ",\n".join(f"  {_dumps(case)}" for case in document["cases"])
+    return "{\n" + ",\n".join([*fields, f' "cases": [\n{cases}\n ]']) + "\n}\n"
 
 
 def plain_json(value: Any) -> Any:
@@ -98,8 +108,8 @@ def plain_json(value: Any) -> Any:
     return json.loads(_dumps(value))
 
 
-def _dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(_finite(value), indent=indent, default=_json_default, allow_nan=False)
+def _dumps(value: Any) -> str:
+    return json.dumps(_finite(value), default=_json_default, allow_nan=False)
 
 
 class Journal:
@@ -158,7 +168,7 @@ def read_journal(path: Path) -> dict[str, Any]:
 
 def write_document(path: Path, document: dict[str, Any]) -> None:
     """Write a results record (as read back from a journal) as results.json."""
-    write_atomically(path, _dumps(document, indent=1))
+    write_atomically(path, _document_text(document))
 
 
 def document_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

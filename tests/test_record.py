@@ -27,5 +27,7 @@ def test_results_are_strict_json_with_schema_version_environment_and_verdict_fie
     (comparison,) = record["cases"][0]["comparisons"]
     assert comparison["classification"] == "new" and comparison["max_abs_diff"] == "nan"
     assert comparison["max_abs_index"] == [0] and comparison["rtol"] == 1.3e-6
+    assert [json.loads(line.rstrip(",")) for line in text.splitlines() if line.startswith('  {"file"')] == record["cases"], \
+        "each case on a line of its own"
     assert [p.name for p in path.parent.iterdir()] == ["results.json"], "no temporary file left behind"
     assert path.stat().st_mode & 0o044 == 0o044, "readable by others, as a CI artifact must be"
