@@ -128,8 +128,9 @@ class Executor:
         from harness.runners import runner_family
 
         families = list(dict.fromkeys(runner_family(name) for name in names))
-        forked = [family for family in families if _worker_context(family).get_start_method() == "forkserver"]
+        forked = [family for family in families if _forks_from_server(family)]
         if forked:
+            _fork_server()
             multiprocessing.forkserver.ensure_running()  # its imports start now, beside the spawned workers'
         # The spawned families first: the first fork waits for the server's imports.
         for family in [family for family in families if family not in forked] + forked:
@@ -324,11 +325,18 @@ class ArrivalOrderSlots:
 def _worker_context(family: str) -> multiprocessing.context.BaseContext:
     """How a family's workers start: forked from the fork server (torch loaded) where the platform
     has one, else spawned."""
-    if family in FORK_SERVER_FAMILIES and "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["harness.fork_server"])  # read when the server starts, once per process
-        return context
-    return multiprocessing.get_context("spawn")
+    return _fork_server() if _forks_from_server(family) else multiprocessing.get_context("spawn")
+
+
+def _fork_server() -> multiprocessing.context.BaseContext:
+    """The forkserver context, its server (one per process) set to import harness.fork_server first."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["harness.fork_server"])  # read when the server starts
+    return context
+
+
+def _forks_from_server(family: str) -> bool:
+    return family in FORK_SERVER_FAMILIES and "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _member_of(walk: Future, index: int) -> Future:

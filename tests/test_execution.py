@@ -223,6 +223,7 @@ def test_every_worker_computes_on_one_thread(tmp_path, probe_runners, executor, 
 def test_the_torch_familys_workers_fork_from_a_server_that_loaded_torch(tmp_path, probe_runners, fault_runners, executor):
     """Not spawned, each importing torch itself: a replaced worker starts without paying the imports."""
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
+    executor.warm(["probe-quick"])  # as `harness run` starts it (the server, if this process has none yet)
     first, replaced = (executor.run(case, ["probe-quick", "fault-abort"])[0] for _ in range(2))
     for run in (first, replaced):
         assert run.details["torch_loaded"], "torch was imported before the runner ran"
