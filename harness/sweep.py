@@ -2,6 +2,8 @@
 agree once the parameters are mapped. Any divergence it finds is a harness bug to fix or a real
 divergence to turn into a case with an expectation.
 
+Every fourth configuration or so keeps a fresh module's statistics and affine parameters.
+
 - onnx family: eval-mode models exported with training=eval, every ONNX runner (a train-mode
   export is known to change the model: see the export cases);
 - keras family: train or eval, parameters mapped, moving variance read back in PyTorch's
@@ -59,6 +61,11 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if affine:
         bn["weight"] = [float(v) for v in rng.uniform(0.5, 1.5, features)]
         bn["bias"] = [float(v) for v in rng.normal(0, 0.5, features)]
+    if rng.random() < 0.25:
+        # A freshly built BatchNorm (running_var == weight, running_mean == bias), as most users
+        # export it: the TorchScript exporter then shares initializers through Identity nodes.
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            bn.pop(name, None)
     channels = shape[1]
     data: dict[str, Any] = {
         "description": f"agreement sweep ({family})",

@@ -225,7 +225,7 @@ class OnnxSpecRunner(Runner):
             import_framework("onnx", ONNX_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
-        from harness.runners.onnx_graph import data_inputs, find_batchnorms, initializer_values, opset_of
+        from harness.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, stored_values
         from harness.semantics import oracle
 
         source = load_source(case)
@@ -239,7 +239,7 @@ class OnnxSpecRunner(Runner):
         log.details["opset"] = opset_of(source.model)
         log.artifacts["model.onnx"] = source.model.SerializeToString()
         input_names = data_inputs(source.model)
-        stored = initializer_values(source.model)
+        stored = stored_values(source.model)
         graph_node = nodes[0]
         state = dict(source.initial_state)
         for step, feeds in enumerate(source.feeds(case, state)):

@@ -134,7 +134,7 @@ class _GraphExporter:
     def __call__(self, model, example, step: Step) -> ExportedGraph:
         import onnx
 
-        from harness.runners.onnx_graph import find_batchnorms, initializer_values, opset_of
+        from harness.runners.onnx_graph import find_batchnorms, opset_of, stored_values
         from harness.runners.torch_models import module_buffers
         from harness.runners.torch_steps import StepFailed
 
@@ -149,7 +149,7 @@ class _GraphExporter:
         buffers_after = module_buffers(model, self.case)
         bn_paths = MODEL_SPECS[self.case.model].batchnorm_paths
         nodes = find_batchnorms(graph, bn_paths)
-        initializers = initializer_values(graph)
+        initializers = stored_values(graph)
         facts = {
             "step": step.label(),
             "opset": opset_of(graph),
@@ -211,7 +211,8 @@ def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str,
     if node is None:
         return {"kept": False, "note": "no BatchNormalization node: folded into a neighbour or constants"}
     facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "stored_stats": node.stored_stats,
-                             "epsilon": node.epsilon, "momentum": node.momentum}
+                             "epsilon": node.epsilon, "momentum": node.momentum,
+                             "stats_stored_in": {"running_mean": node.mean_source, "running_var": node.var_source}}
     stored = {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
     for when, buffers in (("before_export", buffers_before), ("after_export", buffers_after)):
         facts[f"initializers_equal_module_buffers_{when}"] = all(
@@ -226,6 +227,7 @@ class ExportedGraph:
     export deploys it in its own executor."""
 
     def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any]) -> None:
+        # initializers: every stored tensor by the name nodes read it under (Identity copies included)
         self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
         self.serialized = graph.SerializeToString()
 
@@ -254,7 +256,7 @@ class GraphDeployed:
         self.folded = [path for path in MODEL_SPECS[case.model].batchnorm_paths if path not in nodes]
         self.initializers = initializers
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
-        self.state_outputs = expose_running_stats(graph, list(nodes.values()))
+        self.state_wiring = expose_running_stats(graph, list(nodes.values()))
         # The running stats as the graph holds them: initializers, then whatever training updates.
         self.state = {
             path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
@@ -268,16 +270,15 @@ class GraphDeployed:
         feeds = {self.input_name: _feed_array(batch)}
         self.last_calls = {path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items()
                            if node.data_input == self.input_name}
-        for path in self.state_outputs:
-            node = self.nodes[path]
-            feeds[node.mean_input] = self.state[path]["running_mean"]
-            feeds[node.var_input] = self.state[path]["running_var"]
+        for path, wiring in self.state_wiring.items():
+            feeds[wiring.mean_input] = self.state[path]["running_mean"]
+            feeds[wiring.var_input] = self.state[path]["running_var"]
         try:
             values = dict(zip(self.output_names, self.session.run(None, feeds)))
         except Exception as error:  # the runtime's own error types
             raise StepFailed("run_failed", error) from None
-        for path, (mean_output, var_output) in self.state_outputs.items():
-            self.state[path] = {"running_mean": values[mean_output], "running_var": values[var_output]}
+        for path, wiring in self.state_wiring.items():
+            self.state[path] = {"running_mean": values[wiring.mean_output], "running_var": values[wiring.var_output]}
         return np.asarray(values[self.output_names[0]]).astype(np.float64)
 
     def _call(self, node, data: np.ndarray) -> BNCall:
@@ -290,7 +291,7 @@ class GraphDeployed:
             input=as_float64(data),
             channel_axis=1,
             uses_batch_stats=node.uses_batch_stats,
-            updates_running_stats=node.module_path in self.state_outputs,
+            updates_running_stats=node.module_path in self.state_wiring,
             eps=node.epsilon,
             momentum=node.momentum,
             weight=as_float64(self.initializers.get(node.scale_input)),

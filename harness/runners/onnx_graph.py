@@ -18,7 +18,7 @@ class BatchNormNode:
     module_path: str
     node_name: str
     training: bool  # the node's own mode (training_mode, or the output count before opset 14)
-    stored_stats: bool  # mean / var inputs are initializers, not computed from the batch
+    stored_stats: bool  # mean / var are stored constants (initializers, through Identity/Constant), not computed from the batch
     data_input: str
     scale_input: str
     bias_input: str
@@ -26,6 +26,8 @@ class BatchNormNode:
     var_input: str
     epsilon: float
     momentum: float
+    mean_source: str | None = None  # the initializer or Constant the mean comes from (None: computed)
+    var_source: str | None = None
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -45,7 +47,7 @@ def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict
     A module path with no node was folded away (into a Conv, or into constants).
     """
     opset = opset_of(model)
-    stored = {initializer.name for initializer in model.graph.initializer}
+    stored = stored_sources(model)
     nodes = [node for node in model.graph.node if node.op_type == "BatchNormalization"]
     stat_names = {(f"{path}.running_mean" if path else "running_mean"): path for path in module_paths}
     by_name = {stat_names[node.input[3]]: node for node in nodes if node.input[3] in stat_names}
@@ -54,7 +56,7 @@ def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict
     return {path: _describe(path, node, opset, stored) for path, node in by_name.items()}
 
 
-def _describe(path: str, node: onnx.NodeProto, opset: int, stored: set[str]) -> BatchNormNode:
+def _describe(path: str, node: onnx.NodeProto, opset: int, stored: dict[str, str]) -> BatchNormNode:
     attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
     if opset >= 14:
         training = bool(attributes.get("training_mode", 0))
@@ -66,6 +68,8 @@ def _describe(path: str, node: onnx.NodeProto, opset: int, stored: set[str]) -> 
         node_name=node.name,
         training=training,
         stored_stats=node.input[3] in stored and node.input[4] in stored,
+        mean_source=stored.get(node.input[3]),
+        var_source=stored.get(node.input[4]),
         data_input=node.input[0],
         scale_input=node.input[1],
         bias_input=node.input[2],
@@ -82,46 +86,96 @@ def data_inputs(model: onnx.ModelProto) -> list[str]:
     return [value.name for value in model.graph.input if value.name not in stored]
 
 
-def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every initializer as a NumPy array."""
-    return {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+def stored_tensors(model: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray]]:
+    """Every tensor whose value is stored in the graph: name -> (where it is stored, its value).
+    Stored are initializers, Constant outputs, and Identity copies of either: the TorchScript
+    exporter deduplicates equal initializers and feeds the copies through Identity (a fresh
+    BatchNorm's running_var is `Identity(weight)`). Nodes are in topological order, as ONNX requires."""
+    stored = {init.name: (init.name, numpy_helper.to_array(init)) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            value = next((attribute.t for attribute in node.attribute if attribute.name == "value"), None)
+            if value is not None:
+                stored[node.output[0]] = (f"Constant {node.name or node.output[0]}", numpy_helper.to_array(value))
+        elif node.op_type == "Identity" and node.input[0] in stored:
+            stored[node.output[0]] = stored[node.input[0]]
+    return stored
 
 
-def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode]) -> dict[str, tuple[str, str]]:
-    """Turn each training-mode BN's running-stat initializers into graph inputs and its updated
-    running stats into graph outputs, in place, so the caller can feed the state back.
+def stored_sources(model: onnx.ModelProto) -> dict[str, str]:
+    """Where each stored tensor (`stored_tensors`) is stored: an initializer's or a Constant's name."""
+    return {name: source for name, (source, _) in stored_tensors(model).items()}
+
+
+def stored_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The value of each stored tensor (`stored_tensors`), by the name a node consumes it under."""
+    return {name: value for name, (_, value) in stored_tensors(model).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StateWiring:
+    """How a training-mode BN's running statistics are fed in and read back at every run."""
+
+    mean_input: str
+    var_input: str
+    mean_output: str
+    var_output: str
+
+
+def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode]) -> dict[str, StateWiring]:
+    """Make each training-mode BN's running statistics graph inputs and its updated running stats
+    graph outputs, in place, so the caller can feed the state back.
+
+    An initializer that only this statistic reads becomes a graph input of the same name; a
+    statistic that shares its tensor (a deduplicated initializer, an Identity copy, a Constant)
+    gets a graph input of its own, so that feeding it changes nothing else (not the scale that
+    shares its initializer).
 
     Returns:
-        module path -> (running_mean output name, running_var output name).
+        module path -> the names to feed and to read back.
     """
     initializers = {initializer.name: initializer for initializer in model.graph.initializer}
+    stored = stored_tensors(model)
     # Only stored statistics are state; computed ones (track_running_stats=False) are not fed.
-    by_node = {
-        node.node_name: node
-        for node in nodes
-        if node.training and node.stored_stats
-    }
-    outputs: dict[str, tuple[str, str]] = {}
+    by_node = {node.node_name: node for node in nodes if node.training and node.stored_stats}
+    readers: dict[str, int] = {}
+    for graph_node in model.graph.node:
+        for name in graph_node.input:
+            readers[name] = readers.get(name, 0) + 1
+    wiring: dict[str, StateWiring] = {}
     graph_inputs = {value.name for value in model.graph.input}
+    moved: set[str] = set()  # initializers that became graph inputs
     for graph_node in model.graph.node:
         node = by_node.get(graph_node.name)
         if node is None or graph_node.op_type != "BatchNormalization":
             continue
-        for name in (node.mean_input, node.var_input):
-            if name in initializers and name not in graph_inputs:
-                tensor = initializers[name]
-                model.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
-                graph_inputs.add(name)
+        fed = []
+        for slot in (3, 4):
+            name = graph_node.input[slot]
+            if name in initializers and readers.get(name) == 1:
+                if name not in graph_inputs:
+                    tensor = initializers[name]
+                    model.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+                    graph_inputs.add(name)
+                moved.add(name)
+            else:
+                value = stored[name][1]
+                own = f"{name}.fed_state"
+                model.graph.input.append(helper.make_tensor_value_info(
+                    own, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+                graph_inputs.add(own)
+                graph_node.input[slot] = own
+                name = own
+            fed.append(name)
         while len(graph_node.output) < 3:
             graph_node.output.append("")
         for slot, suffix in ((1, "running_mean"), (2, "running_var")):
             if not graph_node.output[slot]:
                 graph_node.output[slot] = f"{graph_node.name or node.module_path}_{suffix}_out"
             model.graph.output.append(helper.make_empty_tensor_value_info(graph_node.output[slot]))
-        outputs[node.module_path] = (graph_node.output[1], graph_node.output[2])
+        wiring[node.module_path] = StateWiring(fed[0], fed[1], graph_node.output[1], graph_node.output[2])
     # Fed running stats must not also be initializers (a graph input would shadow them anyway).
-    fed = {name for node in by_node.values() for name in (node.mean_input, node.var_input)}
-    kept = [initializer for initializer in model.graph.initializer if initializer.name not in fed]
+    kept = [initializer for initializer in model.graph.initializer if initializer.name not in moved]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    return outputs
+    return wiring
