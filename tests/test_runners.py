@@ -141,3 +141,25 @@ def test_torch_compile_steps_the_running_stats_as_eager_and_recompiles_for_eval(
         np.testing.assert_allclose(value(compiled, step, field), value(eager, step, field), rtol=1.3e-6, atol=1e-5)
     assert value(compiled, 2, "uses_batch_stats") is False, "after set_mode: eval the compiled module uses running stats"
     assert (0, "") in compiled.bn_calls, "a bare BatchNorm's call is recorded for the oracles"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_recorded_tensor_is_a_copy_not_a_view_of_the_live_buffer(dtype):
+    import torch
+
+    from harness.runners.torch_models import TORCH_DTYPES, to_numpy
+
+    bn = torch.nn.BatchNorm2d(3).to(TORCH_DTYPES[dtype])
+    before = to_numpy(bn.running_mean)
+    bn(torch.randn(4, 3, 2, 2, dtype=TORCH_DTYPES[dtype]) + 5)
+    assert not np.shares_memory(before, bn.running_mean.numpy())
+    np.testing.assert_array_equal(before, np.zeros(3))
+
+
+def test_a_float64_train_step_records_the_state_before_the_step(tmp_path):
+    text = TRAIN_BN2D.replace("  num_features: 2\n", "  num_features: 2\n  dtype: float64\n")
+    _, result = run(tmp_path, "torch-eager", text)
+    call = result.bn_calls[(0, "")]
+    np.testing.assert_array_equal(call.running_mean_before, [0.5, -0.5])
+    np.testing.assert_array_equal(call.running_var_before, [2.0, 0.5])
+    assert not np.array_equal(value(result, 0, "running_var"), call.running_var_before), "the step updated the buffer"

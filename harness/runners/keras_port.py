@@ -179,7 +179,8 @@ class KerasPort:
     def stored(self, path: str, name: str) -> np.ndarray:
         """A Keras variable of the BN at `path` (gamma, beta, moving_mean, moving_variance), as float64."""
         variable = getattr(self.layers[path], name)
-        return np.asarray(self.keras.ops.convert_to_numpy(variable), dtype=np.float64)
+        # A copy: on the numpy backend convert_to_numpy may hand back the variable's own array.
+        return np.array(self.keras.ops.convert_to_numpy(variable), dtype=np.float64, copy=True)
 
     def _numpy_dtype(self):
         if self.dtype == "bfloat16":

@@ -108,8 +108,10 @@ def to_tensor(batch: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A float64 copy of a tensor, exact for every floating dtype torch has."""
-    return tensor.detach().to(torch.float64).cpu().numpy()
+    """A float64 copy of a tensor, exact for every floating dtype torch has. Always a copy: for a
+    float64 tensor `.to(float64).numpy()` is a view, and a running buffer recorded before a step
+    would then change with the step."""
+    return np.array(tensor.detach().to(torch.float64).cpu().numpy(), copy=True)
 
 
 def batchnorms(model: nn.Module, case: Case) -> dict[str, nn.Module]:
