@@ -91,3 +91,17 @@ def test_a_backend_that_cannot_import_keras_is_skipped_with_the_missing_package(
         sys.modules.update(saved)
     assert result.status == "skipped"
     assert result.reason.endswith("; install it with: pip install keras")
+
+
+def test_the_port_computes_on_the_data_torch_gets_when_the_input_dtype_differs(tmp_path):
+    # A float32 BatchNorm fed a bfloat16 batch: Keras must get the bfloat16-rounded values, as
+    # torch does, not the float32 ones (issue 15, defect 7).
+    text = EVAL_BN2D.replace("  shape: [2, 2, 3, 3]\n", "  shape: [2, 2, 3, 3]\n  dtype: bfloat16\n")
+    case, result = run(tmp_path, text)
+    assert result.status == "ok", result.reason
+    assert case.input.dtype == "bfloat16" and case.bn.dtype == "float32"
+    import ml_dtypes
+
+    x = make_batch(case.input, case.input.seed).astype(ml_dtypes.bfloat16).astype(np.float64)
+    np.testing.assert_array_equal(result.bn_calls[(0, "")].input, x)
+    assert result.observations[(0, "output")].dtype == "float32", "Keras returns its layer's dtype"

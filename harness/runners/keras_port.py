@@ -24,9 +24,10 @@ class KerasPort:
 
     def __init__(self, keras: Any, model: str, shape: tuple[int, ...], num_features: int, dtype: str,
                  settings: dict[str, Any], submodule_paths: tuple[str, ...], batchnorm_paths: tuple[str, ...],
-                 weights: dict[str, np.ndarray], mode: list[tuple[str, bool]]) -> None:
+                 weights: dict[str, np.ndarray], mode: list[tuple[str, bool]], input_dtype: str | None = None) -> None:
         self.keras, self.model, self.shape, self.num_features = keras, model, tuple(shape), num_features
         self.dtype, self.settings = dtype, dict(settings)
+        self.input_dtype = input_dtype or dtype  # the data is fed as torch gets it; Keras casts it to the layers' dtype
         self.training = dict.fromkeys(submodule_paths, False)
         self.apply_mode(mode)
         self.layers: dict[str, Any] = {}
@@ -39,6 +40,7 @@ class KerasPort:
         self.elements_per_channel: dict[str, int] = {}  # of each BN's own input, at its last call
         self.calls: dict[str, dict[str, Any]] = {}  # what each BN was given at the last forward, for the oracles
         self.outputs: dict[str, np.ndarray] = {}  # what each BN returned at the last forward, torch's layout
+        self.output_dtype = dtype  # of the last forward's output, as Keras returned it
 
     def apply_mode(self, assignments) -> None:
         """`module.get_submodule(path).train(flag)` for each (path, flag): recursive, as in torch."""
@@ -100,7 +102,7 @@ class KerasPort:
         """The port's output, as float64, for a batch in torch's layout."""
         ops = self.keras.ops
         self.updated = set()
-        x = ops.convert_to_tensor(batch.astype(self._numpy_dtype()))
+        x = ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype)))
         if self.model.startswith("batchnorm"):
             y = self._bn("", x)
         else:
@@ -115,6 +117,7 @@ class KerasPort:
             y = ops.transpose(h, (0, 3, 1, 2))
             if self.model == "forum_net":
                 y = ops.relu(self.layers["fc1"](ops.reshape(y, (y.shape[0], -1))))
+        self.output_dtype = self.keras.backend.standardize_dtype(y.dtype)
         return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
 
     def _bn(self, path: str, h):
@@ -137,13 +140,19 @@ class KerasPort:
         return values.transpose(0, 3, 1, 2) if values.ndim == 4 else values
 
     def _call(self, path: str, layer, h) -> dict[str, Any]:
-        """The layer's call in Keras terms, with the variance as the port reports it."""
+        """The layer's call in Keras terms, with the variance as the port reports it; the input in
+        torch's layout (the channel axis moved with it), as the port reports what the BN returned."""
         explicit = self.settings["training_argument"] == "explicit"
         batch_stats = explicit and self.training[path] and layer.trainable  # Keras: `if training and self.trainable`
         convention = self.settings["running_var"]
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        values = np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64)
+        if values.ndim == 4 and not self.model.startswith("batchnorm"):
+            # In torch's layout, as the port reports the BatchNorm's output: NHWC axis -> NCHW axis.
+            values, axis = self._nchw(values), (0, 2, 3, 1)[axis % 4]
         return {
-            "input": np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64),
-            "channel_axis": layer.axis if isinstance(layer.axis, int) else layer.axis[0],
+            "input": values,
+            "channel_axis": axis,
             "uses_batch_stats": batch_stats,
             "updates_running_stats": batch_stats,
             "eps": float(layer.epsilon),
@@ -182,9 +191,10 @@ class KerasPort:
         # A copy: on the numpy backend convert_to_numpy may hand back the variable's own array.
         return np.array(self.keras.ops.convert_to_numpy(variable), dtype=np.float64, copy=True)
 
-    def _numpy_dtype(self):
-        if self.dtype == "bfloat16":
+    @staticmethod
+    def _numpy_dtype(name: str):
+        if name == "bfloat16":
             import ml_dtypes
 
             return ml_dtypes.bfloat16
-        return np.dtype(self.dtype)
+        return np.dtype(name)

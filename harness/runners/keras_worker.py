@@ -40,7 +40,7 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
             except Exception as error:  # the backend's own error types
                 log.details["failed_step"] = index
                 return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
-            log.array(index, OUTPUT, output, case.input.dtype)
+            log.array(index, OUTPUT, output, port.output_dtype)
         elif step.kind == "set_mode":
             assert step.mode is not None
             port.apply_mode(step.mode.assignments)
@@ -58,7 +58,8 @@ def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.nd
 
     spec = MODEL_SPECS[case.model]
     return KerasPort(keras, case.model, case.input.shape, case.bn.num_features, case.bn.dtype, port_settings(mapping),
-                     spec.submodule_paths, spec.batchnorm_paths, weights, list(case.mode.assignments))
+                     spec.submodule_paths, spec.batchnorm_paths, weights, list(case.mode.assignments),
+                     input_dtype=case.input.dtype)
 
 
 def record_state(port, case: Case, step: int, log: ObservationLog) -> None:
@@ -66,7 +67,7 @@ def record_state(port, case: Case, step: int, log: ObservationLog) -> None:
     under the deployed names."""
     log.bn_calls.update({(step, path): BNCall(semantics="keras", **call) for path, call in port.calls.items()})
     for path, values in port.outputs.items():
-        log.array(step, deployed_field(path, "output"), values, case.bn.dtype)
+        log.array(step, deployed_field(path, "output"), values, port.output_dtype)
     for path, (mean, var) in port.end_step().items():
         log.array(step, deployed_field(path, "running_mean"), mean, case.bn.dtype)
         log.array(step, deployed_field(path, "running_var"), var, case.bn.dtype)
