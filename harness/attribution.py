@@ -18,19 +18,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.case import Case, GraphCase
-from harness.fields import MODULE, OUTPUT
+from harness.fields import MODULE, MODULE_BN_ATTRIBUTES, OUTPUT
 from harness.models import MODEL_SPECS
 from harness.results import BNCall, RunResult, Verdict
 from harness.semantics import SPECS, OracleResult, oracle
-from harness.tolerance import tolerance_for
+from harness.tolerance import Tolerance
 
 # A runner is within its spec when its error is within the dtype's tolerance or this many times
 # the rounding floor: how far the same formula, evaluated in that dtype, lands from float64.
 ROUNDING_FLOOR_FACTOR = 4.0
+# What each exporter documents or does about the module's mode, cited where an export step is blamed.
 EXPORT_CONTRACT = (
     "torch.onnx.export sets the training mode only temporarily and resets it afterwards "
     "(select_model_mode_for_export: 'temporarily set the training mode of model to mode, resetting "
     "it when we exit the with-block'); the exported graph should hold the module's state"
+)
+DYNAMO_EXPORT_MECHANISM = (
+    "torch.onnx.export(dynamo=True) ignores training= ('Deprecated option. Instead, set the training "
+    "mode of the model before exporting') and captures the module in its own mode with torch.export; "
+    "onnxscript's torch_lib lowers aten::native_batch_norm / _native_batch_norm_legit with "
+    "'training = False' ('a temporary fix for the issue that BatchNormalization is forced to be in "
+    "training mode in PyTorch, and ORT currently only supports training mode with opset version lower "
+    "than 14', onnxscript/function_libs/torch_lib/ops/core.py): a train-mode BatchNorm becomes an "
+    "inference node on the statistics it held at the export"
 )
 CLASSES = ("implementation deviates", "conventions differ", "state changed by a step", "precision", "unattributed")
 
@@ -98,15 +108,23 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
               divergent: Sequence[Verdict], earlier: Sequence[tuple[Verdict, Attribution]] = ()) -> Attribution:
     """The attribution of one divergence (`divergent`: all divergences of this pair; `earlier`: the
     attributions already made at earlier steps, which a later divergence may follow from)."""
-    if verdict.field.startswith(MODULE + "."):
-        return _state_changed(case, other, verdict, [v for v in divergent if v.field.startswith(MODULE + ".")],
-                              "the user's torch module")
-    bn_path = _bn_path_of(case, verdict.field)
+    field = verdict.field
+    if field.startswith(MODULE + "."):
+        module_divergences = [v for v in divergent if v.field.startswith(MODULE + ".") and v.other == other.runner]
+        first = min(module_divergences, key=lambda v: v.step, default=verdict)
+        if case.steps[first.step].kind == "export":
+            return _state_changed(case, other, verdict, module_divergences, "the user's torch module")
+        # No export changed the module: an ordinary forward is not a step to blame. The module's
+        # own fields face the oracles as the deployed artifact's do (in torch they are one module).
+        field = field.removeprefix(MODULE + ".")
+        if field.endswith(("training", "num_batches_tracked")) or field.rsplit(".", 1)[-1] in MODULE_BN_ATTRIBUTES:
+            return Attribution("unattributed", f"no oracle for {verdict.field}, and no export before {case.step_label(first.step)}")
+    bn_path = _bn_path_of(case, field)
     if bn_path is None:
         return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
                                      "the BatchNorm oracles do not model", same_step=True)
     step_kind = case.steps[verdict.step].kind
-    if verdict.field.endswith("uses_batch_stats") or step_kind == "export":
+    if field.endswith("uses_batch_stats") or step_kind == "export":
         return _state_changed(case, other, verdict, [v for v in divergent if not v.field.startswith(MODULE + ".")],
                               "the deployed artifact")
     calls = reference.bn_calls.get((verdict.step, bn_path)), other.bn_calls.get((verdict.step, bn_path))
@@ -114,7 +132,7 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
         missing = [run.runner for run, call in zip((reference, other), calls) if call is None]
         why = "no forward at this step" if step_kind == "set_mode" else f"no record of the BatchNorm's input in {', '.join(missing)}"
         return _follows_from_earlier(case, verdict, earlier, why)
-    return _judge(case, reference, other, verdict, calls[0], calls[1], earlier)
+    return _judge(case, reference, other, verdict, calls[0], calls[1], earlier, field)
 
 
 def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,
@@ -123,19 +141,31 @@ def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult,
     call = spec_run.bn_calls.get((verdict.step, "")) if spec_run is not None else None
     if call is None:
         return Attribution("unattributed", "no ONNX spec oracle for this graph (not a single BatchNormalization node)")
-    sides = tuple(_side(case, call, run, verdict, verdict.field) for run in (reference, other))
+    tolerance = verdict_tolerance(verdict)
+    sides = tuple(_side(case, call, run, verdict, verdict.field, tolerance) for run in (reference, other))
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
     return Attribution("precision", "both follow the ONNX spec: " + "; ".join(side.describe() for side in sides), sides)
 
 
-def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: BNCall, earlier) -> Attribution:
-    attribute_name = verdict.field.rsplit(".", 1)[-1] if verdict.field != OUTPUT else OUTPUT
+def verdict_tolerance(verdict: Verdict) -> Tolerance:
+    """The tolerance the comparison used (both sides' dtypes and the case's override): the one
+    tolerance attribution measures with too."""
+    if verdict.rtol is None or verdict.atol is None:  # flags and attributes: compared exactly
+        return Tolerance(verdict.dtype or "exact", 0.0, 0.0, "exact comparison")
+    return Tolerance(verdict.dtype or "?", verdict.rtol, verdict.atol, verdict.tolerance_source or "")
+
+
+def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: BNCall, earlier,
+           field: str | None = None) -> Attribution:
+    field = verdict.field if field is None else field
+    attribute_name = field.rsplit(".", 1)[-1] if field != OUTPUT else OUTPUT
+    tolerance = verdict_tolerance(verdict)
     if reference_call.channel_axis % reference_call.input.ndim != other_call.channel_axis % other_call.input.ndim:
         return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call))
-    sides = (_side(case, reference_call, reference, verdict, attribute_name),
-             _side(case, other_call, other, verdict, attribute_name))
+    sides = (_side(case, reference_call, reference, verdict, attribute_name, tolerance),
+             _side(case, other_call, other, verdict, attribute_name, tolerance))
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
@@ -144,29 +174,80 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
         mode_changes = [(v, found) for v, found in earlier if v.field.endswith("uses_batch_stats")]
         if mode_changes:
             return _follows_from_earlier(case, verdict, mode_changes, "")
-    crossed = dataclasses.replace(
+    # The state that matters is the state the formula uses: what each side normalises with, and
+    # for an update the statistics it starts from. Both on batch statistics: running ones do not count.
+    parted = _parted_state(reference_call, other_call, attribute_name, tolerance)
+    ours = _pick(oracle(reference_call), attribute_name)
+    # The other side's spec, parameters and mode, applied to the reference's own input and state.
+    crossed = _crossed(reference_call, other_call)
+    theirs = _pick(oracle(crossed), attribute_name)
+    convention_gap = _gap(ours, theirs)
+    if parted:
+        return _parted_attribution(case, reference, other, verdict, reference_call, other_call, attribute_name,
+                                   parted, convention_gap, earlier, sides)
+    if ours is not None and theirs is not None and not _close(ours, theirs, tolerance):
+        return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides)
+    return Attribution("precision", "both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides)
+
+
+def _crossed(reference_call: BNCall, other_call: BNCall) -> BNCall:
+    """The reference's input and state, computed by the other side's spec with its parameters."""
+    return dataclasses.replace(
         reference_call,
         semantics=other_call.semantics, eps=other_call.eps, momentum=other_call.momentum,
         uses_batch_stats=other_call.uses_batch_stats, updates_running_stats=other_call.updates_running_stats,
         running_var_reported=other_call.running_var_reported,
+        # A Keras side normalises with the variance it stores; on the reference's state that is the reference's own.
+        stored_var_before=None,
     )
-    mine = _pick(oracle(reference_call), attribute_name)
-    theirs = _pick(oracle(crossed), attribute_name)
-    tolerance = tolerance_for([case.dtype])
-    if mine is not None and theirs is not None and not _close(mine, theirs, tolerance):
-        return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides)
-    if not _same_state(reference_call, other_call, tolerance):
-        return _follows_from_earlier(case, verdict, earlier, "their states before this step differ")
-    return Attribution("precision", "both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides)
 
 
-def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str) -> SideCheck:
+def _parted_attribution(case, reference, other, verdict, reference_call, other_call, attribute_name, parted,
+                        convention_gap, earlier, sides) -> Attribution:
+    """The states the formula uses had parted before this step: name the earlier cause, and how much
+    of the gap the state and the conventions each explain."""
+    observed_gap = verdict.max_abs_diff if verdict.max_abs_diff is not None else float("nan")
+    # The reference's spec on the other side's state: what the state alone moves.
+    on_their_state = dataclasses.replace(_crossed(other_call, reference_call), stored_var_before=other_call.stored_var_before)
+    state_gap = _gap(_pick(oracle(reference_call), attribute_name), _pick(oracle(on_their_state), attribute_name))
+    shares = f"of the gap {observed_gap:.3g}, the state before the step explains {state_gap:.3g}"
+    if convention_gap > 0:
+        shares += f" and the conventions {convention_gap:.3g} ({_conventions_text(reference.runner, reference_call, other.runner, other_call)})"
+    differing = ", ".join(f"{name} by up to {gap:.3g}" for name, gap in sorted(parted.items()))
+    what = f"their states before this step differ ({differing}); {shares}"
+    causes = [(v, found) for v, found in earlier if v.step < verdict.step and found.kind != "unattributed"
+              and not v.field.startswith(MODULE + ".")]
+    if causes:
+        cause, found = causes[0]
+        return Attribution(found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides)
+    stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
+    if stored:
+        return Attribution("conventions differ", f"{stored}; {what}", sides)
+    return Attribution("unattributed", what, sides)
+
+
+def _stored_convention(other: RunResult, other_call: BNCall, reference_call: BNCall, verdict: Verdict) -> str:
+    """Why states part without an earlier divergence: the other side normalises with a variance it
+    stores in another convention than the one it reports (Keras's biased moving variance, read
+    back re-expressed in PyTorch's). Empty when that is not the case."""
+    if other_call.stored_var_before is None or other_call.running_var_reported == "as_stored":
+        return ""
+    spec = SPECS[other_call.semantics]
+    return (f"{other.runner} follows {spec.name} ({spec.running_var_convention}): it normalises with the variance it "
+            f"stores, {_gap(other_call.stored_var_before, _normalising_variance(reference_call)):.3g} from the one "
+            f"{verdict.reference} normalises with, although the running_var it reports (re-expressed in PyTorch's "
+            "convention) agrees; it follows from the variance stored at the train steps before")
+
+
+def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str,
+          tolerance: Tolerance) -> SideCheck:
     expected = _pick(oracle(call), attribute_name)
-    observed = np.asarray(run.observations[(verdict.step, verdict.field)].value, dtype=np.float64)
+    observed_record = run.observations[(verdict.step, verdict.field)]
+    observed = np.asarray(observed_record.value, dtype=np.float64)
     error = float(np.max(np.abs(observed - expected))) if expected is not None and observed.shape == expected.shape else float("inf")
-    tolerance = tolerance_for([case.dtype])
     magnitude = float(np.max(np.abs(expected))) if expected is not None and expected.size else 0.0
-    floor = _rounding_floor(call, attribute_name, case.dtype)
+    # The rounding floor of the dtype this side computed in (its observation's), not the case's.
+    floor = _rounding_floor(call, attribute_name, observed_record.dtype or case.dtype)
     return SideCheck(run.runner, call.semantics, error, tolerance.atol + tolerance.rtol * magnitude, floor)
 
 
@@ -214,9 +295,44 @@ def _close(a: np.ndarray, b: np.ndarray, tolerance) -> bool:
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= tolerance.atol + tolerance.rtol * np.abs(a)))
 
 
-def _same_state(a: BNCall, b: BNCall, tolerance) -> bool:
-    pairs = [(a.input, b.input), (a.running_mean_before, b.running_mean_before), (a.running_var_before, b.running_var_before)]
-    return all(x is None or y is None or _close(np.asarray(x), np.asarray(y), tolerance) for x, y in pairs)
+def _normalising_variance(call: BNCall) -> np.ndarray | None:
+    """The variance an inference call normalises with (Keras: the one it stores)."""
+    return call.running_var_before if call.stored_var_before is None else call.stored_var_before
+
+
+def _used_state(call: BNCall, attribute_name: str) -> dict[str, np.ndarray | None]:
+    """What the documented formula reads to compute `attribute_name` at this call."""
+    used: dict[str, np.ndarray | None] = {"input": call.input}
+    if attribute_name == OUTPUT:
+        used.update(weight=call.weight, bias=call.bias)
+        if not call.uses_batch_stats:
+            used.update(running_mean=call.running_mean_before, normalising_variance=_normalising_variance(call))
+    else:  # a running statistic: the value it starts from (and the batch, when it is updated)
+        used[attribute_name] = call.running_mean_before if attribute_name == "running_mean" else call.running_var_before
+    return used
+
+
+def _parted_state(a: BNCall, b: BNCall, attribute_name: str, tolerance: Tolerance) -> dict[str, float]:
+    """The values both sides' formulas read that differ beyond `tolerance`, with their greatest
+    difference; empty when the states agree."""
+    used_a, used_b = _used_state(a, attribute_name), _used_state(b, attribute_name)
+    parted: dict[str, float] = {}
+    for name in used_a.keys() & used_b.keys():
+        x, y = used_a[name], used_b[name]
+        if x is None or y is None:
+            continue
+        x, y = np.asarray(x), np.asarray(y)
+        if not _close(x, y, tolerance):
+            parted[name] = _gap(x, y)
+    return parted
+
+
+def _gap(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """The greatest |a - b| (0 when either is missing, inf when the shapes differ)."""
+    if a is None or b is None:
+        return 0.0
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else (0.0 if a.shape == b.shape else float("inf"))
 
 
 def _conventions_text(reference: str, reference_call: BNCall, other: str, other_call: BNCall) -> str:
@@ -235,11 +351,21 @@ def _conventions_text(reference: str, reference_call: BNCall, other: str, other_
 def _state_changed(case: Case, other: RunResult, verdict: Verdict, related: Sequence[Verdict], what: str) -> Attribution:
     first = min((v for v in related if v.other == other.runner), key=lambda v: v.step, default=verdict)
     step = case.steps[first.step]
-    contract = f"; {EXPORT_CONTRACT}" if step.kind == "export" else ""
+    mechanism = f"; {_export_mechanism(other, what)}" if step.kind == "export" else ""
     return Attribution(
         "state changed by a step",
-        f"{case.step_label(first.step)} changed {what} in {other.runner} (first seen in {first.field}){contract}",
+        f"{case.step_label(first.step)} changed {what} in {other.runner} (first seen in {first.field}){mechanism}",
     )
+
+
+def _export_mechanism(run: RunResult, what: str) -> str:
+    """What the exporter `run` used documents, or does, about the module's mode and state."""
+    if not run.details.get("exporter", {}).get("dynamo"):
+        return EXPORT_CONTRACT
+    if what == "the user's torch module":
+        return ("torch.onnx.export(dynamo=True) captures the module with torch.export, which traces it "
+                "without running it: the user's module should come out unchanged")
+    return DYNAMO_EXPORT_MECHANISM
 
 
 def _follows_from_earlier(case: Case, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]], why: str,

@@ -92,3 +92,89 @@ def test_divergences_without_an_oracle_are_unattributed_not_guessed():
     other = RunResult("onnx-dynamo-ort", "ok", observations={(0, "output"): Observed(np.ones(3), "float32")})
     (verdict,) = [v for v in attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other))) if not v]
     assert verdict.attribution == "unattributed" and "no oracle for output" in verdict.attribution_text
+
+
+def observed(step: int, **fields) -> dict:
+    return {(step, name): Observed(np.asarray(values, dtype=np.float64), dtype) for name, (values, dtype) in fields.items()}
+
+
+def test_batch_statistics_outputs_are_not_judged_by_running_state_they_do_not_read():
+    # After a training export the graph's running statistics differ from the module's; both
+    # normalise with the batch's statistics, so only the input matters (defect 3).
+    shifted = dataclasses.replace(TORCH_CALL, input=(X + 300.0).astype(np.float32).astype(np.float64))
+    exported = dataclasses.replace(shifted, semantics="onnx", momentum=0.9, running_mean_before=np.full(2, 5.0),
+                                   running_var_before=np.full(2, 7.0), num_batches_tracked_before=None)
+    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(oracle(shifted).output, "float32")),
+                          bn_calls={(0, ""): shifted})
+    other = RunResult("onnx-torchscript-ort", "ok", observations=observed(0, output=(oracle(exported).output + 3e-5, "float32")),
+                      bn_calls={(0, ""): exported})
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "precision", verdict.attribution_text
+
+
+def test_a_variance_stored_in_another_convention_than_reported_is_a_convention_not_precision():
+    # Keras normalises with the biased moving variance it stores; the harness reports it
+    # re-expressed in PyTorch's convention, which agrees with torch (defect 4).
+    eval_torch = dataclasses.replace(TORCH_CALL, uses_batch_stats=False, updates_running_stats=False,
+                                     running_var_before=np.array([1.2, 0.8]))
+    keras = dataclasses.replace(eval_torch, semantics="keras", momentum=0.9, running_var_reported="unbiased",
+                                stored_var_before=np.array([1.2, 0.8]) * 3 / 4, num_batches_tracked_before=None)
+    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")),
+                          bn_calls={(0, ""): eval_torch})
+    other = RunResult("keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")),
+                      bn_calls={(0, ""): keras})
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "conventions differ", verdict.attribution_text
+    assert "normalises with the variance it stores" in verdict.attribution_text
+    assert "normalising_variance by up to 0.3" in verdict.attribution_text
+
+
+def test_states_parted_by_an_earlier_step_name_that_cause_and_the_shares_of_the_gap():
+    # A training export stepped the graph's statistics; a later update in onnxruntime differs
+    # by that and by the momentum convention (defect 5).
+    stepped = dataclasses.replace(ONNX_CALL, running_var_before=np.array([1.5, 1.5]))
+    reference = RunResult("torch-eager", "ok", observations={
+        **observed(1, running_var=(np.ones(2), "float32")),
+        **observed(2, running_var=(oracle(TORCH_CALL).running_var, "float32"))}, bn_calls={(2, ""): TORCH_CALL})
+    other = RunResult("onnx-torchscript-ort", "ok", observations={
+        **observed(1, running_var=(np.full(2, 1.5), "float32")),
+        **observed(2, running_var=(oracle(stepped).running_var, "float32"))}, bn_calls={(2, ""): stepped})
+    exported, later = judged(reference, other)
+    assert exported.attribution == later.attribution == "state changed by a step"
+    assert later.attribution_text.startswith("their states before this step differ (running_var by up to 0.5); of the gap")
+    assert "the state before the step explains" in later.attribution_text and "the conventions" in later.attribution_text
+    assert "follows from running_var after step 1 (export(training=eval))" in later.attribution_text
+
+
+def test_a_dynamo_export_is_blamed_with_its_own_mechanism():
+    reference = RunResult("torch-eager", "ok", observations={(1, "uses_batch_stats"): Observed(True)})
+    other = RunResult("onnx-dynamo-ort", "ok", observations={(1, "uses_batch_stats"): Observed(False)},
+                      details={"exporter": {"dynamo": True, "executor": "ort"}})
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "state changed by a step"
+    assert "'training = False'" in verdict.attribution_text and "select_model_mode_for_export" not in verdict.attribution_text
+
+
+def test_an_ordinary_forward_is_not_a_step_to_blame_for_the_modules_own_output():
+    # torch-compile's module output after a forward: judged by the oracle as the output is (defect 6).
+    reference = RunResult("torch-eager", "ok", observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output, "float32")}),
+                          bn_calls={(0, ""): TORCH_CALL})
+    other = RunResult("torch-compile", "ok", observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output + 0.01, "float32")}),
+                      bn_calls={(0, ""): TORCH_CALL})
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "implementation deviates", verdict.attribution_text
+    assert verdict.attribution_text.startswith("torch-compile vs PyTorch BatchNorm{1,2,3}d: error 0.01")
+
+
+def test_attribution_measures_with_the_comparisons_tolerance_and_each_sides_dtype():
+    # A float16 side against a float32 reference: the comparison uses float16's tolerance, and so
+    # must the side check, with float16's rounding floor (defect 8).
+    half = dataclasses.replace(TORCH_CALL, input=X.astype(np.float16).astype(np.float64))
+    output = oracle(half).output
+    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(output.astype(np.float32), "float32")),
+                          bn_calls={(0, ""): half})
+    other = RunResult("torch-compile", "ok", observations=observed(0, output=(output.astype(np.float16).astype(np.float64) + 3e-3, "float16")),
+                      bn_calls={(0, ""): half})
+    (verdict,) = judged(reference, other)
+    assert verdict.rtol == 1e-3
+    assert verdict.attribution == "precision", verdict.attribution_text
