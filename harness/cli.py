@@ -17,6 +17,7 @@ from harness.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_re
 from harness.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
 from harness.execution import DEFAULT_TIMEOUT_S
 from harness.errors import CaseError, HarnessError
+from harness.expected import describe_unchecked
 from harness.runners import runner_names
 from harness.schema import load_cases
 
@@ -125,8 +126,9 @@ def summary_line(result: CaseResult) -> str:
     known = len(result.classification.known)
     agree = sum(1 for verdict in result.verdicts if verdict)
     text = f"{result.outcome:8} {where}  known divergences {known}, agreeing comparisons {agree}"
+    unchecked = describe_unchecked([why for _, why in result.classification.unverified])
     not_ok = [f"{run.runner}: {run.status}" for run in result.runs if run.status != "ok"]
-    return text + (f"; {', '.join(not_ok)}" if not_ok else "")
+    return text + (f"; {unchecked}" if unchecked else "") + (f"; {', '.join(not_ok)}" if not_ok else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = Counter(result.outcome for result in results)
     print(f"results written to {args.results} (journal: {journal.path})")
     render_report_file(args.results, args.report or args.results.with_name("report.html"))
-    print(", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error")))
+    unchecked = sum(len(result.classification.unverified) for result in results if result.classification is not None)
+    totals = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error"))
+    print(totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else ""))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
 
 

@@ -51,6 +51,15 @@ class Classification:
         return not self.new and not self.vanished and not unexpected_status
 
 
+def describe_unchecked(whys: Sequence[str]) -> str:
+    """`2 expectation(s) not checked (onnx-torchscript-ort not selected, keras-jax skipped)`, from
+    each unchecked (expectation, runner)'s reason; empty when every expectation was checked."""
+    if not whys:
+        return ""
+    runners = dict.fromkeys(why.split(":", 1)[0] for why in whys)
+    return f"{len(whys)} expectation(s) not checked ({', '.join(runners)})"
+
+
 def matches(expectation: Expectation, verdict: Verdict) -> bool:
     """Whether `expectation` covers the divergence `verdict`."""
     return (

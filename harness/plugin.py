@@ -9,6 +9,7 @@ import pytest
 
 from harness.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS_KEY, CaseFile
 from harness.engine import case_location
+from harness.expected import describe_unchecked
 from harness.execution import DEFAULT_TIMEOUT_S
 from harness.runners import runner_names
 
@@ -149,11 +150,17 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         known_text = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items())) or "none"
         not_run = [f"{name} ({run['status']})" for name, run in record.get("runners", {}).items() if run["status"] != "ok"]
         line = f"{record['outcome']:8} {case_location(record['file'], record['id'])}: known divergences: {known_text}"
+        unchecked = describe_unchecked([entry["why"] for entry in record.get("unverified", [])])
+        if unchecked:
+            line += f"; {unchecked}"
         if not_run:
             line += f"; not ok: {', '.join(not_run)}"
         terminalreporter.write_line(line)
         if config.get_verbosity() > 0 and entry["known"]:
             terminalreporter.write_line("    " + entry["known"].replace("\n", "\n    "))
+    unchecked = sum(len(entry["record"].get("unverified", [])) for entry in finished)
+    if unchecked:
+        terminalreporter.write_line(f"{unchecked} expectation(s) not checked (their runners were not selected or skipped)")
     target = config.getoption("harness_results")
     if target:
         terminalreporter.write_line(f"results written to {target}")

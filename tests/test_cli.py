@@ -101,3 +101,14 @@ def test_the_report_goes_beside_the_results_by_default(tmp_path, monkeypatch):
     write_case(tmp_path / "cases", "a", EVAL_BN2D)
     assert cli.main(["run", "cases", "--results", "out/results.json", "--runners", "torch-eager"]) == 0
     assert (tmp_path / "out" / "report.html").is_file() and not (tmp_path / "reports").exists()
+
+
+def test_expectations_whose_runners_did_not_run_are_counted_per_case_and_in_the_totals(tmp_path, capsys):
+    from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT
+
+    write_case(tmp_path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    status = cli.main(["run", str(tmp_path / "cases"), "--results", str(tmp_path / "results.json"), "--runners", "torch-eager"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "expectation(s) not checked (onnx-torchscript-ort not selected" in out
+    assert out.rstrip().endswith("expectation(s) not checked (their runners were not selected or skipped)")

@@ -121,3 +121,11 @@ def test_pytest_xdist_gives_the_results_of_a_serial_run(pytester):
     parallel_cases = json.loads((pytester.path / "parallel.json").read_text())["cases"]
     assert [case["id"] for case in parallel_cases] == ["a_forum", "b_eval", "c_broken", "d_train"]
     assert parallel_cases == serial_cases
+
+
+def test_expectations_whose_runners_did_not_run_are_counted(pytester):
+    write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["passed   cases/forum.yaml: known divergences: none; * expectation(s) not checked (onnx-torchscript-ort not selected*",
+                                 "* expectation(s) not checked (their runners were not selected or skipped)"])
