@@ -73,6 +73,17 @@ class Attribution:
     kind: str
     text: str
     sides: tuple[SideCheck, ...] = ()
+    floor: float | None = None  # precision with a gap within both sides' rounding floors: the floors' sum
+
+
+def _precision(text: str, sides: tuple[SideCheck, ...], verdict: Verdict) -> Attribution:
+    """Both sides follow their specs, which agree; when their gap is within the sum of the two
+    sides' rounding floors (what the same formula costs in their dtypes, on this data), that is
+    no divergence at all: the comparison agrees, and says with which numbers."""
+    floor = sum(side.floor for side in sides)
+    gap = verdict.max_abs_diff
+    within = gap is not None and floor > 0 and gap <= floor
+    return Attribution("precision", text, sides, floor if within else None)
 
 
 def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult, verdicts: Sequence[Verdict],
@@ -94,6 +105,9 @@ def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult
         else:
             found = attribute(case, reference, other, verdict, divergent, made)
         made.append((verdict, found))
+        if found.floor is not None:
+            attributed[position] = _agrees_within_floor(verdict, found)
+            continue
         attributed[position] = dataclasses.replace(
             verdict,
             text=f"{verdict.text}\nAttribution: {found.kind}: {found.text}",
@@ -102,6 +116,16 @@ def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult
             attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides),
         )
     return [attributed[position] for position in range(len(verdicts))]
+
+
+def _agrees_within_floor(verdict: Verdict, found: Attribution) -> Verdict:
+    """The divergence as an agreement: beyond the dtype's tolerance, within what rounding on this
+    data costs both sides (ill-conditioned statistics amplify rounding by 1/sqrt(var + eps))."""
+    head = f"{verdict.field} after {verdict.step_label}: {verdict.reference} vs {verdict.other}"
+    text = (f"{head} agree within the {verdict.dtype} rounding floor of this data: gap {verdict.max_abs_diff:.2g}, "
+            f"floor {found.floor:.2g} (beyond rtol={verdict.rtol:g} atol={verdict.atol:g}; {found.text})")
+    return dataclasses.replace(verdict, close=True, text=text, rounding_floor=found.floor,
+                               attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides))
 
 
 def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdict,
@@ -146,7 +170,7 @@ def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult,
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
-    return Attribution("precision", "both follow the ONNX spec: " + "; ".join(side.describe() for side in sides), sides)
+    return _precision("both follow the ONNX spec: " + "; ".join(side.describe() for side in sides), sides, verdict)
 
 
 def verdict_tolerance(verdict: Verdict) -> Tolerance:
@@ -187,7 +211,7 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
                                    parted, convention_gap, earlier, sides)
     if ours is not None and theirs is not None and not _close(ours, theirs, tolerance):
         return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides)
-    return Attribution("precision", "both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides)
+    return _precision("both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides, verdict)
 
 
 def _crossed(reference_call: BNCall, other_call: BNCall) -> BNCall:

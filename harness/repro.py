@@ -125,7 +125,7 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
 
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), keep_trailing_newline=True)
     (bundle / "repro.py").write_text(environment.get_template("graph_repro.py.j2").render(
-        case=case, tolerance=tolerance_for([case.dtype])))
+        case=case, tolerance=tolerance_for([case.dtype], case.tolerance)))
     return bundle
 
 

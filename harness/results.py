@@ -92,6 +92,7 @@ class Verdict:
     attribution: str | None = None  # a class of harness.attribution.CLASSES, for divergences
     attribution_text: str | None = None
     attribution_sides: tuple[dict[str, Any], ...] = ()  # each side against its own spec's oracle
+    rounding_floor: float | None = None  # set when it agrees beyond the tolerance, within both sides' rounding floors
 
     def __bool__(self) -> bool:
         return self.close
