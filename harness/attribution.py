@@ -162,7 +162,9 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
 def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,
                         spec_run: RunResult | None) -> Attribution:
     """On one graph, both sides are measured against the ONNX spec on the same inputs."""
-    call = spec_run.bn_calls.get((verdict.step, "")) if spec_run is not None else None
+    if spec_run is not None and spec_run.status == "run_failed":
+        return Attribution("unattributed", f"the ONNX spec oracle refuses this graph: {spec_run.reason}")
+    call = spec_run.bn_calls.get((verdict.step, "")) if spec_run is not None and spec_run.status == "ok" else None
     if call is None:
         return Attribution("unattributed", "no ONNX spec oracle for this graph (not a single BatchNormalization node)")
     tolerance = verdict_tolerance(verdict)

@@ -20,6 +20,9 @@ MODULE = "module"
 DEPLOYED_BN_ATTRIBUTES = ("uses_batch_stats", "running_mean", "running_var")
 MODULE_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 MODULE_BN_ATTRIBUTES = ("eps", "momentum", "affine", "track_running_stats")
+# A graph case's fields: the BatchNormalization node's outputs by position (opsets 6-13 name five
+# in training: Y, running mean and var, saved mean and var).
+GRAPH_OUTPUT_FIELDS = ("output", "running_mean", "running_var", "saved_mean", "saved_var")
 
 
 def join(*parts: str) -> str:

@@ -13,11 +13,11 @@ from typing import Any
 
 from harness.case import GraphCase, GraphNodeSpec
 from harness.errors import CaseError, CaseProblem
-from harness.fields import field_matches
+from harness.fields import GRAPH_OUTPUT_FIELDS, field_matches
 from harness.loader import LoadedDocument, format_path
 from harness.runners import GRAPH_REFERENCES, graph_runner_names
 
-GRAPH_FIELDS = ("output", "running_mean", "running_var")
+GRAPH_FIELDS = GRAPH_OUTPUT_FIELDS
 GRAPH_KEYS = ("onnx_graph", "onnx_backend_test")
 
 

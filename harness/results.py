@@ -47,6 +47,7 @@ class BNCall:
     stored_var_before: np.ndarray | None = None  # what it normalises with, where that differs (Keras)
     num_batches_tracked_before: int | None = None
     running_var_reported: str = "as_stored"  # Keras: as_stored | unbiased
+    per_activation: bool = False  # ONNX opset 6-7 spatial=0: statistics per activation, not per channel
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,14 @@ ONNX = Spec(
         "When training_mode=False: Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B",
         "(opset 9-13) the mode is given by the number of outputs: 5 in training, 1 in inference; "
         "float attributes are stored as float32",
+        "(opset 6) is_test: If set to nonzero, run spatial batch normalization in test mode, default is 0",
+        "(opset 6, 7) spatial: If false, compute the mean and variance across per feature over each "
+        "mini-batch; the dimensions of scale are (C x D1 x ... x Dn)",
+        "(opset 6-13) saved_mean, saved_var: Saved mean / Saved variance used during training to speed "
+        "up gradient computation (the batch's mean and population variance, as onnx's reference "
+        "implementation returns them)",
+        "(opset 9-15) X: dimensions are in the form of (N x C x D1 x D2 ... Dn); scale, B, mean, var: "
+        "tensor of shape (C)",
     ),
     "population variance, momentum weighting the old value",
 )
@@ -79,6 +87,8 @@ class OracleResult:
     output: np.ndarray
     running_mean: np.ndarray | None
     running_var: np.ndarray | None
+    saved_mean: np.ndarray | None = None  # ONNX opset 6-13 training outputs: the batch's statistics
+    saved_var: np.ndarray | None = None
 
 
 def oracle(call: BNCall) -> OracleResult:
@@ -86,20 +96,29 @@ def oracle(call: BNCall) -> OracleResult:
     return {"pytorch": pytorch_batchnorm, "onnx": onnx_batchnorm, "keras": keras_batchnorm}[call.semantics](call)
 
 
-def _batch_moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
-    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+def _batch_moments(x: np.ndarray, axis: int, per_activation: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and population variance per channel (per activation: over the batch axis only)."""
+    axes = (0,) if per_activation else tuple(i for i in range(x.ndim) if i != axis % x.ndim)
     count = int(np.prod([x.shape[i] for i in axes]))
     return x.mean(axis=axes), x.var(axis=axes), count
 
 
-def _normalise(x, mean, var, eps, weight, bias, axis: int) -> np.ndarray:
+def _broadcast(values: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+    """A per-channel vector, or a per-activation tensor (x.shape[1:]), shaped to broadcast over x."""
+    values = np.asarray(values)
+    if values.ndim > 1 or (values.size != x.shape[axis % x.ndim] and values.shape == x.shape[1:]):
+        return values.reshape((1, *x.shape[1:]))
     shape = [1] * x.ndim
     shape[axis % x.ndim] = -1
-    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    return values.reshape(shape)
+
+
+def _normalise(x, mean, var, eps, weight, bias, axis: int) -> np.ndarray:
+    y = (x - _broadcast(mean, x, axis)) / np.sqrt(_broadcast(var, x, axis) + eps)
     if weight is not None:
-        y = y * weight.reshape(shape)
+        y = y * _broadcast(weight, x, axis)
     if bias is not None:
-        y = y + bias.reshape(shape)
+        y = y + _broadcast(bias, x, axis)
     return y
 
 
@@ -112,12 +131,12 @@ def _batchnorm(call: BNCall, update) -> OracleResult:
         variance = call.running_var_before if call.stored_var_before is None else call.stored_var_before
         y = _normalise(x, call.running_mean_before, variance, call.eps, call.weight, call.bias, call.channel_axis)
         return OracleResult(y, call.running_mean_before, call.running_var_before)
-    mean, var, count = _batch_moments(x, call.channel_axis)
+    mean, var, count = _batch_moments(x, call.channel_axis, call.per_activation)
     y = _normalise(x, mean, var, call.eps, call.weight, call.bias, call.channel_axis)
     if not call.updates_running_stats or call.running_mean_before is None:
-        return OracleResult(y, call.running_mean_before, call.running_var_before)
+        return OracleResult(y, call.running_mean_before, call.running_var_before, mean, var)
     running_mean, running_var = update(call, mean, var, count)
-    return OracleResult(y, running_mean, running_var)
+    return OracleResult(y, running_mean, running_var, mean, var)
 
 
 def _unbiased(var: np.ndarray, count: int) -> np.ndarray:

@@ -48,7 +48,7 @@ def test_graph_case_problems_name_line_and_field(tmp_path):
     assert problems(tmp_path, backend) == ["cases/case.yaml:3: input: a backend test brings its own inputs and data sets; allowed: no input or steps"]
     expect = "expect:\n  - field: bn.running_mean\n    runners: [onnx-spec]\n    reason: r\n"
     assert problems(tmp_path, NODE + expect) == [
-        "cases/case.yaml:6: expect[0].field: 'bn.running_mean' matches no field of a graph case; allowed: output, running_mean, running_var",
+        "cases/case.yaml:6: expect[0].field: 'bn.running_mean' matches no field of a graph case; allowed: output, running_mean, running_var, saved_mean, saved_var",
         "cases/case.yaml:7: expect[0].runners: onnx-spec is the reference of this case; allowed: the runner(s) that differ from it",
     ]
 
@@ -155,3 +155,95 @@ def test_onnx_node_tests_come_from_the_batchnorm_generator_alone_and_equal_onnxs
     assert [line.split()[0] for line in ours] == ["test_batchnorm_example", "test_batchnorm_epsilon",
                                                   "test_batchnorm_example_training_mode", "test_batchnorm_epsilon_training_mode"]
     assert ours == dump("all")
+
+
+def write_node_test(directory, opset: int, x: np.ndarray, params: list[np.ndarray], stored: list[np.ndarray],
+                    outputs: int = 1, **attributes) -> None:
+    """One BatchNormalization node at `opset` in the backend-test layout: X fed, scale, B, mean
+    and var as initializers, `stored` as the data set's outputs."""
+    names = ["y", "running_mean", "running_var", "saved_mean", "saved_var"][:outputs]
+    node = helper.make_node("BatchNormalization", ["x", "scale", "b", "mean", "var"], names, **attributes)
+    element = helper.np_dtype_to_tensor_dtype(x.dtype)
+    initializers = [numpy_helper.from_array(array, name) for name, array in zip(["scale", "b", "mean", "var"], params)]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", element, list(x.shape))],
+                              [helper.make_tensor_value_info(name, element, None) for name in names], initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    directory.mkdir(parents=True)
+    onnx.save(model, str(directory / "model.onnx"))
+    data = directory / "test_data_set_0"
+    data.mkdir()
+    (data / "input_0.pb").write_bytes(numpy_helper.from_array(x).SerializeToString())
+    for position, array in enumerate(stored):
+        (data / f"output_{position}.pb").write_bytes(numpy_helper.from_array(array).SerializeToString())
+
+
+X_NCL = np.random.default_rng(3).normal(1.0, 2.0, size=(6, 3, 4)).astype(np.float32)
+UNIT = [np.ones(3, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32), np.ones(3, np.float32)]
+
+
+def spec_of(tmp_path, name: str, *args, **kwargs):
+    write_node_test(tmp_path / "cases" / name, *args, **kwargs)
+    case = load_case(write_case(tmp_path / "cases", name, f"description: d\nonnx_backend_test: {name}\n"))
+    return case, create_runner("onnx-spec").run(case)
+
+
+def batch_normalised(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    x = x.astype(np.float64)
+    return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+
+
+@pytest.mark.parametrize("is_test, training", [(0, True), (1, False)])
+def test_at_opset_6_the_spec_oracle_takes_the_mode_from_is_test(tmp_path, is_test, training):
+    outputs = 5 if training else 1
+    _, spec = spec_of(tmp_path, "bn6", 6, X_NCL, UNIT, [X_NCL], outputs=outputs, is_test=is_test)
+    assert spec.status == "ok" and spec.details["mode"] == ("training" if training else "inference")
+    expected = batch_normalised(X_NCL, (0, 2)) if training else X_NCL.astype(np.float64) / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(spec.observations[(0, "output")].value, expected, rtol=1e-6, atol=1e-6)
+    if training:  # saved_mean and saved_var: the batch's mean and population variance
+        np.testing.assert_allclose(spec.observations[(0, "saved_mean")].value, X_NCL.astype(np.float64).mean(axis=(0, 2)), rtol=1e-6)
+        np.testing.assert_allclose(spec.observations[(0, "saved_var")].value, X_NCL.astype(np.float64).var(axis=(0, 2)), rtol=1e-6)
+
+
+def test_spatial_0_normalises_per_activation_with_parameters_per_activation(tmp_path):
+    per_activation = [np.ones((3, 4), np.float32), np.zeros((3, 4), np.float32), np.zeros((3, 4), np.float32), np.ones((3, 4), np.float32)]
+    _, spec = spec_of(tmp_path, "bn7", 7, X_NCL, per_activation, [X_NCL], outputs=5, spatial=0)
+    assert spec.status == "ok", spec.reason
+    np.testing.assert_allclose(spec.observations[(0, "output")].value, batch_normalised(X_NCL, (0,)), rtol=1e-5, atol=1e-5)
+    assert spec.observations[(0, "saved_mean")].value.shape == (3, 4)
+
+
+def test_a_node_the_spec_does_not_define_is_refused_with_the_sentence_it_breaks(tmp_path):
+    wrong = [np.ones(4, np.float32), *UNIT[1:]]  # four scales for three channels
+    case, spec = spec_of(tmp_path, "bad", 15, X_NCL, wrong, [X_NCL])
+    assert spec.status == "run_failed"
+    assert "scale has shape (4,), X has shape (6, 3, 4); 'tensor of shape (C)' ((3,))" in spec.reason
+    result = run_case(case)
+    assert not any(verdict.attribution == "implementation deviates" for verdict in result.verdicts if not verdict), \
+        "stored outputs of an invalid graph are not blamed against an invented oracle"
+
+
+def test_saved_statistics_after_the_third_output_are_compared(tmp_path):
+    # onnxruntime returns 1 / sqrt(var + eps) in saved_var where the spec says the saved variance.
+    x = X_NCL.astype(np.float64)
+    mean, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
+    stored = [batch_normalised(X_NCL, (0, 2)).astype(np.float32), (0.1 * mean).astype(np.float32),
+              (0.9 + 0.1 * var).astype(np.float32), mean.astype(np.float32), var.astype(np.float32)]
+    case, _ = spec_of(tmp_path, "bn9", 9, X_NCL, UNIT, stored, outputs=5, momentum=0.9)
+    result = run_case(case)
+    diverging = {(v.other, v.field) for v in result.verdicts if not v}
+    assert ("graph-ort", "saved_var") in diverging
+    verdict = next(v for v in result.verdicts if (v.other, v.field) == ("graph-ort", "saved_var"))
+    assert verdict.attribution == "implementation deviates" and verdict.attribution_text.startswith("graph-ort vs ONNX")
+
+
+def test_a_float16_backend_test_is_judged_in_float16(tmp_path):
+    x = X_NCL.astype(np.float16)
+    params = [array.astype(np.float16) for array in UNIT]
+    exact = (x.astype(np.float64) / np.sqrt(1 + 1e-5)).astype(np.float16)
+    case, _ = spec_of(tmp_path, "half", 15, x, params, [exact])
+    result = run_case(case)
+    assert all(run.status == "ok" for run in result.runs), [(run.runner, run.reason) for run in result.runs]
+    float16 = [verdict for verdict in result.verdicts if verdict.field == "output"]
+    assert float16 and all(verdict.dtype == "float16" for verdict in float16)
+    assert result.outcome == "passed", result.explain()

@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.case import GraphCase
 from harness.errors import RunnerError
+from harness.fields import GRAPH_OUTPUT_FIELDS
 from harness.inputs import make_batch
 from harness.results import BNCall, RunResult
 from harness.runners.base import (
@@ -28,7 +29,7 @@ from harness.runners.base import (
     skipped,
 )
 
-OUTPUT_FIELDS = ("output", "running_mean", "running_var")  # graph outputs by position
+OUTPUT_FIELDS = GRAPH_OUTPUT_FIELDS  # graph outputs by position
 ONNX_HINT = "pip install onnx onnxruntime"
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
@@ -77,7 +78,7 @@ def build_node_graph(case: GraphCase) -> GraphSource:
               helper.make_tensor_value_info("mean", element, [features]),
               helper.make_tensor_value_info("var", element, [features])]
     graph_outputs = [helper.make_tensor_value_info("y", element, list(case.input.shape))]
-    graph_outputs += [helper.make_tensor_value_info(name, element, [features]) for name in outputs[1:3]]
+    graph_outputs += [helper.make_tensor_value_info(name, element, [features]) for name in outputs[1:]]
     graph = helper.make_graph([node], case.case_id, inputs, graph_outputs, initializers)
     opsets = [helper.make_opsetid("", node_spec.opset)]
     # The lowest IR version the opset allows, not the newest onnx knows: older runtimes refuse newer IR.
@@ -159,8 +160,11 @@ def load_source(case: GraphCase) -> GraphSource:
     return build_node_graph(case) if case.node is not None else load_backend_test(case)
 
 
-def _log_outputs(log: ObservationLog, step: int, outputs: list[np.ndarray]) -> None:
-    for output_field, values in zip(OUTPUT_FIELDS, outputs):
+def _log_outputs(log: ObservationLog, step: int, outputs: list[np.ndarray], names: list[str] | None = None) -> None:
+    """Each output under its field (by position); an output the node leaves unnamed is not one."""
+    for position, (output_field, values) in enumerate(zip(OUTPUT_FIELDS, outputs)):
+        if names is not None and position < len(names) and not names[position]:
+            continue
         array = np.asarray(values)
         log.array(step, output_field, array.astype(np.float64), str(array.dtype))
 
@@ -216,7 +220,10 @@ class GraphReferenceRunner(GraphRunner):
 
 
 class OnnxSpecRunner(Runner):
-    """The ONNX spec's float64 oracle on the graph's single BatchNormalization node."""
+    """The ONNX spec's float64 oracle on the graph's single BatchNormalization node, at the node's
+    opset (6: is_test and spatial; 7: spatial, mode by the output count; 9; 14 and 15:
+    training_mode), with every output the node names. A node the spec does not define on its
+    inputs (a shape it rules out) ends run_failed with the sentence it breaks."""
 
     name = "onnx-spec"
 
@@ -225,7 +232,9 @@ class OnnxSpecRunner(Runner):
             import_framework("onnx", ONNX_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
-        from harness.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, stored_values
+        from onnx import numpy_helper
+
+        from harness.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, spec_refusal, stored_values
         from harness.semantics import oracle
 
         source = load_source(case)
@@ -233,10 +242,9 @@ class OnnxSpecRunner(Runner):
         if [node.op_type for node in nodes] != ["BatchNormalization"]:
             return skipped(self.name, "the graph is not a single BatchNormalization node: no oracle for it")
         node = next(iter(find_batchnorms(source.model, [""]).values()))  # one node, one path: mapped by order
-        from onnx import numpy_helper
-
         log = ObservationLog(self.name)
         log.details["opset"] = opset_of(source.model)
+        log.details["mode"] = "training" if node.training else "inference"
         log.artifacts["model.onnx"] = source.model.SerializeToString()
         input_names = data_inputs(source.model)
         stored = stored_values(source.model)
@@ -244,22 +252,38 @@ class OnnxSpecRunner(Runner):
         state = dict(source.initial_state)
         for step, feeds in enumerate(source.feeds(case, state)):
             values = {**stored, **feeds}
-            data = np.asarray(values[graph_node.input[0]])
-            as_float64 = lambda name: np.asarray(values[name]).astype(np.float64)  # noqa: E731
+            missing = [name for name in graph_node.input[:5] if name not in values]
+            if len(graph_node.input) < 5 or missing:
+                return log.result("run_failed", f"the node's inputs are not all given: {missing or list(graph_node.input)}")
+            arrays = [np.asarray(values[name]) for name in graph_node.input[:5]]
+            refusal = spec_refusal(node, [array.shape for array in arrays])
+            if refusal is not None:
+                log.details["failed_step"] = step
+                return log.result("run_failed", f"the ONNX spec does not define this node: {refusal}")
+            data, scale, bias, mean, var = arrays
             call = BNCall(
                 semantics="onnx", input=data.astype(np.float64), channel_axis=1,
                 uses_batch_stats=node.training, updates_running_stats=node.training,
                 eps=node.epsilon, momentum=node.momentum,
-                weight=as_float64(graph_node.input[1]), bias=as_float64(graph_node.input[2]),
-                running_mean_before=as_float64(graph_node.input[3]), running_var_before=as_float64(graph_node.input[4]),
+                weight=scale.astype(np.float64), bias=bias.astype(np.float64),
+                running_mean_before=mean.astype(np.float64), running_var_before=var.astype(np.float64),
+                per_activation=node.per_activation,
             )
             log.bn_calls[(step, "")] = call
             result = oracle(call)
-            # The spec's values correctly rounded to the graph's dtype: what an exact runtime returns.
-            outputs = [np.asarray(values).astype(data.dtype) for values in (result.output, result.running_mean, result.running_var)]
-            outputs = outputs[: len([name for name in graph_node.output if name][:3])]
-            for output_field, array in zip(OUTPUT_FIELDS, outputs):
-                log.array(step, output_field, array.astype(np.float64), str(data.dtype))
+            # The spec's values correctly rounded to each output's type (BN-15: Y is T, the
+            # running statistics T2, the type of input_mean): what an exact runtime returns.
+            dtypes = (data.dtype, mean.dtype, var.dtype, data.dtype, data.dtype)
+            exact = (result.output, result.running_mean, result.running_var, result.saved_mean, result.saved_var)
+            named = [name for name in graph_node.output][: len(OUTPUT_FIELDS)]
+            outputs: list[np.ndarray] = []
+            for position, (name, values_, dtype) in enumerate(zip(named, exact, dtypes)):
+                if values_ is None:  # inference defines no saved statistics
+                    break
+                array = np.asarray(values_).astype(dtype)
+                outputs.append(array)
+                if name:  # an empty name is an output the node does not compute
+                    log.array(step, OUTPUT_FIELDS[position], array.astype(np.float64), str(array.dtype))
             # This step as a backend-test data set: what was fed, and what the spec says comes out.
             for position, name in enumerate(input_names):
                 log.artifacts[f"test_data_set_{step}/input_{position}.pb"] = numpy_helper.from_array(np.asarray(feeds[name])).SerializeToString()

@@ -28,12 +28,36 @@ class BatchNormNode:
     momentum: float
     mean_source: str | None = None  # the initializer or Constant the mean comes from (None: computed)
     var_source: str | None = None
+    per_activation: bool = False  # opset 6-7 spatial=0: statistics per activation
+    opset: int = 15
+    outputs: int = 1  # the outputs the node names (Y, running mean and var, saved mean and var)
 
     @property
     def uses_batch_stats(self) -> bool:
         """Normalises with the batch's statistics: in training mode, or fed statistics computed from
         the batch (how the dynamo exporter lowers track_running_stats=False)."""
         return self.training or not self.stored_stats
+
+
+def spec_refusal(node: BatchNormNode, shapes: Sequence[tuple[int, ...]]) -> str | None:
+    """Why the ONNX spec does not define this node on inputs of `shapes` (X, scale, B, mean, var),
+    quoting the operator's documentation at the node's opset; None when it does."""
+    x_shape = shapes[0]
+    version = f"BatchNormalization-{next(v for v in (15, 14, 9, 7, 6, 1) if node.opset >= v)}"
+    if len(x_shape) < 2:
+        return f"{version}: X has shape {x_shape}; the spec wants (N x C x D1 x ... x Dn)"
+    if node.opset < 6 and len(x_shape) != 4:
+        return f"{version}: X has shape {x_shape}; 'The input 4-dimensional tensor of shape NCHW'"
+    if node.per_activation and node.opset == 7:
+        wanted, text = tuple(x_shape[1:]), "If spatial is false, the dimensions of scale are (C x D1 x ... x Dn)"
+    else:
+        wanted, text = (x_shape[1],), "tensor of shape (C)"
+    for name, shape in zip(("scale", "B", "mean", "var"), shapes[1:]):
+        if tuple(shape) != wanted:
+            return f"{version}: {name} has shape {tuple(shape)}, X has shape {x_shape}; '{text}' ({wanted})"
+    if node.opset >= 14 and not node.training and node.outputs > 1:
+        return f"{version}: {node.outputs} outputs in inference mode; 'When training_mode=False, extra outputs are invalid'"
+    return None
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -58,11 +82,15 @@ def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict
 
 def _describe(path: str, node: onnx.NodeProto, opset: int, stored: dict[str, str]) -> BatchNormNode:
     attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    outputs = len([name for name in node.output if name])
     if opset >= 14:
         training = bool(attributes.get("training_mode", 0))
+    elif opset >= 7:
+        # Opsets 7 to 13: the mode is the number of outputs, 5 in training, 1 in inference.
+        training = outputs > 1
     else:
-        # Before opset 14 the mode is the number of outputs: 5 in training, 1 in inference.
-        training = len([name for name in node.output if name]) > 1
+        # Opsets 1 and 6: is_test ('If set to nonzero, run spatial batch normalization in test mode, default is 0').
+        training = not attributes.get("is_test", 0)
     return BatchNormNode(
         module_path=path,
         node_name=node.name,
@@ -70,6 +98,9 @@ def _describe(path: str, node: onnx.NodeProto, opset: int, stored: dict[str, str
         stored_stats=node.input[3] in stored and node.input[4] in stored,
         mean_source=stored.get(node.input[3]),
         var_source=stored.get(node.input[4]),
+        per_activation=opset < 9 and not attributes.get("spatial", 1),
+        opset=opset,
+        outputs=outputs,
         data_input=node.input[0],
         scale_input=node.input[1],
         bias_input=node.input[2],
