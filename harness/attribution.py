@@ -368,6 +368,8 @@ def _conventions_text(reference: str, reference_call: BNCall, other: str, other_
         momentum = "cumulative average" if call.momentum is None else f"momentum={call.momentum:g}"
         axis = f", channel axis {call.channel_axis % call.input.ndim} of {call.input.ndim}"
         reported = ", variance read back in PyTorch's unbiased convention" if call.running_var_reported == "unbiased" else ""
+        if call.uses_batch_stats and not call.updates_running_stats and call.running_mean_before is not None:
+            mode += " whose updated running statistics are not kept"
         return (f"{runner} follows {spec.name} ({spec.running_var_convention}{reported}; "
                 f"{mode}, eps={call.eps:g}, {momentum}{axis})")
 

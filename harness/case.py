@@ -66,6 +66,11 @@ class ExportOptions:
     # TorchScript: do_constant_folding (which also folds an eval BatchNorm into its Conv);
     # dynamo: optimize (onnxscript's optimiser, which folds constants).
     constant_folding: bool = True
+    # How the runtimes run a training graph: as_exported, as the exporter wrote it (its running
+    # statistics stay the stored initializers; what it computes goes where the exporter sent it);
+    # fed_back: each training BatchNorm's statistics become graph inputs and its updated ones
+    # outputs, fed back at the next forward, as a training loop carries them.
+    graph_state: str = "as_exported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class Step:
                 options.append("dynamic_batch")
             if not self.export.constant_folding:
                 options.append("constant_folding=False")
+            if self.export.graph_state != "as_exported":
+                options.append(f"graph_state={self.export.graph_state}")
             return f"export({', '.join(options)})"
         if self.kind == "set_mode" and self.mode is not None:
             return f"set_mode({self.mode.describe()})"
@@ -179,6 +186,11 @@ class GraphNodeSpec:
     bias: tuple[float, ...] | None = None
     mean: tuple[float, ...] | None = None
     var: tuple[float, ...] | None = None
+    # inputs: mean and var are graph inputs, fed at every step (a training node's running
+    # statistics fed back); initializers: stored in the graph, as exporters write them, so that
+    # onnxruntime's constant handling of them is exercised (a training node then starts every
+    # step from the stored values).
+    statistics: str = "inputs"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ from harness.errors import CaseError, CaseProblem
 from harness.loader import LoadedDocument, PathKey
 
 MAX_GRID_POINTS = 256  # a file is a readable unit; a larger sweep belongs in several files
-_GRID_KEY = re.compile(r"^(?:(?:bn|input|keras|onnx_graph)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding)|model|mode|model_seed)$")
+_GRID_KEY = re.compile(r"^(?:(?:bn|input|keras|onnx_graph)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding|graph_state)|model|mode|model_seed)$")
 ALLOWED_KEYS = ("bn.<field>, input.<field>, keras.<field>, onnx_graph.<field>, export.opset, export.training, "
-                "export.dynamic_batch, export.constant_folding, model, mode, model_seed")
+                "export.dynamic_batch, export.constant_folding, export.graph_state, model, mode, model_seed")
 
 
 def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[str, LoadedDocument]]:

@@ -247,3 +247,22 @@ def test_a_float16_backend_test_is_judged_in_float16(tmp_path):
     float16 = [verdict for verdict in result.verdicts if verdict.field == "output"]
     assert float16 and all(verdict.dtype == "float16" for verdict in float16)
     assert result.outcome == "passed", result.explain()
+
+
+@pytest.mark.parametrize("training_mode", [False, True])
+def test_a_hand_built_node_can_store_its_statistics_as_initializers(tmp_path, training_mode):
+    # Exporters store the statistics as initializers, which onnxruntime treats as constants;
+    # the option makes that form testable next to the fed-input one (issue 15, defect 10).
+    text = NODE.replace("training_mode: true", f"training_mode: {str(training_mode).lower()}, statistics: initializers")
+    case = load_case(write_case(tmp_path, "case", text))
+    assert case.node.statistics == "initializers"
+    source_model = create_runner("onnx-spec").run(case).artifacts["model.onnx"]
+    model = onnx.load_from_string(source_model)
+    assert {initializer.name for initializer in model.graph.initializer} >= {"mean", "var"}
+    assert [value.name for value in model.graph.input] == ["x"]
+    result = run_case(case)
+    assert result.outcome == "passed", result.explain()
+    if training_mode:  # nothing is fed back: every step starts from the stored statistics
+        spec = next(run for run in result.runs if run.runner == "onnx-spec")
+        first, last = spec.bn_calls[(0, "")], spec.bn_calls[(2, "")]
+        np.testing.assert_array_equal(first.running_var_before, last.running_var_before)

@@ -97,10 +97,10 @@ def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tm
 
 
 @pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"])
-def test_a_training_graph_feeds_its_running_stats_back(tmp_path, runner):
+def test_a_training_graph_feeds_its_running_stats_back_when_asked(tmp_path, runner):
     pytest.importorskip("onnxruntime")
     text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
-                              "  - export: {training: training}\n  - forward\n  - forward\n")
+                              "  - export: {training: training, graph_state: fed_back}\n  - forward\n  - forward\n")
     case, result = run(tmp_path, runner, text)
     assert result.details["exporter"]["executor"] == {"onnx-torchscript-ort": "ort", "onnx-torchscript-ort-noopt": "ort-noopt",
                                                       "onnx-reference": "reference"}[runner]
@@ -163,3 +163,20 @@ def test_a_float64_train_step_records_the_state_before_the_step(tmp_path):
     np.testing.assert_array_equal(call.running_mean_before, [0.5, -0.5])
     np.testing.assert_array_equal(call.running_var_before, [2.0, 0.5])
     assert not np.array_equal(value(result, 0, "running_var"), call.running_var_before), "the step updated the buffer"
+
+
+def test_a_training_graph_runs_as_exported_by_default_and_says_which_outputs_it_dropped(tmp_path):
+    # The exporter's own form: initializers stay initializers and the node's updated statistics,
+    # which the TorchScript exporter does not make graph outputs, go nowhere (issue 15, defect 10).
+    pytest.importorskip("onnxruntime")
+    text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
+                              "  - export: {training: training, opset: 15}\n  - forward\n  - forward\n")
+    _, result = run(tmp_path, "onnx-torchscript-ort", text)
+    assert result.status == "ok"
+    (export,) = result.details["exports"]
+    assert export["graph_state"] == "as_exported" and export["graph_outputs"] == ["output"]
+    assert export["batchnorm"][""]["outputs_exposed"] == ["Y"]
+    assert export["batchnorm"][""]["outputs_dropped"] == ["running_mean", "running_var"]
+    assert value(result, 1, "uses_batch_stats") is True
+    np.testing.assert_array_equal(value(result, 2, "running_var"), value(result, 0, "running_var"))
+    assert result.bn_calls[(1, "")].updates_running_stats is False

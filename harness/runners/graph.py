@@ -55,7 +55,8 @@ class GraphSource:
 
 
 def build_node_graph(case: GraphCase) -> GraphSource:
-    """A model with one BatchNormalization node as the case describes; mean and var are inputs."""
+    """A model with one BatchNormalization node as the case describes; mean and var are graph
+    inputs or initializers (`statistics`)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -74,9 +75,13 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     vector = lambda values, default: np.asarray(values if values is not None else [default] * features, dtype=dtype)  # noqa: E731
     initializers = [numpy_helper.from_array(vector(node_spec.scale, 1.0), "scale"),
                     numpy_helper.from_array(vector(node_spec.bias, 0.0), "bias")]
-    inputs = [helper.make_tensor_value_info("x", element, list(case.input.shape)),
-              helper.make_tensor_value_info("mean", element, [features]),
-              helper.make_tensor_value_info("var", element, [features])]
+    inputs = [helper.make_tensor_value_info("x", element, list(case.input.shape))]
+    state = {"mean": vector(node_spec.mean, 0.0), "var": vector(node_spec.var, 1.0)}
+    stored = node_spec.statistics == "initializers"
+    if stored:
+        initializers += [numpy_helper.from_array(values, name) for name, values in state.items()]
+    else:
+        inputs += [helper.make_tensor_value_info(name, element, [features]) for name in state]
     graph_outputs = [helper.make_tensor_value_info("y", element, list(case.input.shape))]
     graph_outputs += [helper.make_tensor_value_info(name, element, [features]) for name in outputs[1:]]
     graph = helper.make_graph([node], case.case_id, inputs, graph_outputs, initializers)
@@ -84,7 +89,8 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     # The lowest IR version the opset allows, not the newest onnx knows: older runtimes refuse newer IR.
     model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(model)
-    state = {"mean": vector(node_spec.mean, 0.0), "var": vector(node_spec.var, 1.0)}
+    if stored:
+        return GraphSource(model)
     return GraphSource(model, initial_state=state, state_inputs=("mean", "var") if node_spec.training_mode else None)
 
 
@@ -186,6 +192,8 @@ class GraphRunner(Runner):
         log.details["versions"] = versions
         source = load_source(case)
         log.details["ir_version"] = source.model.ir_version
+        if case.node is not None:  # which form ran: statistics fed as inputs, or stored as initializers
+            log.details["statistics"] = case.node.statistics
         try:
             session, _, output_names = open_executor(source.model, self.executor)
         except Exception as error:  # the runtime refusing the graph is a result

@@ -150,18 +150,22 @@ class _GraphExporter:
         bn_paths = MODEL_SPECS[self.case.model].batchnorm_paths
         nodes = find_batchnorms(graph, bn_paths)
         initializers = stored_values(graph)
+        graph_outputs = [output.name for output in graph.graph.output]
         facts = {
             "step": step.label(),
             "opset": opset_of(graph),
             "ops": sorted({node.op_type for node in graph.graph.node}),
+            "graph_outputs": graph_outputs,
+            "graph_state": step.export.graph_state,
             "batchnorm": {
-                path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}))
+                path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}),
+                                   graph_outputs)
                 for path in bn_paths
             },
             "warnings": export_warnings,
             "printed": printed,  # progress, and tracebacks the exporter logged and survived
         }
-        return ExportedGraph(graph, nodes, initializers, self.case, facts)
+        return ExportedGraph(graph, nodes, initializers, self.case, facts, feed_back=step.export.graph_state == "fed_back")
 
     def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
         """Run torch.onnx.export; return its warnings and what it printed."""
@@ -207,12 +211,17 @@ class _GraphExporter:
         return warning_lines, clean_reason(printed.getvalue()[-MAX_REASON_CHARS:])
 
 
-def _graph_facts(node, initializers, buffers_before, buffers_after) -> dict[str, Any]:
+def _graph_facts(node, initializers, buffers_before, buffers_after, graph_outputs) -> dict[str, Any]:
     if node is None:
         return {"kept": False, "note": "no BatchNormalization node: folded into a neighbour or constants"}
     facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "stored_stats": node.stored_stats,
                              "epsilon": node.epsilon, "momentum": node.momentum,
                              "stats_stored_in": {"running_mean": node.mean_source, "running_var": node.var_source}}
+    # Which of the node's outputs (Y, running mean and var, saved mean and var) the exporter made
+    # graph outputs, and which it computed but dropped (a training graph that exposes only Y).
+    names = ("Y", "running_mean", "running_var", "saved_mean", "saved_var")
+    facts["outputs_exposed"] = [label for label, name in zip(names, node.output_names) if name and name in graph_outputs]
+    facts["outputs_dropped"] = [label for label, name in zip(names, node.output_names) if name and name not in graph_outputs]
     stored = {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
     for when, buffers in (("before_export", buffers_before), ("after_export", buffers_after)):
         facts[f"initializers_equal_module_buffers_{when}"] = all(
@@ -226,9 +235,11 @@ class ExportedGraph:
     """One export step's graph, what it holds, and what the export did; each runner sharing the
     export deploys it in its own executor."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any]) -> None:
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any],
+                 feed_back: bool = False) -> None:
         # initializers: every stored tensor by the name nodes read it under (Identity copies included)
         self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
+        self.feed_back = feed_back
         self.serialized = graph.SerializeToString()
 
     def record(self, log: ObservationLog) -> None:
@@ -241,22 +252,25 @@ class ExportedGraph:
         import onnx
 
         try:  # each executor gets its own copy: deploying rewires a training graph's state in place
-            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor)
+            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor,
+                                 self.feed_back)
         except Exception as error:  # the runtime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
 
 class GraphDeployed:
-    """The exported graph in its executor; training-mode BNs get their state fed back."""
+    """The exported graph in its executor: as exported (its running statistics are the stored
+    ones at every forward), or with each training BN's state fed back (`feed_back`)."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str) -> None:
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str,
+                 feed_back: bool = False) -> None:
         from harness.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
         self.folded = [path for path in MODEL_SPECS[case.model].batchnorm_paths if path not in nodes]
         self.initializers = initializers
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
-        self.state_wiring = expose_running_stats(graph, list(nodes.values()))
+        self.state_wiring = expose_running_stats(graph, list(nodes.values())) if feed_back else {}
         # The running stats as the graph holds them: initializers, then whatever training updates.
         self.state = {
             path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}

@@ -31,6 +31,7 @@ class BatchNormNode:
     per_activation: bool = False  # opset 6-7 spatial=0: statistics per activation
     opset: int = 15
     outputs: int = 1  # the outputs the node names (Y, running mean and var, saved mean and var)
+    output_names: tuple[str, ...] = ()
 
     @property
     def uses_batch_stats(self) -> bool:
@@ -101,6 +102,7 @@ def _describe(path: str, node: onnx.NodeProto, opset: int, stored: dict[str, str
         per_activation=opset < 9 and not attributes.get("spatial", 1),
         opset=opset,
         outputs=outputs,
+        output_names=tuple(node.output),
         data_input=node.input[0],
         scale_input=node.input[1],
         bias_input=node.input[2],
