@@ -74,6 +74,8 @@ class Attribution:
     text: str
     sides: tuple[SideCheck, ...] = ()
     floor: float | None = None  # precision with a gap within both sides' rounding floors: the floors' sum
+    predicted_gap: float | None = None  # conventions differ: the gap the crossed oracle predicts
+    derived: bool = False  # taken from an earlier divergence (its sides measured another verdict)
 
 
 def _precision(text: str, sides: tuple[SideCheck, ...], verdict: Verdict) -> Attribution:
@@ -114,8 +116,33 @@ def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult
             attribution=found.kind,
             attribution_text=found.text,
             attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides),
+            invariant_violation=invariant_violation(verdict, found),
         )
     return [attributed[position] for position in range(len(verdicts))]
+
+
+def invariant_violation(verdict: Verdict, found: Attribution) -> str | None:
+    """Why an attribution contradicts its own measurements (a harness error, never a verdict on a
+    framework), or None. Checked on attributions measured on this verdict, not those taken from
+    an earlier divergence:
+    - implementation deviates: every side it names is beyond its own spec;
+    - precision: the gap is within what the two sides' specs allow them (the sum of their bounds);
+    - conventions differ: the crossed oracle predicts the gap, to within the sides' bounds."""
+    if found.derived or not found.sides:
+        return None
+    bound = sum(max(side.allowed, ROUNDING_FLOOR_FACTOR * side.floor) for side in found.sides)
+    gap = verdict.max_abs_diff
+    if found.kind == "implementation deviates":
+        named = [side for side in found.sides if side.describe() in found.text]
+        if not named or any(side.within_spec for side in named):
+            return f"'implementation deviates' names a side within its own spec: {found.text}"
+    elif found.kind == "precision" and gap is not None and gap > bound:
+        return f"'precision' with a gap of {gap:.3g} beyond both sides' bounds ({bound:.3g})"
+    elif found.kind == "conventions differ" and gap is not None and found.predicted_gap is not None:
+        if abs(gap - found.predicted_gap) > bound + (verdict.atol or 0.0) + (verdict.rtol or 0.0) * abs(gap):
+            return (f"'conventions differ' not explained by the crossed oracle: gap {gap:.3g}, predicted "
+                    f"{found.predicted_gap:.3g}, sides' bounds {bound:.3g}")
+    return None
 
 
 def _agrees_within_floor(verdict: Verdict, found: Attribution) -> Verdict:
@@ -212,7 +239,8 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
         return _parted_attribution(case, reference, other, verdict, reference_call, other_call, attribute_name,
                                    parted, convention_gap, earlier, sides)
     if ours is not None and theirs is not None and not _close(ours, theirs, tolerance):
-        return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides)
+        return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides,
+                           predicted_gap=convention_gap)
     return _precision("both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides, verdict)
 
 
@@ -245,10 +273,11 @@ def _parted_attribution(case, reference, other, verdict, reference_call, other_c
               and not v.field.startswith(MODULE + ".")]
     if causes:
         cause, found = causes[0]
-        return Attribution(found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides)
+        return Attribution(found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides,
+                           derived=True)
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if stored:
-        return Attribution("conventions differ", f"{stored}; {what}", sides)
+        return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=state_gap)
     return Attribution("unattributed", what, sides)
 
 
@@ -326,25 +355,26 @@ def _normalising_variance(call: BNCall) -> np.ndarray | None:
     return call.running_var_before if call.stored_var_before is None else call.stored_var_before
 
 
-def _used_state(call: BNCall, attribute_name: str) -> dict[str, np.ndarray | None]:
+def _reads(call: BNCall, attribute_name: str) -> set[str]:
     """What the documented formula reads to compute `attribute_name` at this call."""
-    used: dict[str, np.ndarray | None] = {"input": call.input}
-    if attribute_name == OUTPUT:
-        used.update(weight=call.weight, bias=call.bias)
-        if not call.uses_batch_stats:
-            used.update(running_mean=call.running_mean_before, normalising_variance=_normalising_variance(call))
-    else:  # a running statistic: the value it starts from (and the batch, when it is updated)
-        used[attribute_name] = call.running_mean_before if attribute_name == "running_mean" else call.running_var_before
-    return used
+    if attribute_name != OUTPUT:  # a running statistic: the value it starts from (and the batch)
+        return {"input", attribute_name}
+    return {"input", "weight", "bias"} | (set() if call.uses_batch_stats else {"running_mean", "normalising_variance"})
+
+
+def _state_values(call: BNCall) -> dict[str, np.ndarray | None]:
+    return {"input": call.input, "weight": call.weight, "bias": call.bias, "running_mean": call.running_mean_before,
+            "running_var": call.running_var_before, "normalising_variance": _normalising_variance(call)}
 
 
 def _parted_state(a: BNCall, b: BNCall, attribute_name: str, tolerance: Tolerance) -> dict[str, float]:
-    """The values both sides' formulas read that differ beyond `tolerance`, with their greatest
-    difference; empty when the states agree."""
-    used_a, used_b = _used_state(a, attribute_name), _used_state(b, attribute_name)
+    """The values either side's formula reads that differ between the sides beyond `tolerance`,
+    with their greatest difference; empty when the states agree. A value only one side reads
+    counts too: the crossed oracle applies the other side's formula to the reference's state."""
+    values_a, values_b = _state_values(a), _state_values(b)
     parted: dict[str, float] = {}
-    for name in used_a.keys() & used_b.keys():
-        x, y = used_a[name], used_b[name]
+    for name in _reads(a, attribute_name) | _reads(b, attribute_name):
+        x, y = values_a[name], values_b[name]
         if x is None or y is None:
             continue
         x, y = np.asarray(x), np.asarray(y)
@@ -406,7 +436,8 @@ def _follows_from_earlier(case: Case, verdict: Verdict, earlier: Sequence[tuple[
     if not causes:
         return Attribution("unattributed", why)
     cause, found = causes[0]
-    return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides)
+    return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides,
+                       derived=True)
 
 
 def _bn_path_of(case: Case, field: str) -> str | None:

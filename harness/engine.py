@@ -93,6 +93,12 @@ def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
     )
     classification = classify(case, runs, verdicts)
     outcome = "passed" if classification.passed else "failed"
+    broken = [f"{verdict.field} after {verdict.step_label}, {verdict.other}: {verdict.invariant_violation}"
+              for verdict in verdicts if verdict.invariant_violation]
+    if broken:  # the judgement contradicts itself: the harness's error, with everything it computed kept
+        return CaseResult(case.case_id, case.path, "error", case.description, steps, runs, verdicts, classification,
+                          error="harness invariant broken (a bug in the attribution, not a framework's divergence):\n"
+                                + "\n".join(broken))
     return CaseResult(case.case_id, case.path, outcome, case.description, steps, runs, verdicts, classification)
 
 

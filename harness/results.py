@@ -94,6 +94,7 @@ class Verdict:
     attribution_text: str | None = None
     attribution_sides: tuple[dict[str, Any], ...] = ()  # each side against its own spec's oracle
     rounding_floor: float | None = None  # set when it agrees beyond the tolerance, within both sides' rounding floors
+    invariant_violation: str | None = None  # the attribution contradicts its own measurements: a harness error
 
     def __bool__(self) -> bool:
         return self.close

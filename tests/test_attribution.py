@@ -196,3 +196,33 @@ def test_attribution_measures_with_the_comparisons_tolerance_and_each_sides_dtyp
     verdict = next(v for v in attribute_all(CASE, reference, other, list(compare_runs(CASE, reference, other))) if v.field == "output")
     assert verdict.rtol == 1e-3 and verdict.max_abs_diff > 1e-3 + 1e-5, "beyond float16's tolerance"
     assert verdict.close and "agree within the float16/float32 -> float16 rounding floor" in verdict.text, verdict.text
+
+
+def test_an_attribution_that_contradicts_its_own_measurements_is_a_harness_error():
+    from harness.attribution import Attribution, SideCheck, invariant_violation
+
+    within = SideCheck("torch-eager", "pytorch", error=1e-7, allowed=1e-5, floor=1e-7)
+    beyond = SideCheck("onnx-torchscript-ort", "onnx", error=0.5, allowed=1e-5, floor=1e-7)
+    verdict = dataclasses.replace(judged(run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL))[0],
+                                  max_abs_diff=0.2, rtol=1.3e-6, atol=1e-5)
+    deviates = lambda side: Attribution("implementation deviates", side.describe(), (within, beyond))  # noqa: E731
+    assert invariant_violation(verdict, deviates(beyond)) is None
+    assert "names a side within its own spec" in invariant_violation(verdict, deviates(within))
+    assert "beyond both sides' bounds" in invariant_violation(verdict, Attribution("precision", "p", (within, within)))
+    conventions = Attribution("conventions differ", "c", (within, within), predicted_gap=0.2)
+    assert invariant_violation(verdict, conventions) is None
+    assert "not explained by the crossed oracle" in invariant_violation(verdict, dataclasses.replace(conventions, predicted_gap=0.1))
+    assert invariant_violation(verdict, Attribution("precision", "p", (within, within), derived=True)) is None, \
+        "an attribution taken from an earlier divergence measured another verdict"
+
+
+def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_computed(monkeypatch):
+    from harness import engine
+
+    reference, other = run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL)
+    real = engine.attribute_all
+    monkeypatch.setattr(engine, "attribute_all", lambda *args: [
+        dataclasses.replace(v, invariant_violation="planted") if not v else v for v in real(*args)])
+    result = engine.judge(CASE, (reference, other))
+    assert result.outcome == "error" and "harness invariant broken" in result.error and "planted" in result.error
+    assert result.verdicts and result.classification is not None
