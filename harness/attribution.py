@@ -159,7 +159,11 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
               divergent: Sequence[Verdict], earlier: Sequence[tuple[Verdict, Attribution]] = ()) -> Attribution:
     """The attribution of one divergence (`divergent`: all divergences of this pair; `earlier`: the
     attributions already made at earlier steps, which a later divergence may follow from)."""
+    carried = _carried(case, reference, other, verdict, earlier)
+    if carried is not None:
+        return carried
     field = verdict.field
+    step_kind = case.steps[verdict.step].kind
     if field.startswith(MODULE + "."):
         module_divergences = [v for v in divergent if v.field.startswith(MODULE + ".") and v.other == other.runner]
         first = min(module_divergences, key=lambda v: v.step, default=verdict)
@@ -168,22 +172,64 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
         # No export changed the module: an ordinary forward is not a step to blame. The module's
         # own fields face the oracles as the deployed artifact's do (in torch they are one module).
         field = field.removeprefix(MODULE + ".")
-        if field.endswith(("training", "num_batches_tracked")) or field.rsplit(".", 1)[-1] in MODULE_BN_ATTRIBUTES:
-            return Attribution("unattributed", f"no oracle for {verdict.field}, and no export before {case.step_label(first.step)}")
+        name = field.rsplit(".", 1)[-1]
+        if name in MODULE_BN_ATTRIBUTES:  # each side computes with its own parameter: a convention
+            return Attribution("conventions differ", f"the BatchNorm's {name} differs: {verdict.reference_value!r} "
+                               f"({verdict.reference}), {verdict.other_value!r} ({verdict.other}), from the start "
+                               f"({case.step_label(first.step)}, no export before it)")
+        if name in ("training", "num_batches_tracked"):
+            return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}, and no export before "
+                                         f"{case.step_label(first.step)}")
     bn_path = _bn_path_of(case, field)
     if bn_path is None:
         return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
                                      "the BatchNorm oracles do not model", same_step=True)
-    step_kind = case.steps[verdict.step].kind
-    if field.endswith("uses_batch_stats") or step_kind == "export":
-        return _state_changed(case, other, verdict, [v for v in divergent if not v.field.startswith(MODULE + ".")],
-                              "the deployed artifact")
+    deployed = [v for v in divergent if not v.field.startswith(MODULE + ".")]
+    if step_kind == "export":
+        return _state_changed(case, other, verdict, deployed, "the deployed artifact")
+    if field.endswith("uses_batch_stats"):
+        if any(case.steps[v.step].kind == "export" and v.step < verdict.step and v.other == other.runner for v in deployed):
+            return _state_changed(case, other, verdict, deployed, "the deployed artifact")
+        return Attribution("conventions differ", f"{verdict.reference} normalises with "
+                           f"{'batch' if verdict.reference_value else 'running'} statistics, {verdict.other} with "
+                           f"{'batch' if verdict.other_value else 'running'} statistics, with no export before this step")
     calls = reference.bn_calls.get((verdict.step, bn_path)), other.bn_calls.get((verdict.step, bn_path))
     if step_kind == "set_mode" or None in calls:
         missing = [run.runner for run, call in zip((reference, other), calls) if call is None]
         why = "no forward at this step" if step_kind == "set_mode" else f"no record of the BatchNorm's input in {', '.join(missing)}"
         return _follows_from_earlier(case, verdict, earlier, why)
     return _judge(case, reference, other, verdict, calls[0], calls[1], earlier, field)
+
+
+CARRIED = "carried unchanged through "
+
+
+def _carried(case: Case, reference: RunResult, other: RunResult, verdict: Verdict,
+             earlier: Sequence[tuple[Verdict, Attribution]]) -> Attribution | None:
+    """The same divergence as at the step before, which this step changed on neither side (an
+    export that leaves the statistics alone, a flag kept): it keeps the earlier cause. None when
+    the step changed either side's value or the field did not diverge before."""
+    if verdict.step == 0:
+        return None
+    before, now = (verdict.step - 1, verdict.field), (verdict.step, verdict.field)
+    for run in (reference, other):
+        if before not in run.observations or not _same_value(run.observations[before].value, run.observations[now].value):
+            return None
+    cause = next(((v, found) for v, found in reversed(earlier) if v.field == verdict.field and v.step == verdict.step - 1), None)
+    if cause is None or cause[1].kind == "unattributed":
+        return None
+    (cause_verdict, found), label = cause, case.step_label(verdict.step)
+    if found.text.startswith(CARRIED):  # keep the first cause, not a chain of carries
+        root = found.text.split("; ", 1)[1]
+    else:
+        root = f"follows from {cause_verdict.field} after {cause_verdict.step_label}: {found.text}"
+    return Attribution(found.kind, f"{CARRIED}{label}; {root}", found.sides, derived=True)
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+    return type(a) is type(b) and a == b
 
 
 def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,
@@ -407,7 +453,9 @@ def _conventions_text(reference: str, reference_call: BNCall, other: str, other_
 
 
 def _state_changed(case: Case, other: RunResult, verdict: Verdict, related: Sequence[Verdict], what: str) -> Attribution:
-    first = min((v for v in related if v.other == other.runner), key=lambda v: v.step, default=verdict)
+    """Blame the first export step, at or before this one, at which a related field diverged."""
+    exports = [v for v in related if v.other == other.runner and case.steps[v.step].kind == "export" and v.step <= verdict.step]
+    first = min(exports, key=lambda v: v.step, default=verdict)
     step = case.steps[first.step]
     mechanism = f"; {_export_mechanism(other, what)}" if step.kind == "export" else ""
     return Attribution(
