@@ -182,8 +182,12 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
                                          f"{case.step_label(first.step)}")
     bn_path = _bn_path_of(case, field)
     if bn_path is None:
-        return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
-                                     "the BatchNorm oracles do not model", same_step=True)
+        found = _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
+                                      "the BatchNorm oracles do not model", same_step=True)
+        if found.kind == "unattributed" and verdict.step in reference.model_oracle:
+            # No BatchNorm divergence explains it, so both ran the same state: the model in float64 is the spec.
+            return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
+        return found
     deployed = [v for v in divergent if not v.field.startswith(MODULE + ".")]
     if step_kind == "export":
         return _state_changed(case, other, verdict, deployed, "the deployed artifact")
@@ -230,6 +234,24 @@ def _same_value(a, b) -> bool:
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
     return type(a) is type(b) and a == b
+
+
+def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, expected: np.ndarray) -> Attribution:
+    """Both sides against the model computed in float64; the floor is the reference's own distance
+    from it (one evaluation of this model, on this data, in the reference's dtype)."""
+    tolerance = verdict_tolerance(verdict)
+    errors = []
+    for run in (reference, other):
+        observed = np.asarray(run.observations[(verdict.step, verdict.field)].value, dtype=np.float64)
+        errors.append(float(np.max(np.abs(observed - expected))) if observed.shape == expected.shape else float("inf"))
+    floor = errors[0] if np.isfinite(errors[0]) else 0.0
+    allowed = tolerance.atol + tolerance.rtol * (float(np.max(np.abs(expected))) if expected.size else 0.0)
+    sides = tuple(SideCheck(run.runner, "model-float64", error, allowed, floor) for run, error in zip((reference, other), errors))
+    deviating = [side for side in sides if not side.within_spec]
+    if deviating:
+        return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
+    return _precision("both within the model's own float64 result: " + "; ".join(side.describe() for side in sides),
+                      sides, verdict)
 
 
 def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,

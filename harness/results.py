@@ -62,6 +62,9 @@ class RunResult:
     notes: tuple[str, ...] = ()  # lines every divergence involving this runner carries (a mapping)
     bn_calls: Mapping[tuple[int, str], BNCall] = field(default_factory=dict)  # (step, BN path) -> call
     artifacts: Mapping[str, bytes] = field(default_factory=dict)  # e.g. the exported model.onnx, for repro bundles
+    # step -> the model's output computed in float64 from the same state and input (torch runners of
+    # models with layers besides BatchNorm): the spec of a model output no BatchNorm oracle reaches.
+    model_oracle: Mapping[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

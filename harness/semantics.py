@@ -77,7 +77,19 @@ KERAS = Spec(
     ),
     "biased batch variance, momentum weighting the old value",
 )
-SPECS = {spec.key: spec for spec in (PYTORCH, ONNX, KERAS)}
+MODEL_FLOAT64 = Spec(
+    "model-float64",
+    "the case's model computed in float64",
+    "https://docs.pytorch.org/docs/stable/notes/numerical_accuracy.html",
+    (
+        "A model output that passes through layers no BatchNorm oracle models (conv, linear, relu) "
+        "has the model itself as its spec: the same module, modes and state, computed in float64 on "
+        "the same input; its rounding floor on this data is how far the reference's own evaluation "
+        "in the case's dtype lands from it.",
+    ),
+    "the model's own",
+)
+SPECS = {spec.key: spec for spec in (PYTORCH, ONNX, KERAS, MODEL_FLOAT64)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,3 +226,39 @@ def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_comput
     result = engine.judge(CASE, (reference, other))
     assert result.outcome == "error" and "harness invariant broken" in result.error and "planted" in result.error
     assert result.verdicts and result.classification is not None
+
+
+def test_a_model_output_no_batchnorm_oracle_reaches_is_judged_against_the_model_in_float64():
+    conv_case = dataclasses.replace(CASE, model="forum_net")
+    exact = np.array([0.5, 1.25, 2.0])
+    float32 = exact + 1e-5  # the reference's own rounding of this model: the floor
+    reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(float32, "float32")},
+                          model_oracle={0: exact})
+    for offset, expected in ((0.5, "implementation deviates"), (-0.8e-5, None)):
+        other = RunResult("onnx-dynamo-ort", "ok", observations={(0, "output"): Observed(exact + offset, "float32")})
+        (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
+        if expected is None:  # beyond atol, within both sides' floors of this model on this data
+            assert verdict.close and "agree within the float32 rounding floor" in verdict.text, verdict.text
+        else:
+            assert verdict.attribution == expected
+            assert verdict.attribution_text.startswith("onnx-dynamo-ort vs the case's model computed in float64: error 0.5")
+
+
+def test_torch_runners_record_the_model_in_float64_where_layers_besides_batchnorm_shape_the_output(tmp_path):
+    torch = pytest.importorskip("torch")
+    from harness.runners import create_runner
+    from harness.runners.torch_models import build_model, to_tensor
+    from harness.inputs import make_batch
+    from harness.schema import load_case
+    from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
+
+    case = load_case(write_case(tmp_path, "forum", FORUM_FLIP))
+    result = create_runner("torch-eager").run(case)
+    assert sorted(result.model_oracle) == [0, 2]
+    model = build_model(case).double()
+    with torch.no_grad():
+        expected = model(to_tensor(make_batch(case.input, case.input.seed), case.input.dtype).double()).numpy()
+    np.testing.assert_array_equal(result.model_oracle[0], expected)
+    assert result.observations[(0, "module.bn.num_batches_tracked")].value == 0, "the float64 copy's forward changed nothing"
+    bare = create_runner("torch-eager").run(load_case(write_case(tmp_path, "bare", EVAL_BN2D)))
+    assert bare.model_oracle == {}, "a bare BatchNorm's output has its BatchNorm oracle"

@@ -68,6 +68,7 @@ class ObservationLog:
         self.notes: list[str] = []
         self.bn_calls: dict[tuple[int, str], BNCall] = {}
         self.artifacts: dict[str, bytes] = {}
+        self.model_oracle: dict[int, np.ndarray] = {}
 
     def array(self, step: int, field: str, values: np.ndarray, dtype: str) -> None:
         """Record a tensor (as float64, exact for every supported dtype) with its dtype."""
@@ -80,7 +81,7 @@ class ObservationLog:
     def result(self, status: str = "ok", reason: str | None = None) -> RunResult:
         """The RunResult of everything logged so far."""
         return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details), tuple(self.notes),
-                         dict(self.bn_calls), dict(self.artifacts))
+                         dict(self.bn_calls), dict(self.artifacts), dict(self.model_oracle))
 
 
 def skipped(runner: str, reason: str) -> RunResult:

@@ -13,6 +13,7 @@ export ends every lane.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -112,9 +113,12 @@ def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None,
             if step.kind in ("forward", "train_step"):
                 batch = to_tensor(make_batch(case.input, step.seed), case.input.dtype)
                 module_calls.clear()
+                in_float64 = _float64_output(model, batch) if "" not in taps.bns else None
                 module_output = _module_forward(forward, batch)
                 for lane in live:
                     _forward_lane(lane, case, index, batch, module_output, module_calls, bn_outputs)
+                    if in_float64 is not None:
+                        lane.log.model_oracle[index] = in_float64
                 bn_outputs.clear()
             elif step.kind == "export":
                 exported = None
@@ -224,6 +228,20 @@ def _recording_before(forward: Callable, record: Callable) -> Callable:
         return forward(batch)
 
     return recorded
+
+
+def _float64_output(model: nn.Module, batch: torch.Tensor) -> np.ndarray | None:
+    """The model's output for `batch` computed in float64 by a copy in the same modes and state
+    (the copy's own statistics updates are thrown away); None if float64 cannot run it."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():  # the harness's taps came along with the copy
+        module._forward_pre_hooks.clear()
+        module._forward_hooks.clear()
+    try:
+        with torch.no_grad():
+            return to_numpy(twin.double()(batch.to(torch.float64)))
+    except Exception:  # a model float64 cannot run is left without this oracle
+        return None
 
 
 def _module_forward(forward: Callable, batch: torch.Tensor) -> np.ndarray:
