@@ -9,6 +9,8 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
 - keras family: train or eval, parameters mapped, moving variance read back in PyTorch's
   convention, and no eval forward after training (Keras normalises with its biased variance then:
   see keras_running_var_stored_biased).
+- compile family: torch.compile (inductor) against eager, train steps then an eval forward, or
+  eval only; float32 and float64.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from harness.schema import case_from_document
 ONNX_RUNNERS = ["torch-eager", "onnx-torchscript-ort", "onnx-dynamo-ort", "onnx-torchscript-ort-noopt",
                 "onnx-dynamo-ort-noopt", "onnx-reference"]
 KERAS_RUNNERS = ["torch-eager", "keras-tensorflow", "keras-jax", "keras-torch", "keras-numpy"]
-FAMILIES = ("onnx", "keras")
+COMPILE_RUNNERS = ["torch-eager", "torch-compile"]
+FAMILIES = ("onnx", "keras", "compile")
 
 
 def sweep_case(family: str, index: int, seed: int = 0) -> Case:
@@ -47,7 +50,8 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     else:
         shape = [batch, int(rng.integers(1, 5)), int(rng.integers(3, 7)), int(rng.integers(3, 7))]
     # float64 only where every runtime of the family has the kernels (onnxruntime has no double Conv).
-    dtype = "float64" if family == "onnx" and model.startswith("batchnorm") and rng.random() < 0.3 else "float32"
+    float64_ok = family == "compile" or (family == "onnx" and model.startswith("batchnorm"))
+    dtype = "float64" if float64_ok and rng.random() < 0.3 else "float32"
     affine = bool(rng.random() < 0.8)
     bn: dict[str, Any] = {
         "num_features": features,
@@ -79,8 +83,13 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family == "onnx":
         data.update(mode="eval", runners=ONNX_RUNNERS,
                     steps=["forward", {"export": {"training": "eval", "opset": int(rng.choice([15, 17, 18]))}}, "forward"])
-    else:
+    elif family == "keras":
         train = bool(rng.random() < 0.7)
         steps: list[Any] = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}] if train else ["forward", "forward"]
         data.update(mode="train" if train else "eval", runners=KERAS_RUNNERS, keras={"running_var": "unbiased"}, steps=steps)
+    else:  # compile: train steps, then eval (a recompilation on the guard on `training`)
+        train = bool(rng.random() < 0.7)
+        steps = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}, {"set_mode": "eval"}, "forward"] if train \
+            else ["forward", "forward"]
+        data.update(mode="train" if train else "eval", runners=COMPILE_RUNNERS, steps=steps)
     return data

@@ -20,7 +20,9 @@ which cases it applies (`applies`: a running-statistics deviation needs a BatchN
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import types
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -123,9 +125,14 @@ class InjectedRunner(TorchEagerRunner):
 
 def _wrap_forwards(model: nn.Module, case: Case,
                    make: Callable[[nn.Module, Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]) -> None:
-    """Replace each BatchNorm's `forward` by `make(bn, original_forward)`; hooks still run around it."""
+    """Replace each BatchNorm's `forward` by `make(bn, original_forward)`; hooks still run around it.
+    Bound to the module (a method, not a closure over it), so that a deep copy of the model (the
+    harness's float64 twin) runs the copy's own state, not this module's."""
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return make(self, functools.partial(type(self).forward, self))(x)
+
     for bn in batchnorms(model, case).values():
-        bn.forward = make(bn, bn.forward)
+        bn.forward = types.MethodType(forward, bn)
 
 
 def _batch_axes(x: torch.Tensor) -> list[int]:

@@ -180,3 +180,22 @@ def test_a_training_graph_runs_as_exported_by_default_and_says_which_outputs_it_
     assert value(result, 1, "uses_batch_stats") is True
     np.testing.assert_array_equal(value(result, 2, "running_var"), value(result, 0, "running_var"))
     assert result.bn_calls[(1, "")].updates_running_stats is False
+
+
+def test_the_float64_twin_never_changes_the_users_module():
+    # A forward that closes over the original module would step the user's statistics when the
+    # twin runs; the harness then puts them back and gives no float64 oracle for that step.
+    import torch
+
+    from harness.runners.torch_steps import _float64_output
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    bn = model[1]
+    original = bn.forward
+    bn.forward = lambda x: original(x)  # a closure over the user's own BatchNorm
+    before = bn.running_mean.clone()
+    assert _float64_output(model, torch.randn(4, 2, 3, 3) + 3) is None
+    assert torch.equal(bn.running_mean, before) and int(bn.num_batches_tracked) == 0
+    plain = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    assert _float64_output(plain, torch.randn(4, 2, 3, 3)).dtype == np.float64
+    assert int(plain[1].num_batches_tracked) == 0

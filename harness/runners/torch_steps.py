@@ -237,11 +237,19 @@ def _float64_output(model: nn.Module, batch: torch.Tensor) -> np.ndarray | None:
     for module in twin.modules():  # the harness's taps came along with the copy
         module._forward_pre_hooks.clear()
         module._forward_hooks.clear()
+    # A copy shares nothing with the user's module, unless its code keeps a reference to the
+    # original (a closure over a submodule): then the twin's forward would step the user's state.
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     try:
         with torch.no_grad():
-            return to_numpy(twin.double()(batch.to(torch.float64)))
+            output = to_numpy(twin.double()(batch.to(torch.float64)))
     except Exception:  # a model float64 cannot run is left without this oracle
+        output = None
+    after = model.state_dict()
+    if any(not torch.equal(before[name], after[name]) for name in before):
+        model.load_state_dict(before)  # put the user's state back; this oracle cannot be trusted
         return None
+    return output
 
 
 def _module_forward(forward: Callable, batch: torch.Tensor) -> np.ndarray:
