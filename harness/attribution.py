@@ -339,11 +339,17 @@ def _parted_attribution(case, reference, other, verdict, reference_call, other_c
     what = f"their states before this step differ ({differing}); {shares}"
     causes = [(v, found) for v, found in earlier if v.step < verdict.step and found.kind != "unattributed"
               and not v.field.startswith(MODULE + ".")]
-    if causes:
-        cause, found = causes[0]
+    # The divergence that parted this very state: the latest earlier one of the same BatchNorm's
+    # statistic that differs (the variance it normalises with is its running_var).
+    bn_prefix = verdict.field.removeprefix(MODULE + ".").rpartition(".")[0]
+    statistics = {"running_var" if name == "normalising_variance" else name for name in parted}
+    related = [(v, found) for v, found in causes if v.field.rpartition(".")[0] == bn_prefix
+               and v.field.rpartition(".")[2] in statistics]
+    stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
+    if related or (causes and not stored):
+        cause, found = (related or causes)[-1]  # the nearest: it names the first cause it follows from
         return Attribution(found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides,
                            derived=True)
-    stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if stored:
         return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=state_gap)
     return Attribution("unattributed", what, sides)

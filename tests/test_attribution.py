@@ -262,3 +262,23 @@ def test_torch_runners_record_the_model_in_float64_where_layers_besides_batchnor
     assert result.observations[(0, "module.bn.num_batches_tracked")].value == 0, "the float64 copy's forward changed nothing"
     bare = create_runner("torch-eager").run(load_case(write_case(tmp_path, "bare", EVAL_BN2D)))
     assert bare.model_oracle == {}, "a bare BatchNorm's output has its BatchNorm oracle"
+
+
+def test_parted_state_follows_the_divergence_that_parted_it_not_an_unrelated_earlier_one():
+    # An output divergence at step 0 (the running statistics agree) does not explain a state that
+    # parts because Keras normalises with the variance it stores.
+    train_keras = dataclasses.replace(ONNX_CALL, semantics="keras", running_var_reported="unbiased")
+    eval_torch = dataclasses.replace(TORCH_CALL, uses_batch_stats=False, updates_running_stats=False,
+                                     running_var_before=np.array([1.2, 0.8]))
+    eval_keras = dataclasses.replace(eval_torch, semantics="keras", momentum=0.9, running_var_reported="unbiased",
+                                     stored_var_before=np.array([1.2, 0.8]) * 3 / 4, num_batches_tracked_before=None)
+    two_steps = dataclasses.replace(CASE, steps=(Step("train_step", seed=0), Step("forward", seed=0)))
+    reference = RunResult("torch-eager", "ok", observations={
+        **observed(0, output=(oracle(TORCH_CALL).output, "float32")), **observed(1, output=(oracle(eval_torch).output, "float32"))},
+        bn_calls={(0, ""): TORCH_CALL, (1, ""): eval_torch})
+    other = RunResult("keras-tensorflow", "ok", observations={
+        **observed(0, output=(oracle(train_keras).output + 0.01, "float32")), **observed(1, output=(oracle(eval_keras).output, "float32"))},
+        bn_calls={(0, ""): train_keras, (1, ""): eval_keras})
+    first, second = [v for v in attribute_all(two_steps, reference, other, list(compare_runs(two_steps, reference, other))) if not v]
+    assert first.attribution == "implementation deviates"
+    assert second.attribution == "conventions differ" and "normalises with the variance it stores" in second.attribution_text
