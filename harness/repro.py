@@ -124,8 +124,10 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
     from harness.tolerance import tolerance_for
 
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), keep_trailing_newline=True)
+    # The graph's own dtype, as the spec run saw it (a backend test brings it with its data).
+    dtype = next((observed.dtype for observed in spec.observations.values() if observed.dtype), case.dtype)
     (bundle / "repro.py").write_text(environment.get_template("graph_repro.py.j2").render(
-        case=case, tolerance=tolerance_for([case.dtype], case.tolerance)))
+        case=case, tolerance=tolerance_for([dtype], case.tolerance)))
     return bundle
 
 

@@ -122,3 +122,17 @@ def test_a_keras_bundle_of_an_agreeing_port_shows_nothing(tmp_path):
     run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 divergence(s) shown (rtol=1.3e-06, atol=1e-05)" in run.stdout
+
+
+def test_a_backend_test_bundle_compares_in_the_graphs_own_dtype(tmp_path):
+    import numpy as np
+
+    from tests.test_graph_cases import UNIT, X_NCL, write_node_test
+
+    x = X_NCL.astype(np.float16)
+    write_node_test(tmp_path / "cases" / "half", 15, x, [a.astype(np.float16) for a in UNIT],
+                    [(x.astype(np.float64) / np.sqrt(1 + 1e-5)).astype(np.float16)])
+    graph = write_case(tmp_path / "cases", "case", "description: d\nonnx_backend_test: half\n")
+    assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 0
+    script = (tmp_path / "out" / "case" / "graph" / "repro.py").read_text()
+    assert "RTOL, ATOL = 0.001, 1e-05  # float16 rtol=0.001" in script
