@@ -53,9 +53,9 @@ def harness_run(cases: list[Path] | Path, jobs: int = 1, runners: str | None = N
 
 
 def bench_scripts(case_dir: Path) -> None:
-    from harness.cli import case_files, run_files
-    from harness.repro import bundle_runners, write_bundle
-    from harness.schema import load_cases
+    from harness.frontends.cli import case_files, run_files
+    from harness.report.repro import bundle_runners, write_bundle
+    from harness.load.schema import load_cases
 
     bundles, files, runners = [], [], {"torch-eager"}
     paths = list(case_files([case_dir]))
@@ -88,7 +88,7 @@ def bench_floor(case_dir: Path) -> None:
     """Per case, the harness (warm workers) against the bare framework calls its runners make, in
     this process: the torch walk, one export per exporter (runners sharing an export share it, as
     in the harness), a session per ONNX executor, and the Keras build and calls (tensorflow)."""
-    from harness.execution import Executor, compute_on_one_thread
+    from harness.run.execution import Executor, compute_on_one_thread
 
     os.environ["KERAS_BACKEND"] = "tensorflow"
     compute_on_one_thread()  # as the harness's workers compute
@@ -96,12 +96,12 @@ def bench_floor(case_dir: Path) -> None:
     import onnx
     import torch
 
-    from harness.cli import case_files
-    from harness.inputs import make_batch
-    from harness.keras_mapping import Unmappable, keras_mapping
-    from harness.runners.onnx_export import open_executor
-    from harness.runners.torch_models import apply_mode, build_model, to_tensor
-    from harness.schema import load_cases
+    from harness.frontends.cli import case_files
+    from harness.core.inputs import make_batch
+    from harness.core.keras_mapping import Unmappable, keras_mapping
+    from harness.run.runners.onnx_export import open_executor
+    from harness.run.runners.torch_models import apply_mode, build_model, to_tensor
+    from harness.load.schema import load_cases
 
     exporters = {False: ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"),
                  True: ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt")}

@@ -2,7 +2,7 @@
 
 import sys
 
-from harness.cli import main
+from harness.frontends.cli import main
 
 # Guarded: worker processes started with "spawn" import the parent's __main__ again.
 if __name__ == "__main__":

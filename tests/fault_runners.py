@@ -7,9 +7,9 @@ import os
 import sys
 import time
 
-from harness.case import Case
-from harness.results import RunResult
-from harness.runners.base import FrameworkMissing, Runner, import_framework, skipped
+from harness.core.case import Case
+from harness.core.results import RunResult
+from harness.run.runners.base import FrameworkMissing, Runner, import_framework, skipped
 
 
 class AbortRunner(Runner):

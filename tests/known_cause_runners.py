@@ -1,9 +1,9 @@
 """Test-only runners that each inject ONE deviation of known cause into an otherwise faithful
 torch-eager run, for tests/test_known_causes.py: the bench that proves attribution right.
 
-Every runner walks the case exactly as `torch-eager` does (`harness.runners.torch_steps.run_steps`,
+Every runner walks the case exactly as `torch-eager` does (`harness.run.runners.torch_steps.run_steps`,
 with the same BatchNorm taps), under its own name. The deviation is put in by patching, for the
-duration of the run only, two names `run_steps` looks up in `harness.runners.torch_steps`:
+duration of the run only, two names `run_steps` looks up in `harness.run.runners.torch_steps`:
 
 - `build_model`: the model is built as usual, then `alter` changes it (a parameter, or a BatchNorm's
   `forward` replaced by a wrapper). The taps are attached after the build, so the forward pre-hook
@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.case import Case
-from harness.inputs import make_batch
-from harness.results import RunResult
-from harness.runners import torch_steps
-from harness.runners.torch_eager import TorchEagerRunner
-from harness.runners.torch_models import batchnorms, to_tensor
+from harness.core.case import Case
+from harness.core.inputs import make_batch
+from harness.core.results import RunResult
+from harness.run.runners import torch_steps
+from harness.run.runners.torch_eager import TorchEagerRunner
+from harness.run.runners.torch_models import batchnorms, to_tensor
 
 IMPLEMENTATION = "implementation deviates"
 CONVENTIONS = "conventions differ"
@@ -67,13 +67,13 @@ def _initial_training(case: Case, path: str) -> bool:
 
 def bn_trains(case: Case) -> bool:
     """Whether every BatchNorm of the case starts in training mode (no set_mode in our cases)."""
-    from harness.models import MODEL_SPECS
+    from harness.core.models import MODEL_SPECS
 
     return all(_initial_training(case, path) for path in MODEL_SPECS[case.model].batchnorm_paths)
 
 
 def bn_evaluates(case: Case) -> bool:
-    from harness.models import MODEL_SPECS
+    from harness.core.models import MODEL_SPECS
 
     return not any(_initial_training(case, path) for path in MODEL_SPECS[case.model].batchnorm_paths)
 

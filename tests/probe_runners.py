@@ -9,9 +9,9 @@ import os
 import sys
 import time
 
-from harness.case import Case
-from harness.results import RunResult
-from harness.runners.base import Runner
+from harness.core.case import Case
+from harness.core.results import RunResult
+from harness.run.runners.base import Runner
 
 SLOW_S = 2.0
 

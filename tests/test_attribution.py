@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.attribution import attribute_all
-from harness.case import BNConfig, Case, ExportOptions, InputSpec, ModeSetting, Step
-from harness.compare import compare_runs
-from harness.results import BNCall, Observed, RunResult
-from harness.semantics import oracle
+from harness.judge.attribution import attribute_all
+from harness.core.case import BNConfig, Case, ExportOptions, InputSpec, ModeSetting, Step
+from harness.judge.compare import compare_runs
+from harness.core.results import BNCall, Observed, RunResult
+from harness.core.semantics import oracle
 
 CASE = Case("c", "cases/c.yaml", "", "batchnorm1d", BNConfig(2), ModeSetting((("", True),)), InputSpec((64, 2), "float32"),
             (Step("forward", seed=0), Step("export", export=ExportOptions()), Step("forward", seed=0)))
@@ -199,7 +199,7 @@ def test_attribution_measures_with_the_comparisons_tolerance_and_each_sides_dtyp
 
 
 def test_an_attribution_that_contradicts_its_own_measurements_is_a_harness_error():
-    from harness.attribution import Attribution, SideCheck, invariant_violation
+    from harness.judge.attribution import Attribution, SideCheck, invariant_violation
 
     within = SideCheck("torch-eager", "pytorch", error=1e-7, allowed=1e-5, floor=1e-7)
     beyond = SideCheck("onnx-torchscript-ort", "onnx", error=0.5, allowed=1e-5, floor=1e-7)
@@ -217,7 +217,7 @@ def test_an_attribution_that_contradicts_its_own_measurements_is_a_harness_error
 
 
 def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_computed(monkeypatch):
-    from harness import engine
+    from harness.judge import engine
 
     reference, other = run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL)
     real = engine.attribute_all
@@ -246,10 +246,10 @@ def test_a_model_output_no_batchnorm_oracle_reaches_is_judged_against_the_model_
 
 def test_torch_runners_record_the_model_in_float64_where_layers_besides_batchnorm_shape_the_output(tmp_path):
     torch = pytest.importorskip("torch")
-    from harness.runners import create_runner
-    from harness.runners.torch_models import build_model, to_tensor
-    from harness.inputs import make_batch
-    from harness.schema import load_case
+    from harness.run.runners import create_runner
+    from harness.run.runners.torch_models import build_model, to_tensor
+    from harness.core.inputs import make_batch
+    from harness.load.schema import load_case
     from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
     case = load_case(write_case(tmp_path, "forum", FORUM_FLIP))

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from harness import cli
-from harness.baseline import compare_results, load_results
-from harness.errors import HarnessError
+from harness.frontends import cli
+from harness.report.baseline import compare_results, load_results
+from harness.core.errors import HarnessError
 from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness import cli
+from harness.frontends import cli
 from tests.tiny_cases import EVAL_BN2D, write_case
 
 pytest.importorskip("torch")
@@ -65,9 +65,9 @@ def test_a_run_killed_halfway_keeps_every_finished_case_in_its_journal(tmp_path,
     write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
     results = tmp_path / "reports" / "results.json"
     # The harness's own command line, with the test-only runner that never returns registered.
-    script = ("import sys; from harness.runners import register_runner; "
+    script = ("import sys; from harness.run.runners import register_runner; "
               "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
-              "from harness import cli; sys.exit(cli.main(sys.argv[1:]))")
+              "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))")
     run = subprocess.Popen([sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
                            cwd=Path(__file__).resolve().parents[1], start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.case import ToleranceOverride
-from harness.compare import compare_observed
-from harness.results import Observed
+from harness.core.case import ToleranceOverride
+from harness.judge.compare import compare_observed
+from harness.core.results import Observed
 
 
 def verdict(reference, other, *, field="bn.running_var", dtypes=("float32", "float32"), tolerance=None):
-    from harness.case import BNConfig, Case, InputSpec, ModeSetting, Step
+    from harness.core.case import BNConfig, Case, InputSpec, ModeSetting, Step
 
     case = Case("c", "c.yaml", "", "batchnorm2d", BNConfig(3), ModeSetting((("", True),)), InputSpec((2, 3, 1, 1), "float32"),
                 (Step("forward", seed=0),) * 3, tolerance=tolerance)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import cli
-from harness.engine import run_case
-from harness.execution import ArrivalOrderSlots, Executor
-from harness.runners import register_runner, unregister_runner
-from harness.schema import load_case
+from harness.frontends import cli
+from harness.judge.engine import run_case
+from harness.run.execution import ArrivalOrderSlots, Executor
+from harness.run.runners import register_runner, unregister_runner
+from harness.load.schema import load_case
 from tests.fault_runners import FAULT_RUNNERS
 from tests.probe_runners import PROBE_RUNNERS
 from tests.tiny_cases import EVAL_BN2D, write_case
@@ -89,7 +89,7 @@ def test_runners_sharing_an_export_observe_what_each_would_alone(tmp_path, execu
 
 def test_a_fault_in_a_shared_walk_is_rerun_runner_by_runner(tmp_path, fault_runners, executor, monkeypatch):
     """Which runner of a crashed shared walk made the crash is found by running each alone."""
-    from harness import runners
+    from harness.run import runners
 
     monkeypatch.setitem(runners.SHARED_WALKS, ("fault-abort", "onnx-torchscript-ort"), "tests.fault_runners:abort_in_shared_walk")
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
@@ -210,7 +210,7 @@ def test_every_worker_computes_on_one_thread(tmp_path, probe_runners, executor, 
     pytest.importorskip("onnxruntime")
     from onnx import helper
 
-    from harness.runners.onnx_export import open_executor
+    from harness.run.runners.onnx_export import open_executor
 
     graph = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
                                                 [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],

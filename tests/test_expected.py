@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.case import BNConfig, Case, Expectation, InputSpec, ModeSetting, Step
-from harness.compare import compare_observed
-from harness.engine import explain_classification
-from harness.expected import classify
-from harness.results import Observed, RunResult
+from harness.core.case import BNConfig, Case, Expectation, InputSpec, ModeSetting, Step
+from harness.judge.compare import compare_observed
+from harness.judge.engine import explain_classification
+from harness.judge.expected import classify
+from harness.core.results import Observed, RunResult
 
 OTHER = "onnx-torchscript-ort"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.case import GraphCase
-from harness.engine import run_case
-from harness.errors import CaseError, RunnerError
-from harness.runners import create_runner
-from harness.schema import load_case
+from harness.core.case import GraphCase
+from harness.judge.engine import run_case
+from harness.core.errors import CaseError, RunnerError
+from harness.run.runners import create_runner
+from harness.load.schema import load_case
 from tests.tiny_cases import write_case
 
 onnx = pytest.importorskip("onnx")
@@ -120,7 +120,7 @@ def test_an_unknown_backend_test_names_the_case_and_what_is_missing(tmp_path):
 NODE_TESTS_DUMP = """\
 import hashlib, sys
 import numpy as np
-from harness.runners import graph
+from harness.run.runners import graph
 if sys.argv[1] == "all":  # what onnx's own collect_testcases makes
     import warnings
     from onnx.backend.test.case.node import collect_testcases

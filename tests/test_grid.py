@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import CaseError
-from harness.grid import MAX_GRID_POINTS
-from harness.schema import load_case, load_cases
+from harness.core.errors import CaseError
+from harness.load.grid import MAX_GRID_POINTS
+from harness.load.schema import load_case, load_cases
 from tests.tiny_cases import EVAL_BN2D, write_case
 
 GRID = EVAL_BN2D + """\
@@ -90,7 +90,7 @@ def test_the_run_reports_each_point_as_its_own_case(tmp_path):
     pytest.importorskip("torch")
     import json
 
-    from harness import cli
+    from harness.frontends import cli
 
     write_case(tmp_path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [1.0e-5, 0.001]\n")
     results = tmp_path / "results.json"
@@ -121,7 +121,7 @@ def test_one_point_of_a_grid_runs_alone_by_its_id(tmp_path, capsys):
     pytest.importorskip("torch")
     import json
 
-    from harness import cli
+    from harness.frontends import cli
 
     path = write_case(tmp_path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [1.0e-5, 0.001]\n")
     results = tmp_path / "results.json"

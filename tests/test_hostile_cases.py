@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from harness import cli
-from harness.errors import CaseError
-from harness.schema import load_case
+from harness.frontends import cli
+from harness.core.errors import CaseError
+from harness.load.schema import load_case
 from tests.hostile_corpus import MUTATIONS, generate
 from tests.tiny_cases import EVAL_BN2D, write_case
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.case import InputSpec
-from harness.inputs import make_batch
+from harness.core.case import InputSpec
+from harness.core.inputs import make_batch
 
 
 def test_batches_are_seeded_and_reproducible():

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from harness.case import KerasOptions
-from harness.keras_mapping import Unmappable, keras_mapping
-from harness.schema import load_case
+from harness.core.case import KerasOptions
+from harness.core.keras_mapping import Unmappable, keras_mapping
+from harness.load.schema import load_case
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
 
@@ -56,7 +56,7 @@ def test_pytorch_features_without_a_keras_counterpart(bn2d):
 
 
 def test_keras_axis_is_checked_against_the_input_rank(tmp_path):
-    from harness.errors import CaseError
+    from harness.core.errors import CaseError
 
     with pytest.raises(CaseError, match=r"keras.axis: axis 4 is outside an input of rank 4; allowed: -4..3"):
         load_case(write_case(tmp_path, "case", EVAL_BN2D + "keras: {axis: 4}\n"))

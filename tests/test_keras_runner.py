@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.inputs import make_batch
-from harness.execution import default_executor
-from harness.runners import create_runner
-from harness.runners import keras as keras_runners
-from harness.schema import load_case
+from harness.core.inputs import make_batch
+from harness.run.execution import default_executor
+from harness.run.runners import create_runner
+from harness.run.runners import keras as keras_runners
+from harness.load.schema import load_case
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
 pytest.importorskip("torch")
@@ -74,8 +74,8 @@ def test_a_case_keras_cannot_express_skips_with_the_reason(tmp_path):
 
 
 def test_a_backend_that_cannot_import_keras_is_skipped_with_the_missing_package(tmp_path):
-    from harness.keras_mapping import keras_mapping
-    from harness.runners.keras_worker import run_case_in_worker
+    from harness.core.keras_mapping import keras_mapping
+    from harness.run.runners.keras_worker import run_case_in_worker
 
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
     import sys

@@ -1,7 +1,7 @@
 """The bench that proves attribution right: deviations of known cause.
 
 Each runner of tests/known_cause_runners.py injects ONE known deviation into an otherwise faithful
-torch-eager run. Both run in-process on the same case, `harness.engine.judge` compares them, and
+torch-eager run. Both run in-process on the same case, `harness.judge.engine.judge` compares them, and
 every divergence must get the class the deviation's cause defines, with the injected runner named
 as the deviating side (or as the runner a step changed).
 
@@ -36,11 +36,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from harness.attribution import CLASSES, ROUNDING_FLOOR_FACTOR  # noqa: E402
-from harness.engine import judge  # noqa: E402
-from harness.fields import MODULE, MODULE_BN_ATTRIBUTES  # noqa: E402
-from harness.runners.torch_eager import TorchEagerRunner  # noqa: E402
-from harness.schema import load_case  # noqa: E402
+from harness.judge.attribution import CLASSES, ROUNDING_FLOOR_FACTOR  # noqa: E402
+from harness.judge.engine import judge  # noqa: E402
+from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES  # noqa: E402
+from harness.run.runners.torch_eager import TorchEagerRunner  # noqa: E402
+from harness.load.schema import load_case  # noqa: E402
 from tests.known_cause_runners import (  # noqa: E402
     CONVENTIONS,
     IMPLEMENTATION,

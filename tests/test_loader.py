@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import CaseError
-from harness.loader import MAX_CASE_FILE_BYTES, format_path, load_yaml
+from harness.core.errors import CaseError
+from harness.load.loader import MAX_CASE_FILE_BYTES, format_path, load_yaml
 
 
 def problems_of(text: str) -> list[str]:

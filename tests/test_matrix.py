@@ -3,8 +3,8 @@ from __future__ import annotations
 import copy
 import json
 
-from harness import cli
-from harness.matrix import environment_labels, matrix_table
+from harness.frontends import cli
+from harness.report.matrix import environment_labels, matrix_table
 
 DOC = {
     "schema_version": 1,

@@ -6,7 +6,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from harness.runners.onnx_graph import expose_running_stats, find_batchnorms, stored_values  # noqa: E402
+from harness.run.runners.onnx_graph import expose_running_stats, find_batchnorms, stored_values  # noqa: E402
 
 
 def batchnorm_model(opset: int, training: bool, stat_names=("bn.running_mean", "bn.running_var")) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.schema import load_cases
+from harness.load.schema import load_cases
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

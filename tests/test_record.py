@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from harness.compare import compare_observed
-from harness.engine import CaseResult
-from harness.expected import Classification
-from harness.record import SCHEMA_VERSION, write_results
-from harness.results import Observed, RunResult
+from harness.judge.compare import compare_observed
+from harness.judge.engine import CaseResult
+from harness.judge.expected import Classification
+from harness.report.record import SCHEMA_VERSION, write_results
+from harness.core.results import Observed, RunResult
 
 
 def test_results_are_strict_json_with_schema_version_environment_and_verdict_fields(tmp_path):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from harness.report import render_report, write_report
+from harness.report.render import render_report, write_report
 
 CHANNEL_DIFFS = [0.0, 0.17, 0.03]
 RESULTS = {

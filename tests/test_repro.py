@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from harness import cli
-from harness.engine import run_case
-from harness.errors import HarnessError
-from harness.repro import bundle_runners, write_bundle
-from harness.schema import load_case
+from harness.frontends import cli
+from harness.judge.engine import run_case
+from harness.core.errors import HarnessError
+from harness.report.repro import bundle_runners, write_bundle
+from harness.load.schema import load_case
 from tests.tiny_cases import FORUM_FLIP, write_case
 
 onnx = pytest.importorskip("onnx")

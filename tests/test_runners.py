@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from harness.inputs import make_batch
-from harness.runners import create_runner
-from harness.schema import load_case
+from harness.core.inputs import make_batch
+from harness.run.runners import create_runner
+from harness.load.schema import load_case
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
 pytest.importorskip("torch")
@@ -147,7 +147,7 @@ def test_torch_compile_steps_the_running_stats_as_eager_and_recompiles_for_eval(
 def test_a_recorded_tensor_is_a_copy_not_a_view_of_the_live_buffer(dtype):
     import torch
 
-    from harness.runners.torch_models import TORCH_DTYPES, to_numpy
+    from harness.run.runners.torch_models import TORCH_DTYPES, to_numpy
 
     bn = torch.nn.BatchNorm2d(3).to(TORCH_DTYPES[dtype])
     before = to_numpy(bn.running_mean)
@@ -187,7 +187,7 @@ def test_the_float64_twin_never_changes_the_users_module():
     # twin runs; the harness then puts them back and gives no float64 oracle for that step.
     import torch
 
-    from harness.runners.torch_steps import _float64_output
+    from harness.run.runners.torch_steps import _float64_output
 
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)).train()
     bn = model[1]

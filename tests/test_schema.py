@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import CaseError
-from harness.schema import MAX_INPUT_ELEMENTS, load_case
+from harness.core.errors import CaseError
+from harness.load.schema import MAX_INPUT_ELEMENTS, load_case
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 

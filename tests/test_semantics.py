@@ -10,8 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.results import BNCall
-from harness.semantics import SPECS, oracle
+from harness.core.results import BNCall
+from harness.core.semantics import SPECS, oracle
 
 X = np.array([[1.0], [2.0], [3.0], [4.0]])  # (N=4, C=1)
 BASE = BNCall(semantics="pytorch", input=X, channel_axis=1, uses_batch_stats=True, updates_running_stats=True,

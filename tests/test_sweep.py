@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.engine import run_case
-from harness.sweep import FAMILIES, sweep_case
+from harness.judge.engine import run_case
+from harness.load.sweep import FAMILIES, sweep_case
 
 pytest.importorskip("torch")
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from harness.case import ToleranceOverride
-from harness.tolerance import DEFAULT_TOLERANCES, tolerance_for
+from harness.core.case import ToleranceOverride
+from harness.judge.tolerance import DEFAULT_TOLERANCES, tolerance_for
 
 
 def test_defaults_are_torch_testing_values():

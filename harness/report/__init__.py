@@ -1,5 +1,1 @@
-"""The HTML divergence report, rendered from results.json alone."""
-
-from harness.report.render import render_report, write_report
-
-__all__ = ["render_report", "write_report"]
+"""Stage 4, report: results.json and its journal, the baseline, the version matrix, the HTML report and repro bundles."""

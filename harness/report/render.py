@@ -52,7 +52,7 @@ def render_report(results: Mapping[str, Any]) -> str:
 
 def write_report(results: Mapping[str, Any], path: Path) -> None:
     """Write the report atomically."""
-    from harness.record import write_atomically
+    from harness.report.record import write_atomically
 
     write_atomically(path, render_report(results))
 
@@ -112,8 +112,8 @@ def _repro_command(case: Mapping[str, Any], diverging: set[str]) -> str | None:
     """The command that writes this case's repro bundles, where one can be written."""
     import shlex
 
-    from harness.engine import case_location
-    from harness.repro import EXPORT_RUNNERS, KERAS_BACKENDS
+    from harness.judge.engine import case_location
+    from harness.report.repro import EXPORT_RUNNERS, KERAS_BACKENDS
 
     graph_case = "onnx-spec" in case.get("runners", {})
     if case.get("file") and (graph_case and diverging or diverging & (EXPORT_RUNNERS.keys() | KERAS_BACKENDS.keys())):

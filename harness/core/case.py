@@ -1,0 +1,223 @@
+"""The domain model of a case: frozen data, built only by `harness.load.schema` from a valid file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+STEP_KINDS = ("forward", "export", "train_step", "set_mode")
+EXPORT_TRAINING_OPTIONS = ("eval", "preserve", "training")
+
+
+@dataclass(frozen=True, slots=True)
+class BNConfig:
+    """The configuration every BatchNorm of the model is built with, in PyTorch's terms."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1  # None: cumulative moving average
+    affine: bool = True
+    track_running_stats: bool = True
+    weight: tuple[float, ...] | None = None
+    bias: tuple[float, ...] | None = None
+    running_mean: tuple[float, ...] | None = None
+    running_var: tuple[float, ...] | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, slots=True)
+class ModeSetting:
+    """Training flags set as a user would: parents first (`model.train()`, then `model.bn.eval()`)."""
+
+    assignments: tuple[tuple[str, bool], ...]  # (submodule path, training)
+
+    def describe(self) -> str:
+        """`train` for the whole model, else `{"": train, bn: eval}`."""
+        if len(self.assignments) == 1 and self.assignments[0][0] == "":
+            return "train" if self.assignments[0][1] else "eval"
+        inner = ", ".join(
+            f"{path or chr(34) * 2}: {'train' if training else 'eval'}" for path, training in self.assignments
+        )
+        return "{" + inner + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """How to make an input batch: a seeded normal distribution shaped per channel, or literals."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    seed: int = 0
+    mean: float = 0.0
+    std: float = 1.0
+    channel_offset: tuple[float, ...] | None = None
+    channel_scale: tuple[float, ...] | None = None
+    constant_channels: tuple[tuple[int, float], ...] = ()
+    values: tuple[float, ...] | None = None  # flattened literal values, row-major
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """Options of an export step, named as in `torch.onnx.export`."""
+
+    training: str = "eval"  # eval | preserve | training -> torch.onnx.TrainingMode
+    opset: int | None = None  # None: the exporter's default
+    dynamic_batch: bool = False
+    # TorchScript: do_constant_folding (which also folds an eval BatchNorm into its Conv);
+    # dynamo: optimize (onnxscript's optimiser, which folds constants).
+    constant_folding: bool = True
+    # How the runtimes run a training graph: as_exported, as the exporter wrote it (its running
+    # statistics stay the stored initializers; what it computes goes where the exporter sent it);
+    # fed_back: each training BatchNorm's statistics become graph inputs and its updated ones
+    # outputs, fed back at the next forward, as a training loop carries them.
+    graph_state: str = "as_exported"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a case, after `train_step: {repeat: N}` has been expanded."""
+
+    kind: str
+    seed: int | None = None  # the input batch of a forward / train_step
+    export: ExportOptions | None = None
+    mode: ModeSetting | None = None
+
+    def label(self) -> str:
+        """A short human name: `forward`, `export(training=eval)`, `set_mode(eval)`."""
+        if self.kind == "export" and self.export is not None:
+            options = [f"training={self.export.training}"]
+            if self.export.opset is not None:
+                options.append(f"opset={self.export.opset}")
+            if self.export.dynamic_batch:
+                options.append("dynamic_batch")
+            if not self.export.constant_folding:
+                options.append("constant_folding=False")
+            if self.export.graph_state != "as_exported":
+                options.append(f"graph_state={self.export.graph_state}")
+            return f"export({', '.join(options)})"
+        if self.kind == "set_mode" and self.mode is not None:
+            return f"set_mode({self.mode.describe()})"
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A divergence the case is known to produce, with its reason and upstream link."""
+
+    runners: tuple[str, ...]
+    reason: str
+    fields: tuple[str, ...] = ()  # shell-style patterns over field names
+    steps: tuple[int, ...] | None = None  # None: at any step
+    status: str | None = None  # an expected runner status instead of fields
+    link: str | None = None
+    line: int | None = None
+
+    def describe(self) -> str:
+        """What is expected, in one line."""
+        runners = ", ".join(self.runners)
+        if self.status is not None:
+            return f"{runners} ends with status {self.status}"
+        where = "at any step" if self.steps is None else "after step " + ", ".join(map(str, self.steps))
+        return f"{', '.join(self.fields)} {where} differs in {runners}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToleranceOverride:
+    """A case's own (rtol, atol) for some dtypes, and why the defaults do not fit."""
+
+    reason: str
+    by_dtype: tuple[tuple[str, float, float], ...] = ()  # (dtype, rtol, atol)
+
+
+@dataclass(frozen=True, slots=True)
+class KerasOptions:
+    """How the Keras runners port the model: PyTorch's meaning mapped, or Keras's own defaults,
+    plus the porting mistakes a case reproduces (None: not overridden)."""
+
+    parameters: str = "mapped"  # mapped | framework-defaults
+    momentum: float | None = None
+    epsilon: float | None = None
+    axis: int | None = None
+    trainable: bool | None = None
+    training_argument: str = "explicit"  # explicit | omitted (Keras then runs in inference)
+    running_var: str = "as_stored"  # as_stored (biased) | unbiased (re-expressed in PyTorch's convention)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A validated case file."""
+
+    case_id: str
+    path: str
+    description: str
+    model: str
+    bn: BNConfig
+    mode: ModeSetting
+    input: InputSpec
+    steps: tuple[Step, ...]
+    model_seed: int = 0
+    expectations: tuple[Expectation, ...] = ()
+    tolerance: ToleranceOverride | None = None
+    runners: tuple[str, ...] | None = None  # None: every registered runner
+    keras: KerasOptions = KerasOptions()
+    timeout_s: float | None = None  # per runner; None: the command line's, else harness.run.execution's default
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the case's BatchNorms compute in."""
+        return self.bn.dtype
+
+    def step_label(self, index: int) -> str:
+        """`step 2 (forward)`."""
+        return f"step {index} ({self.steps[index].label()})"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNodeSpec:
+    """A hand-built ONNX BatchNormalization node, to test runtimes directly against the spec."""
+
+    opset: int
+    training_mode: bool
+    num_features: int
+    epsilon: float = 1e-5
+    momentum: float = 0.9  # ONNX's meaning: the weight of the old value
+    dtype: str = "float32"
+    scale: tuple[float, ...] | None = None
+    bias: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    var: tuple[float, ...] | None = None
+    # inputs: mean and var are graph inputs, fed at every step (a training node's running
+    # statistics fed back); initializers: stored in the graph, as exporters write them, so that
+    # onnxruntime's constant handling of them is exercised (a training node then starts every
+    # step from the stored values).
+    statistics: str = "inputs"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCase:
+    """A case on an ONNX graph instead of a torch model: a hand-built BatchNormalization node run
+    on seeded inputs, or a directory in the ONNX backend-test layout with its stored outputs."""
+
+    case_id: str
+    path: str
+    description: str
+    node: GraphNodeSpec | None = None
+    backend_test: str | None = None  # onnx:node/NAME, onnx:data/PATH, or a directory
+    input: InputSpec | None = None
+    steps: tuple[Step, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    tolerance: ToleranceOverride | None = None
+    runners: tuple[str, ...] | None = None
+    directory: str = ""  # of the case file: relative backend-test paths start there
+    timeout_s: float | None = None
+
+    @property
+    def dtype(self) -> str:
+        """The node's dtype (a backend test's comes with its data)."""
+        return self.node.dtype if self.node is not None else "float32"
+
+    def step_label(self, index: int) -> str:
+        """`step 1 (forward)`, or `data set 1` for a backend test."""
+        if self.node is None:
+            return f"data set {index}"
+        return f"step {index} ({self.steps[index].label()})"

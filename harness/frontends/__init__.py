@@ -1,0 +1,1 @@
+"""The front ends on top of the stages: the CLI and the pytest plugin."""

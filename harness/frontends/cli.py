@@ -1,0 +1,303 @@
+"""`python -m harness run`: the main job without pytest: run the cases, print a summary, write
+results.json and the HTML report. `python -m harness baseline compare OLD NEW`: the nightly
+regression check. `python -m harness matrix FILES`: the version matrix side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
+from harness.judge.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
+from harness.run.execution import DEFAULT_TIMEOUT_S
+from harness.core.errors import CaseError, HarnessError
+from harness.judge.expected import describe_unchecked
+from harness.core.runner_table import runner_names
+from harness.load.schema import load_cases
+
+
+def split_case_id(path: Path) -> tuple[Path, str | None]:
+    """`cases/x.yaml::x[eps=0.1]` (one point of a grid, as pytest and the summary name it) ->
+    (the file, the case id); a plain path -> (the path, None)."""
+    file, separator, case_id = str(path).partition("::")
+    return (Path(file), case_id) if separator else (path, None)
+
+
+def case_files(paths: Sequence[Path]) -> Iterator[Path]:
+    """The YAML files named (or `file::case id`), and those under the directories named, in sorted order."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+        else:
+            yield path
+
+
+def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[CaseResult]:
+    """Load every case file, start the workers of the runners they use (their imports overlap),
+    schedule all runners at once (the executor runs `jobs` at a time, and stops each family's
+    workers when the family has nothing left), and yield each case's
+    result in file order as soon as it is complete. A bad file or a harness bug becomes that
+    case's result only."""
+    from harness.run.execution import default_executor
+
+    loaded: list[CaseResult | tuple[Any, tuple[str, ...]]] = []
+    for path in paths:
+        path, wanted = split_case_id(path)
+        try:
+            cases = load_cases(path, display_path=str(path))
+        except CaseError as error:
+            loaded.append(CaseResult(path.stem, str(path), "invalid", error=str(error)))
+            continue
+        if wanted is not None:
+            chosen = tuple(case for case in cases if case.case_id == wanted)
+            if not chosen:
+                loaded.append(CaseResult(wanted, str(path), "error", error=f"{path}: no case {wanted!r}; its cases: "
+                                         + ", ".join(case.case_id for case in cases)))
+            cases = chosen
+        for case in cases:
+            try:
+                loaded.append((case, select_runners(case, only)))
+            except HarnessError as error:
+                loaded.append(CaseResult(case.case_id, case.path, "error", case.description, error=str(error)))
+    executor = default_executor()
+    executor.warm(list(dict.fromkeys(name for item in loaded if not isinstance(item, CaseResult) for name in item[1])))
+    scheduled = [item if isinstance(item, CaseResult) else (item[0], executor.submit(*item)) for item in loaded]
+    executor.seal()  # each family's workers stop once its part of the run is done
+    for item in scheduled:
+        if isinstance(item, CaseResult):
+            yield item
+            continue
+        case, futures = item
+        try:
+            yield judge(case, tuple(future.result() for future in futures))
+        except HarnessError as error:
+            yield CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
+        except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
+            yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
+        finally:
+            executor.forget(case)
+
+
+def journal_path(results: Path) -> Path:
+    """`reports/results.json` -> `reports/results.jsonl`."""
+    return results.with_suffix(".jsonl")
+
+
+def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
+    """`python -m harness recover JOURNAL`: results.json and the report of the cases a run finished."""
+    from harness.report.record import read_journal, write_document
+
+    try:
+        document = read_journal(journal)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_document(results, document)
+    print(f"{len(document['cases'])} finished case(s) from {journal}; results written to {results}")
+    return render_report_file(results, report)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text}")
+    return value
+
+
+def summary_line(result: CaseResult) -> str:
+    """`passed  cases/x.yaml  known 6, agree 120; onnx-dynamo-ort: skipped (...)`; a grid point
+    is named by its id after the file: `cases/x.yaml::x[eps=0.001]`."""
+    where = case_location(result.path, result.case_id)
+    if result.classification is None:
+        return f"{result.outcome:8} {where}"
+    known = len(result.classification.known)
+    agree = sum(1 for verdict in result.verdicts if verdict)
+    text = f"{result.outcome:8} {where}  known divergences {known}, agreeing comparisons {agree}"
+    unchecked = describe_unchecked([why for _, why in result.classification.unverified])
+    not_ok = [f"{run.runner}: {run.status}" for run in result.runs if run.status != "ok"]
+    return text + (f"; {unchecked}" if unchecked else "") + (f"; {', '.join(not_ok)}" if not_ok else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run case files and write results.json")
+    run.add_argument("paths", nargs="*", type=Path, default=[Path("cases")], help="case files, directories, or FILE::CASE_ID for one point of a grid (default: cases)")
+    run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
+    run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
+    run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
+    run.add_argument("--report", type=Path, default=None,
+                     help="where to write the HTML report at the end (default: report.html beside --results)")
+    run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners computing at once, one core each (default 1)")
+    run.add_argument("--timeout", type=_positive_float, default=None,
+                     help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})")
+    recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
+    recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
+    recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
+    recover.add_argument("--report", type=Path, default=None, help="default: report.html beside --results")
+    report = commands.add_parser("report", help="render the HTML report of a results.json")
+    report.add_argument("results", type=Path, help="a results.json")
+    report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
+    baseline = commands.add_parser("baseline", help="compare results with a stored baseline")
+    baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True)
+    compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
+    compare.add_argument("old", type=Path, help="the baseline results.json")
+    compare.add_argument("new", type=Path, help="the new results.json")
+    compare.add_argument("--factor", type=float, default=DEFAULT_MAGNITUDE_FACTOR,
+                         help=f"report a divergence whose greatest difference moved by more than this factor (default {DEFAULT_MAGNITUDE_FACTOR})")
+    save = baseline_commands.add_parser("save", help="keep what a baseline needs of a results.json")
+    save.add_argument("results", type=Path, help="a results.json")
+    save.add_argument("-o", "--output", type=Path, default=Path("reports/baseline.json"), help="default: reports/baseline.json")
+    matrix = commands.add_parser("matrix", help="several results.json side by side (the version matrix)")
+    matrix.add_argument("results", type=Path, nargs="+", help="results.json files, e.g. reports/matrix/*.json")
+    matrix.add_argument("--all", action="store_true", help="also the rows that are the same everywhere")
+    repro = commands.add_parser("repro", help="write repro bundles for a case's exporter and Keras divergences")
+    repro.add_argument("case", type=Path, help="a case file")
+    repro.add_argument("-o", "--output", type=Path, default=Path("reports/repro"), help="default: reports/repro")
+    args = parser.parse_args(argv)
+    if args.command == "repro":
+        return write_repro_bundles(args.case, args.output)
+    if args.command == "matrix":
+        return print_matrix(args.results, args.all)
+    if args.command == "baseline" and args.baseline_command == "save":
+        return save_baseline(args.results, args.output)
+    if args.command == "baseline":
+        return compare_baseline(args.old, args.new, args.factor)
+    if args.command == "report":
+        return render_report_file(args.results, args.output)
+    if args.command == "recover":
+        return recover_from_journal(args.journal, args.results, args.report or args.results.with_name("report.html"))
+
+    only = None
+    if args.runners:
+        only = tuple(name.strip() for name in args.runners.split(",") if name.strip())
+        unknown = [name for name in only if name not in runner_names()]
+        if unknown:
+            parser.error(f"--runners: unknown {', '.join(unknown)}; allowed: {', '.join(runner_names())}")
+    files = list(case_files(args.paths))
+    if not files:
+        parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
+
+    from harness.run import execution
+    from harness.report.record import Journal, write_results
+
+    execution.configure(jobs=args.jobs, timeout_s=args.timeout)
+    results = []
+    journal = Journal(journal_path(args.results))
+    try:
+        for result in run_files(files, only):
+            results.append(result)
+            journal.append(result)  # a run killed halfway keeps every finished case
+            print(summary_line(result), flush=True)
+            if result.outcome in ("failed", "invalid", "error"):
+                print(_indent(result.explain()), flush=True)
+            if args.verbose and result.classification is not None and result.classification.known:
+                print(_indent(explain_known(result.classification)), flush=True)
+    finally:
+        journal.close()
+    write_results(args.results, results)
+    counts = Counter(result.outcome for result in results)
+    print(f"results written to {args.results} (journal: {journal.path})")
+    render_report_file(args.results, args.report or args.results.with_name("report.html"))
+    unchecked = sum(len(result.classification.unverified) for result in results if result.classification is not None)
+    totals = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error"))
+    print(totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else ""))
+    return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+def write_repro_bundles(path: Path, output: Path) -> int:
+    """`python -m harness repro CASE`: run the case, write one bundle per exporter or Keras runner that diverged."""
+    from harness.core.case import Case
+    from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
+
+    try:
+        path, wanted = split_case_id(path)
+        for case in load_cases(path, display_path=str(path)):  # each point of a grid, or the one named
+            if wanted is not None and case.case_id != wanted:
+                continue
+            result = run_case(case)
+            if not isinstance(case, Case):
+                print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
+                continue
+            runners = bundle_runners(result)
+            if not runners:
+                print(f"{case.case_id}: no exporter or Keras runner diverged: nothing to reproduce")
+                continue
+            for runner in runners:
+                print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_matrix(paths: Sequence[Path], everything: bool) -> int:
+    """`python -m harness matrix reports/matrix/*.json`: which divergence appears in which versions."""
+    from harness.report.matrix import load_documents, matrix_table
+
+    try:
+        documents = load_documents(paths)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(matrix_table(documents, everything))
+    return 0
+
+
+def render_report_file(results: Path, output: Path) -> int:
+    """`python -m harness report results.json -o reports/report.html`."""
+    from harness.report.render import write_report
+
+    try:
+        write_report(load_results(results), output)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report written to {output}")
+    return 0
+
+
+def save_baseline(results: Path, output: Path) -> int:
+    """`python -m harness baseline save results.json -o reports/baseline.json`."""
+    try:
+        record = baseline_from(load_results(results))
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=1) + "\n")
+    divergences = sum(len(case["comparisons"]) for case in record["cases"])
+    print(f"baseline written to {output}: {len(record['cases'])} cases, {divergences} divergences")
+    return 0
+
+
+def compare_baseline(old: Path, new: Path, factor: float) -> int:
+    """`python -m harness baseline compare OLD NEW`: print the changes; 1 when there are any."""
+    try:
+        comparison = compare_results(load_results(old), load_results(new), factor)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(comparison.report())
+    return 1 if comparison.regressed else 0
+
+
+def _indent(text: str) -> str:
+    return "    " + text.replace("\n", "\n    ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

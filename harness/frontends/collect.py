@@ -1,0 +1,105 @@
+"""pytest items for case files: one item per case (per grid point); a bad file fails its own item only."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+
+from harness.judge.engine import CaseResult, run_case
+from harness.core.errors import CaseError, HarnessError
+from harness.load.schema import load_cases
+
+
+class CaseFailed(Exception):
+    """A case whose observations do not match its expectations."""
+
+    def __init__(self, result: CaseResult) -> None:
+        self.result = result
+        super().__init__(result.explain())
+
+
+def display_path(path: Path, root: Path) -> str:
+    """The path as the user sees it: relative to the rootdir when under it."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+class CaseFile(pytest.File):
+    """A YAML case file."""
+
+    def collect(self):
+        shown = display_path(self.path, self.config.rootpath)
+        try:
+            cases = load_cases(self.path, display_path=shown)
+        except CaseError as error:
+            # Never a collection error: that would stop every other case from running.
+            yield InvalidCaseItem.from_parent(self, name=self.path.stem, error=error)
+            return
+        for position, case in enumerate(cases):  # one item per point of a grid, in the grid's order
+            yield CaseItem.from_parent(self, name=case.case_id, case=case, position=position)
+
+
+class _HarnessItem(pytest.Item):
+    position = 0  # in its file: the summary and results.json list a grid's points in the grid's order
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, (CaseFailed, HarnessError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"case {self.name}"
+
+    def _record(self, result: CaseResult) -> None:
+        """Attach the case's record to the item: its reports carry it to the plugin, also from
+        pytest-xdist workers to the controller."""
+        import json
+
+        from harness.judge.engine import explain_known
+        from harness.report.record import case_record, plain_json
+
+        known = explain_known(result.classification) if result.classification and result.classification.known else ""
+        self.user_properties.append((CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)),
+                                                                      "known": known, "position": self.position})))
+
+
+class CaseItem(_HarnessItem):
+    """Runs one case on its runners and fails on a new divergence, a vanished one, or a bad status."""
+
+    def __init__(self, *, case, position: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.case, self.position = case, position
+
+    def runtest(self) -> None:
+        try:
+            result = run_case(self.case, self.config.stash[RUNNERS_KEY])
+        except Exception:
+            self._record(CaseResult(self.case.case_id, self.case.path, "error", self.case.description,
+                                    error=traceback.format_exc()))
+            raise
+        self._record(result)
+        if result.outcome == "skipped":
+            pytest.skip(result.error or "skipped")
+        if result.outcome != "passed":
+            raise CaseFailed(result)
+
+
+class InvalidCaseItem(_HarnessItem):
+    """Stands for a case file that did not load; fails with every problem found in it."""
+
+    def __init__(self, *, error: CaseError, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self) -> None:
+        self._record(CaseResult(self.name, self.error.path, "invalid", error=str(self.error)))
+        raise self.error
+
+
+CASE_RECORD_PROPERTY = "bn_harness_case"
+RESULTS_KEY = pytest.StashKey[list[dict]]()  # each finished case: {"record": results.json's entry, "known": text}
+RUNNERS_KEY = pytest.StashKey["tuple[str, ...] | None"]()

@@ -1,0 +1,1 @@
+"""Stage 1, load: YAML with line marks, grids, validation, frozen cases."""

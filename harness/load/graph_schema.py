@@ -1,0 +1,132 @@
+"""Validation of graph cases (`onnx_graph:` or `onnx_backend_test:`): the graph schema, assembled
+from the shared parts of the case schema, and the cross-field rules."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harness.core.case import GraphCase, GraphNodeSpec
+from harness.core.errors import CaseError, CaseProblem
+from harness.core.fields import GRAPH_OUTPUT_FIELDS, field_matches
+from harness.load.loader import LoadedDocument, format_path
+from harness.core.runner_table import GRAPH_REFERENCES, graph_runner_names
+
+GRAPH_FIELDS = GRAPH_OUTPUT_FIELDS
+GRAPH_KEYS = ("onnx_graph", "onnx_backend_test")
+
+
+def is_graph_case(data: Any) -> bool:
+    """Whether a document is a graph case rather than a torch-model case."""
+    return isinstance(data, dict) and any(key in data for key in GRAPH_KEYS)
+
+
+@functools.cache
+def graph_case_schema() -> dict[str, Any]:
+    """The graph case schema with the shared definitions of the case schema."""
+    from harness.load.schema import case_schema
+
+    base = case_schema()
+    schema = json.loads(resources.files("harness.load").joinpath("graph_case.schema.json").read_text())
+    schema["$defs"] = copy.deepcopy(base["$defs"])
+    schema["properties"]["input"] = copy.deepcopy(base["properties"]["input"])
+    schema["properties"]["tolerance"] = copy.deepcopy(base["properties"]["tolerance"])
+    # A graph case's steps are forwards only: the case schema's step, without export and set_mode.
+    step = copy.deepcopy(base["$defs"]["step"])
+    step["anyOf"][0]["enum"] = ["forward", "train_step"]
+    for kind in ("export", "set_mode"):
+        del step["anyOf"][1]["properties"][kind]
+    schema["$defs"]["graph_step"] = step
+    schema["properties"]["steps"]["items"] = {"$ref": "#/$defs/graph_step"}
+    names = list(graph_runner_names())
+    schema["properties"]["runners"]["items"]["enum"] = names
+    schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
+    return schema
+
+
+def graph_case_from_document(document: LoadedDocument, case_id: str, source: str) -> GraphCase:
+    """Validate a graph case and build it.
+
+    Raises:
+        CaseError: with every problem found.
+    """
+    from harness.load.schema import build_expectations, build_input, build_tolerance, expand_steps, schema_problems
+
+    problems = list(schema_problems(document, graph_case_schema()))
+    if not problems:
+        problems = sorted(_cross_field_problems(document), key=lambda problem: problem.line or 0)
+    if problems:
+        raise CaseError(source, problems)
+    data = document.data
+    node = None
+    if "onnx_graph" in data:
+        raw = data["onnx_graph"]
+        node = GraphNodeSpec(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
+    input_spec = build_input(data["input"], node.dtype) if "input" in data else None
+    return GraphCase(
+        case_id=case_id,
+        path=source,
+        description=" ".join(data["description"].split()),
+        node=node,
+        backend_test=data.get("onnx_backend_test"),
+        input=input_spec,
+        steps=tuple(expand_steps(data.get("steps", []), input_spec.seed if input_spec else 0)),
+        expectations=build_expectations(document),
+        tolerance=build_tolerance(data),
+        runners=tuple(data["runners"]) if "runners" in data else None,
+        timeout_s=float(data["timeout"]) if "timeout" in data else None,
+        directory=str(Path(source).parent),
+    )
+
+
+def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
+    data = document.data
+
+    def problem(path, message, allowed=None) -> CaseProblem:
+        return CaseProblem(document.line_of(path), format_path(path), message, allowed)
+
+    if sum(key in data for key in GRAPH_KEYS) != 1:
+        yield problem((), "a graph case names either onnx_graph or onnx_backend_test", "exactly one of them")
+        return
+    built = "onnx_graph" in data
+    for key in ("input", "steps"):
+        if built and key not in data:
+            yield problem((), f"a hand-built graph needs {key}", "input and steps")
+        if not built and key in data:
+            yield problem((key,), "a backend test brings its own inputs and data sets", "no input or steps")
+    if built:
+        node = data["onnx_graph"]
+        features = node["num_features"]
+        for name in ("scale", "bias", "mean", "var"):
+            if name in node and len(node[name]) != features:
+                yield problem(("onnx_graph", name), f"{len(node[name])} values for num_features={features}", f"{features} values")
+        shape = data.get("input", {}).get("shape", [])
+        if len(shape) >= 2 and shape[1] != features:
+            yield problem(("input", "shape", 1), f"{shape[1]} channels but num_features is {features}", str(features))
+    reference = GRAPH_REFERENCES["node" if built else "backend_test"]
+    step_count = len(list(_expanded(data))) if built else None
+    for index, raw in enumerate(data.get("expect", [])):
+        path = ("expect", index)
+        if ("field" in raw or "fields" in raw) == ("status" in raw):
+            yield problem(path, "an expectation names either field / fields or status", "exactly one of them")
+            continue
+        for pattern in [raw["field"]] if "field" in raw else raw.get("fields", []):
+            if not any(field_matches(pattern, name) for name in GRAPH_FIELDS):
+                yield problem((*path, "field"), f"{pattern!r} matches no field of a graph case", ", ".join(GRAPH_FIELDS))
+        if "status" not in raw and reference in raw["runners"]:
+            yield problem((*path, "runners"), f"{reference} is the reference of this case", "the runner(s) that differ from it")
+        steps = raw.get("step")
+        for step in [steps] if isinstance(steps, int) else steps or []:
+            if step_count is not None and step >= step_count:
+                yield problem((*path, "step"), f"step {step} does not exist", f"0..{step_count - 1}")
+
+
+def _expanded(data: dict[str, Any]):
+    from harness.load.schema import expand_steps
+
+    return expand_steps(data.get("steps", []), data.get("input", {}).get("seed", 0))

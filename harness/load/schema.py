@@ -1,0 +1,338 @@
+"""Validate a case file against the schema and the few cross-field rules it cannot express,
+then build the `Case`. Every problem in a file is reported at once, each with line and field.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from harness.core.case import (
+    BNConfig,
+    Case,
+    Expectation,
+    ExportOptions,
+    GraphCase,
+    InputSpec,
+    KerasOptions,
+    ModeSetting,
+    Step,
+    ToleranceOverride,
+)
+from harness.core.errors import CaseError, CaseProblem
+from harness.core.fields import field_matches, known_fields
+from harness.load.graph_schema import graph_case_from_document, is_graph_case
+from harness.load.grid import expand_grid, step_kind
+from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml
+from harness.core.models import MODEL_SPECS, ModelSpec
+from harness.core.runner_table import REFERENCE_RUNNER, runner_names
+from harness.load.schema_errors import explain_schema_error
+
+# A case may not ask for more input than this (elements of one batch).
+MAX_INPUT_ELEMENTS = 1 << 22
+
+
+def case_schema() -> dict[str, Any]:
+    """The JSON schema of a case file, with the registries' names filled in (runners registered
+    later included)."""
+    return _case_schema(runner_names())
+
+
+@functools.cache
+def _case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
+    schema = json.loads(resources.files("harness.load").joinpath("case.schema.json").read_text())
+    schema["properties"]["model"]["enum"] = list(MODEL_SPECS)
+    names = list(runners)
+    schema["properties"]["runners"]["items"]["enum"] = names
+    schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
+    return schema
+
+
+def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | GraphCase, ...]:
+    """Load, validate and build the cases in `path`: one, or one per point of its `grid:`.
+
+    Raises:
+        CaseError: with every problem found in the file (at the first point that has any).
+    """
+    source = display_path or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CaseError(source, [CaseProblem(None, "", f"cannot read the file: {error.strerror or error}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})",
+                                             "a UTF-8 text file")]) from None
+    document = load_yaml(text, source)
+    cases = []
+    for case_id, point in expand_grid(document, path.stem, source):
+        if is_graph_case(point.data):
+            cases.append(graph_case_from_document(point, case_id=case_id, source=source))
+        else:
+            cases.append(case_from_document(point, case_id=case_id, source=source))
+    return tuple(cases)
+
+
+def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
+    """The one case in `path` (a file without a grid).
+
+    Raises:
+        CaseError: a problem in the file, or a grid (use `load_cases`).
+    """
+    cases = load_cases(path, display_path)
+    if len(cases) != 1:
+        raise CaseError(display_path or str(path), [CaseProblem(None, "grid", f"the file is a grid of {len(cases)} cases",
+                                                               "load it with load_cases")])
+    return cases[0]
+
+
+def case_from_document(document: LoadedDocument, case_id: str, source: str) -> Case:
+    """Validate a loaded document (from a file, or generated) and build its `Case`.
+
+    Raises:
+        CaseError: with every problem found.
+    """
+    problems = list(schema_problems(document))
+    if not problems:
+        problems = sorted(cross_field_problems(document), key=lambda problem: problem.line or 0)
+    if problems:
+        raise CaseError(source, problems)
+    return build_case(document, case_id=case_id, source=source)
+
+
+def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = None) -> Iterator[CaseProblem]:
+    """Every violation of `schema` (default: the case schema), in file order."""
+    validator = jsonschema.Draft202012Validator(schema or case_schema())
+    problems = [problem for error in validator.iter_errors(document.data) for problem in explain_schema_error(document, error)]
+    yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
+
+
+def cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
+    """Rules between fields: shapes against the model and num_features, paths, expectations."""
+    data = document.data
+    spec = MODEL_SPECS[data["model"]]
+    checks = _CrossFieldChecks(document, spec)
+    yield from checks.input_shape()
+    yield from checks.bn_vectors()
+    yield from checks.mode_paths(("mode",), data["mode"])
+    steps = list(expand_steps(data["steps"], data["input"].get("seed", 0)))
+    for index, raw in enumerate(data["steps"]):
+        if isinstance(raw, dict) and "set_mode" in raw:
+            yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
+        if step_kind(raw) == "train_step" and "values" in data["input"]:
+            yield checks.problem(("steps", index), "train_step draws new seeded batches, but the input is literal values",
+                                 "forward steps, or a seeded distribution under input")
+    for index, raw in enumerate(data.get("expect", [])):
+        yield from checks.expectation(("expect", index), raw, len(steps))
+    axis = data.get("keras", {}).get("axis")
+    rank = len(data["input"]["shape"])
+    if axis is not None and not -rank <= axis < rank:
+        yield checks.problem(("keras", "axis"), f"axis {axis} is outside an input of rank {rank}", f"{-rank}..{rank - 1}")
+
+
+class _CrossFieldChecks:
+    def __init__(self, document: LoadedDocument, spec: ModelSpec) -> None:
+        self.document, self.spec, self.data = document, spec, document.data
+
+    def problem(self, path: PathKey, message: str, allowed: str | None = None) -> CaseProblem:
+        return CaseProblem(self.document.line_of(path), format_path(path), message, allowed)
+
+    def input_shape(self) -> Iterator[CaseProblem]:
+        shape, num_features = self.data["input"]["shape"], self.data["bn"]["num_features"]
+        if len(shape) not in self.spec.input_ranks:
+            ranks = " or ".join(str(rank) for rank in self.spec.input_ranks)
+            yield self.problem(("input", "shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
+            return
+        elements = math.prod(shape)
+        if elements > MAX_INPUT_ELEMENTS:
+            yield self.problem(("input", "shape"), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
+        if self.spec.channels_must_equal_num_features and shape[1] != num_features:
+            yield self.problem(("input", "shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
+        if self.spec.name in ("conv_bn", "forum_net") and min(shape[2:]) < 3:
+            yield self.problem(("input", "shape"), "the 3x3 convolution has no padding", "height and width >= 3")
+        channels = shape[1]
+        for name in ("channel_offset", "channel_scale"):
+            values = self.data["input"].get(name)
+            if values is not None and len(values) != channels:
+                yield self.problem(("input", name), f"{len(values)} values for {channels} channels", f"{channels} values")
+        for index, entry in enumerate(self.data["input"].get("constant_channels", [])):
+            if entry["channel"] >= channels:
+                yield self.problem(("input", "constant_channels", index, "channel"), f"channel {entry['channel']} out of range", f"0..{channels - 1}")
+        values = self.data["input"].get("values")
+        if values is not None:
+            found = _nested_shape(values)
+            if found != tuple(shape):
+                yield self.problem(("input", "values"), f"nested lists of shape {found or 'ragged/non-numeric'}", f"numbers of shape {tuple(shape)}")
+
+    def bn_vectors(self) -> Iterator[CaseProblem]:
+        num_features = self.data["bn"]["num_features"]
+        for name, value in self.data["bn"].items():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+                yield self.problem(("bn", name), "not a finite number", "finite numbers (NaN and Inf belong in input values)")
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            values = self.data["bn"].get(name)
+            if values is not None and len(values) != num_features:
+                yield self.problem(("bn", name), f"{len(values)} values for num_features={num_features}", f"{num_features} values")
+        running_var = self.data["bn"].get("running_var") or []
+        if any(value < 0 for value in running_var):
+            yield self.problem(("bn", "running_var"), "a variance is negative", "values >= 0")
+
+    def mode_paths(self, path: PathKey, mode: Any) -> Iterator[CaseProblem]:
+        if isinstance(mode, str):
+            return
+        known = ", ".join(repr(name) for name in self.spec.submodule_paths)
+        for submodule in mode:
+            if submodule not in self.spec.submodule_paths:
+                yield self.problem((*path, submodule), f"no submodule {submodule!r} in model {self.spec.name!r}", known)
+
+    def expectation(self, path: PathKey, raw: dict[str, Any], step_count: int) -> Iterator[CaseProblem]:
+        has_fields = "field" in raw or "fields" in raw
+        if has_fields == ("status" in raw) or ("field" in raw and "fields" in raw):
+            yield self.problem(path, "an expectation names either field / fields or status", "exactly one of them")
+            return
+        if "status" in raw and "step" in raw:
+            yield self.problem((*path, "step"), "a status expectation has no step", "field / fields with step")
+        if has_fields and REFERENCE_RUNNER in raw["runners"]:
+            others = ", ".join(name for name in runner_names() if name != REFERENCE_RUNNER)
+            yield self.problem((*path, "runners"), f"{REFERENCE_RUNNER} is the reference every other runner is compared with",
+                               f"the runner(s) that differ from it: {others}")
+        fields = known_fields(self.spec)
+        patterns = [raw["field"]] if "field" in raw else raw.get("fields", [])
+        for index, pattern in enumerate(patterns):
+            if not any(field_matches(pattern, name) for name in fields):
+                key = (*path, "field") if "field" in raw else (*path, "fields", index)
+                yield self.problem(key, f"{pattern!r} matches no field of model {self.spec.name!r}", ", ".join(fields))
+        steps = raw.get("step")
+        for step in [steps] if isinstance(steps, int) else steps or []:
+            if step >= step_count:
+                yield self.problem((*path, "step"), f"step {step} does not exist", f"0..{step_count - 1} (train_step repeats count one step each)")
+
+
+def _nested_shape(values: Any) -> tuple[int, ...] | None:
+    if isinstance(values, bool):
+        return None
+    if isinstance(values, (int, float)):
+        return ()
+    if not isinstance(values, list) or not values:
+        return None
+    shapes = {_nested_shape(item) for item in values}
+    if len(shapes) != 1 or None in shapes:
+        return None
+    return (len(values), *shapes.pop())
+
+
+def _flatten(values: Any) -> Iterator[float]:
+    if isinstance(values, list):
+        for item in values:
+            yield from _flatten(item)
+    else:
+        yield float(values)
+
+
+def _mode(raw: str | dict[str, str]) -> ModeSetting:
+    if isinstance(raw, str):
+        return ModeSetting((("", raw == "train"),))
+    # Parents before children, as a user writes `model.train(); model.bn.eval()`.
+    ordered = sorted(raw.items(), key=lambda item: 0 if item[0] == "" else item[0].count(".") + 1)
+    return ModeSetting(tuple((path, value == "train") for path, value in ordered))
+
+
+def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> Iterator[Step]:
+    """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed."""
+    index = 0
+    for raw in raw_steps:
+        kind = step_kind(raw)
+        options = (raw.get(kind) if isinstance(raw, dict) else None) or {}
+        if kind == "forward":
+            steps = [Step("forward", seed=options.get("seed", input_seed))]
+        elif kind == "train_step":
+            steps = [Step("train_step", seed=input_seed + index + offset + 1) for offset in range(options.get("repeat", 1))]
+        elif kind == "export":
+            steps = [Step("export", export=ExportOptions(**options))]
+        else:
+            steps = [Step("set_mode", mode=_mode(options))]
+        for step in steps:
+            yield step
+            index += 1
+
+
+def build_input(raw_input: dict[str, Any], default_dtype: str) -> InputSpec:
+    """The input spec of a validated `input:` section."""
+    return InputSpec(
+        shape=tuple(raw_input["shape"]),
+        dtype=raw_input.get("dtype", default_dtype),
+        seed=raw_input.get("seed", 0),
+        mean=raw_input.get("mean", 0.0),
+        std=raw_input.get("std", 1.0),
+        channel_offset=_tuple_or_none(raw_input.get("channel_offset")),
+        channel_scale=_tuple_or_none(raw_input.get("channel_scale")),
+        constant_channels=tuple((entry["channel"], float(entry["value"])) for entry in raw_input.get("constant_channels", [])),
+        values=tuple(_flatten(raw_input["values"])) if "values" in raw_input else None,
+    )
+
+
+def build_expectations(document: LoadedDocument) -> tuple[Expectation, ...]:
+    """The expectations of a validated document, each with its line."""
+    expectations = []
+    for index, raw in enumerate(document.data.get("expect", [])):
+        steps = raw.get("step")
+        expectations.append(
+            Expectation(
+                runners=tuple(raw["runners"]),
+                reason=" ".join(raw["reason"].split()),
+                fields=tuple([raw["field"]] if "field" in raw else raw.get("fields", [])),
+                steps=None if steps is None else tuple([steps] if isinstance(steps, int) else steps),
+                status=raw.get("status"),
+                link=raw.get("link"),
+                line=document.line_of(("expect", index)),
+            )
+        )
+    return tuple(expectations)
+
+
+def build_tolerance(data: dict[str, Any]) -> ToleranceOverride | None:
+    """A validated document's tolerance override, if any."""
+    if "tolerance" not in data:
+        return None
+    raw_tolerance = data["tolerance"]
+    return ToleranceOverride(
+        reason=" ".join(raw_tolerance["reason"].split()),
+        by_dtype=tuple((dtype, float(pair["rtol"]), float(pair["atol"])) for dtype, pair in raw_tolerance.items() if dtype != "reason"),
+    )
+
+
+def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
+    """The `Case` of a document that passed validation."""
+    data = document.data
+    bn = BNConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()})
+    input_spec = build_input(data["input"], bn.dtype)
+    return Case(
+        case_id=case_id,
+        path=source,
+        description=" ".join(data["description"].split()),
+        model=data["model"],
+        bn=bn,
+        mode=_mode(data["mode"]),
+        input=input_spec,
+        steps=tuple(expand_steps(data["steps"], input_spec.seed)),
+        model_seed=data.get("model_seed", 0),
+        expectations=build_expectations(document),
+        tolerance=build_tolerance(data),
+        runners=tuple(data["runners"]) if "runners" in data else None,
+        timeout_s=float(data["timeout"]) if "timeout" in data else None,
+        keras=KerasOptions(**data.get("keras", {})),
+    )
+
+
+def _tuple_or_none(values: list[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(value) for value in values)

@@ -1,0 +1,126 @@
+"""Schema violations in the user's words: `steps[2].mode: 'evaluate' is not allowed; allowed:
+train, eval`, an anyOf explained by the branch the author meant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
+
+from harness.core.errors import CaseProblem
+from harness.load.loader import LoadedDocument, PathKey, format_path
+
+
+def explain_schema_error(document: LoadedDocument, error: ValidationError) -> Iterator[CaseProblem]:
+    """The problems behind one schema error: an anyOf is explained by the branch that was meant."""
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        yield _problem(document, error)
+        return
+    branch_errors = _meant_branch_errors(error)
+    depth = len(error.absolute_path)
+    if all(len(sub.absolute_path) == depth and sub.validator in ("enum", "type") for sub in branch_errors):
+        # The value itself fits none of the alternatives: list them all.
+        path = tuple(error.absolute_path)
+        yield CaseProblem(document.line_of(path), format_path(path), f"{error.instance!r} is not allowed",
+                          _alternatives_text(error))
+        return
+    for sub in branch_errors:
+        yield from explain_schema_error(document, sub)
+
+
+def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
+    path: PathKey = tuple(error.absolute_path)
+    validator, value, instance = error.validator, error.validator_value, error.instance
+    if validator == "additionalProperties" and isinstance(instance, dict):
+        allowed_names = list(error.schema.get("properties", {}))
+        unknown = [key for key in instance if key not in allowed_names]
+        key_path = (*path, str(unknown[0])) if unknown else path
+        return CaseProblem(
+            document.line_of(key_path),
+            format_path(key_path),
+            "unknown field" if len(unknown) <= 1 else f"unknown fields {', '.join(map(str, unknown))}",
+            ", ".join(allowed_names) or "no fields",
+        )
+    line, field = document.line_of(path), format_path(path)
+    if validator == "required":
+        missing = [name for name in value if name not in instance]
+        return CaseProblem(line, field, f"missing required field {missing[0]!r}", ", ".join(value))
+    if validator == "enum":
+        return CaseProblem(line, field, f"{instance!r} is not allowed", ", ".join(map(str, value)))
+    if validator == "type":
+        return CaseProblem(line, field, f"got {_type_name(instance)} {instance!r}", _allowed_types(value))
+    if validator in _BOUNDS:
+        return CaseProblem(line, field, f"got {instance!r}", f"{_BOUNDS[validator]} {value}")
+    if validator in ("minItems", "maxItems"):
+        bound = "at least" if validator == "minItems" else "at most"
+        return CaseProblem(line, field, f"got {len(instance)} items", f"{bound} {value} items")
+    if validator in ("minProperties", "maxProperties"):
+        bound = "at least" if validator == "minProperties" else "exactly" if value == 1 else "at most"
+        return CaseProblem(line, field, f"got {len(instance)} keys", f"{bound} {value} key(s)")
+    if validator == "minLength":
+        return CaseProblem(line, field, "must not be empty", "a non-empty string")
+    if validator == "pattern":
+        return CaseProblem(line, field, f"{instance!r} does not match", f"a string matching {value}")
+    if validator == "uniqueItems":
+        return CaseProblem(line, field, "items repeat", "each item once")
+    return CaseProblem(line, field, error.message)
+
+
+def _alternatives_text(error: ValidationError) -> str | None:
+    """`forward, export, train_step, or a mapping with one key of: forward, ..., set_mode`."""
+    words: list[str] = []
+    for branch in error.schema.get(error.validator, []):
+        branch = _resolve(branch)
+        if "enum" in branch:
+            words += [str(value) for value in branch["enum"]]
+        elif branch.get("type") == "object" and "properties" in branch:
+            words.append("or a mapping with one key of: " + ", ".join(branch["properties"]))
+        elif branch.get("type") == "object":
+            words.append("or a mapping of submodule path to one of those")
+    return ", ".join(words) or None
+
+
+def _resolve(branch: dict[str, Any]) -> dict[str, Any]:
+    from harness.load.schema import case_schema
+
+    reference = branch.get("$ref", "")
+    if reference.startswith("#/$defs/"):  # graph cases share the case schema's definitions
+        return case_schema()["$defs"][reference.removeprefix("#/$defs/")]
+    return branch
+
+
+def _meant_branch_errors(error: ValidationError) -> list[ValidationError]:
+    """The errors of the anyOf branch the author meant: one of the written value's type, whose
+    errors lie deepest (it got furthest)."""
+    branches = error.schema[error.validator]
+    by_branch: dict[int, list[ValidationError]] = {}
+    for sub in error.context:
+        by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [index for index in by_branch if _fits_type(_resolve(branches[index]), error.instance)] or list(by_branch)
+    chosen = max(fitting, key=lambda index: max(len(sub.absolute_path) for sub in by_branch[index]))
+    return by_branch[chosen]
+
+
+def _fits_type(branch: dict[str, Any], instance: Any) -> bool:
+    if "enum" in branch:
+        return any(type(value) is type(instance) for value in branch["enum"])
+    declared = branch.get("type")
+    types = [declared] if isinstance(declared, str) else declared or []
+    python_types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+    return any(isinstance(instance, python_types.get(name, object)) for name in types)
+
+
+_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _type_name(instance: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return "null" if instance is None else names.get(type(instance), type(instance).__name__)
+
+
+def _allowed_types(value: str | list[str]) -> str:
+    names = {"object": "a mapping", "array": "a list", "number": "a number", "integer": "an integer",
+             "string": "a string", "boolean": "true or false", "null": "null"}
+    types = [value] if isinstance(value, str) else value
+    return " or ".join(names.get(name, name) for name in types)

@@ -1,0 +1,216 @@
+"""Compare a run's results.json with a stored baseline: what the nightly regression reports.
+
+A divergence is identified by (case, runner, field, step). Reported: divergences that are new or
+vanished, attribution classes that changed, magnitudes that moved by more than a factor, runner
+statuses and case outcomes that changed. A baseline from another environment is compared all the
+same, with the version differences listed first. A runner the baseline ran that the new run
+skipped in every case (its framework not installed, say) is one change, with the skip reason,
+instead of one per status and divergence it had.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import HarnessError
+
+DEFAULT_MAGNITUDE_FACTOR = 2.0
+DivergenceKey = tuple[str, str, str, int]  # (case id, runner, field, step)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between the baseline and the new run."""
+
+    kind: str  # new | vanished | class changed | magnitude moved | status changed | outcome changed | runner not run
+    what: str
+    before: Any = None
+    after: Any = None
+
+    def describe(self) -> str:
+        """`new: keras-torch running_var after step 0 in keras_backends_moment_stress (...)`."""
+        if self.before is None and self.after is None:
+            return f"{self.kind}: {self.what}"
+        return f"{self.kind}: {self.what}: {self.before} -> {self.after}"
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineComparison:
+    """Everything that differs; `regressed` when anything but version differences does."""
+
+    version_differences: tuple[str, ...]
+    changes: tuple[Change, ...]
+
+    @property
+    def regressed(self) -> bool:
+        """Whether the nightly job should fail."""
+        return bool(self.changes)
+
+    def report(self) -> str:
+        """The text the command prints: versions first, then each change, then a count."""
+        lines = []
+        if self.version_differences:
+            lines.append("The baseline comes from another environment:")
+            lines += [f"  {line}" for line in self.version_differences]
+        lines += [change.describe() for change in self.changes]
+        lines.append(f"{len(self.changes)} change(s) against the baseline" if self.changes else "no change against the baseline")
+        return "\n".join(lines)
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results.json document.
+
+    Raises:
+        HarnessError: not readable, not JSON, or not a results record.
+    """
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise HarnessError(f"{path}: cannot read a results record: {error}") from None
+    if not isinstance(document, dict) or "schema_version" not in document or "cases" not in document:
+        raise HarnessError(f"{path}: not a results record (no schema_version / cases)")
+    return document
+
+
+BASELINE_COMPARISON_KEYS = ("other", "field", "step", "classification", "attribution", "max_abs_diff", "dtype")
+
+
+def baseline_from(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What a baseline keeps of a results record: environment, outcomes, runner statuses and the
+    divergences (agreeing comparisons and verdict texts are what make results.json large)."""
+    return {
+        "schema_version": results["schema_version"],
+        "created": results.get("created"),
+        "environment": results.get("environment", {}),
+        "cases": [
+            {
+                "id": case["id"],
+                "file": case.get("file"),
+                "outcome": case["outcome"],
+                "runners": {name: {"status": runner.get("status")} for name, runner in case.get("runners", {}).items()},
+                "comparisons": [{key: comparison.get(key) for key in BASELINE_COMPARISON_KEYS}
+                                for comparison in case.get("comparisons", []) if comparison.get("classification") != "agree"],
+            }
+            for case in results.get("cases", [])
+        ],
+    }
+
+
+def compare_results(baseline: Mapping[str, Any], new: Mapping[str, Any],
+                    factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
+    """What changed from `baseline` to `new` (both results.json documents)."""
+    if factor <= 1:
+        raise HarnessError(f"the magnitude factor must be above 1; got {factor}")
+    return BaselineComparison(tuple(_version_differences(baseline, new)), tuple(_changes(baseline, new, factor)))
+
+
+def _version_differences(baseline: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[str]:
+    old_env, new_env = baseline.get("environment", {}), new.get("environment", {})
+    for key in ("python", "platform"):
+        if old_env.get(key) != new_env.get(key):
+            yield f"{key}: {old_env.get(key)} -> {new_env.get(key)}"
+    old_versions, new_versions = old_env.get("versions", {}), new_env.get("versions", {})
+    for package in sorted(set(old_versions) | set(new_versions)):
+        if old_versions.get(package) != new_versions.get(package):
+            yield f"{package}: {old_versions.get(package)} -> {new_versions.get(package)}"
+
+
+def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float) -> Iterator[Change]:
+    old_cases, new_cases = _by_id(baseline), _by_id(new)
+    not_run = _runners_not_run(old_cases, new_cases)
+    for runner, (reason, entries) in sorted(not_run.items()):
+        yield Change("runner not run", f"{runner} ran in the baseline and was skipped in every case here ({reason}); "
+                                       f"its {entries} divergence(s) in the baseline not compared")
+    old_cases = {case_id: _without(case, not_run) for case_id, case in old_cases.items()}
+    new_cases = {case_id: _without(case, not_run) for case_id, case in new_cases.items()}
+    for case_id in sorted(set(old_cases) | set(new_cases)):
+        old, current = old_cases.get(case_id), new_cases.get(case_id)
+        if old is None or current is None:
+            yield Change("new case" if old is None else "case gone", case_id)
+            continue
+        if old["outcome"] != current["outcome"]:
+            yield Change("outcome changed", case_id, old["outcome"], current["outcome"])
+        yield from _status_changes(case_id, old, current)
+        yield from _divergence_changes(case_id, old, current, factor)
+
+
+def _runners_not_run(old_cases: Mapping[str, Any], new_cases: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """Runners that ran in some baseline case and were skipped in every new case that has them:
+    runner -> (the first skip reason, how many baseline divergences that leaves uncompared)."""
+    ran_before = {name for case in old_cases.values() for name, run in case.get("runners", {}).items()
+                  if run.get("status") != "skipped"}
+    found: dict[str, tuple[str, int]] = {}
+    for runner in sorted(ran_before):
+        new_runs = [case["runners"][runner] for case in new_cases.values() if runner in case.get("runners", {})]
+        if new_runs and all(run.get("status") == "skipped" for run in new_runs):
+            entries = sum(len([key for key in _divergences(case) if key[1] == runner]) for case in old_cases.values())
+            found[runner] = (new_runs[0].get("reason") or "no reason given", entries)
+    return found
+
+
+def _without(case: Mapping[str, Any], runners: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The case with `runners` left out of its statuses and comparisons."""
+    if not runners:
+        return case
+    return {**case, "runners": {name: run for name, run in case.get("runners", {}).items() if name not in runners},
+            "comparisons": [c for c in case.get("comparisons", []) if c.get("other") not in runners]}
+
+
+def _by_id(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {case["id"]: case for case in document.get("cases", [])}
+
+
+def _status_changes(case_id: str, old: Mapping[str, Any], current: Mapping[str, Any]) -> Iterator[Change]:
+    old_runners, new_runners = old.get("runners", {}), current.get("runners", {})
+    for runner in sorted(set(old_runners) | set(new_runners)):
+        before = old_runners.get(runner, {}).get("status", "absent")
+        after = new_runners.get(runner, {}).get("status", "absent")
+        if before != after:
+            yield Change("status changed", f"{runner} in {case_id}", before, after)
+
+
+def _divergences(case: Mapping[str, Any]) -> dict[DivergenceKey, Mapping[str, Any]]:
+    return {
+        (case["id"], comparison["other"], comparison["field"], comparison["step"]): comparison
+        for comparison in case.get("comparisons", [])
+        if comparison.get("classification") != "agree"
+    }
+
+
+def _divergence_changes(case_id: str, old: Mapping[str, Any], current: Mapping[str, Any], factor: float) -> Iterator[Change]:
+    before, after = _divergences(old), _divergences(current)
+    for key in sorted(set(before) | set(after)):
+        _, runner, field, step = key
+        what = f"{runner} {field} after step {step} in {case_id}"
+        if key not in before:
+            yield Change("new divergence", what)
+        elif key not in after:
+            yield Change("vanished divergence", what)
+        else:
+            old_class, new_class = before[key].get("attribution"), after[key].get("attribution")
+            if old_class != new_class:
+                yield Change("class changed", what, old_class, new_class)
+            old_size, new_size = _magnitude(before[key]), _magnitude(after[key])
+            if _moved(old_size, new_size, factor):
+                yield Change("magnitude moved", what, f"{old_size:.3g}", f"{new_size:.3g}")
+
+
+def _magnitude(comparison: Mapping[str, Any]) -> float | None:
+    value = comparison.get("max_abs_diff")
+    if isinstance(value, str):  # results.json writes non-finite numbers as strings
+        return float(value)
+    return None if value is None else float(value)
+
+
+def _moved(old: float | None, new: float | None, factor: float) -> bool:
+    if old is None or new is None or old == new or (math.isnan(old) and math.isnan(new)):
+        return False  # NaN to NaN: the same divergence (a NaN output), not a move
+    if not (math.isfinite(old) and math.isfinite(new)) or old == 0 or new == 0:
+        return True
+    ratio = new / old
+    return ratio > factor or ratio < 1 / factor

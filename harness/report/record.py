@@ -1,0 +1,217 @@
+"""results.json: the machine-readable record of a run, written atomically; and its journal, one
+line per finished case, appended as the run goes, from which a killed run's results.json and
+report are rebuilt."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.judge.engine import CaseResult
+
+SCHEMA_VERSION = 1
+FRAMEWORK_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "jsonschema", "PyYAML", "pytest")
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform and installed framework versions (read from metadata, nothing imported)."""
+    versions = {}
+    for package in FRAMEWORK_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+
+
+def case_record(result: CaseResult) -> dict[str, Any]:
+    """One case as JSON-able data."""
+    record: dict[str, Any] = {
+        "file": result.path,
+        "id": result.case_id,
+        "description": result.description,
+        "steps": list(result.steps),
+        "outcome": result.outcome,
+        "error": result.error,
+        "runners": {run.runner: {"status": run.status, "reason": run.reason, "details": run.details} for run in result.runs},
+        "comparisons": [],
+    }
+    found = result.classification
+    if found is None:
+        return record
+    known = {id(verdict): expectation for verdict, expectation in found.known}
+    for verdict in result.verdicts:
+        entry = verdict.to_json()
+        expectation = known.get(id(verdict))
+        entry["classification"] = "agree" if verdict else ("known" if expectation else "new")
+        if expectation is not None:
+            entry["expectation"] = _expectation_record(expectation)
+        record["comparisons"].append(entry)
+    record["vanished"] = [
+        {**_expectation_record(gone.expectation), "runner": gone.runner, "seen_instead": gone.seen_instead} for gone in found.vanished
+    ]
+    record["statuses"] = [
+        {"runner": f.runner, "status": f.status, "reason": f.reason, "expected": f.expectation is not None} for f in found.statuses
+    ]
+    record["unverified"] = [{**_expectation_record(expectation), "why": why} for expectation, why in found.unverified]
+    return record
+
+
+def _expectation_record(expectation) -> dict[str, Any]:
+    return {
+        "fields": list(expectation.fields),
+        "steps": None if expectation.steps is None else list(expectation.steps),
+        "status": expectation.status,
+        "runners": list(expectation.runners),
+        "reason": expectation.reason,
+        "link": expectation.link,
+        "line": expectation.line,
+    }
+
+
+def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """The whole record: schema version, environment, time, and every case."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "cases": [case_record(result) for result in results],
+    }
+
+
+def results_json(results: Sequence[CaseResult]) -> str:
+    """results.json's text: strict JSON (no NaN), plain types only."""
+    return _document_text(results_document(results))
+
+
+def _document_text(document: dict[str, Any]) -> str:
+    """A results record as text: each top-level field on a line, then each case on a line of its
+    own (line tools and diffs see one case per line). Each line is encoded without indentation,
+    by json's C encoder: the whole library's 14 MB took 1.5 s through its indenting encoder, which
+    is pure Python, at the end of every run."""
+    fields = [f" {json.dumps(key)}: {_dumps(value)}" for key, value in document.items() if key != "cases"]
+    cases = ",\n".join(f"  {_dumps(case)}" for case in document["cases"])
+    return "{\n" + ",\n".join([*fields, f' "cases": [\n{cases}\n ]']) + "\n}\n"
+
+
+def plain_json(value: Any) -> Any:
+    """`value` as results.json holds it: plain types, non-finite numbers as strings."""
+    return json.loads(_dumps(value))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_finite(value), default=_json_default, allow_nan=False)
+
+
+class Journal:
+    """`results.jsonl`: a header line (schema version, time, environment), then one line per case
+    as it finishes, flushed to disk, so that a run killed halfway keeps every finished case."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("w", encoding="utf-8")
+        header = results_document([])
+        del header["cases"]
+        self._write({"journal": "bn-harness results", **header})
+
+    def append(self, result: CaseResult) -> None:
+        """One finished case."""
+        self._write({"case": case_record(result)})
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self._file.write(_dumps(entry) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_journal(path: Path) -> dict[str, Any]:
+    """The results record a journal holds: its header and every complete case line (a line cut
+    short by a kill is left out).
+
+    Raises:
+        HarnessError: not readable, or not a journal.
+    """
+    from harness.core.errors import HarnessError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise HarnessError(f"{path}: cannot read the journal: {error}") from None
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("journal") != "bn-harness results":
+        raise HarnessError(f"{path}: not a results journal (its first line is not a bn-harness journal header)")
+    cases = []
+    for line in lines[1:]:
+        try:
+            cases.append(json.loads(line)["case"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the last line of a killed run may be incomplete
+    document = {key: value for key, value in header.items() if key != "journal"}
+    return {**document, "cases": cases}
+
+
+def write_document(path: Path, document: dict[str, Any]) -> None:
+    """Write a results record (as read back from a journal) as results.json."""
+    write_atomically(path, _document_text(document))
+
+
+def document_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A results record around case records already made (as pytest's reports carry them)."""
+    document = results_document([])
+    document["cases"] = list(records)
+    return document
+
+
+def results_record(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """The record exactly as results.json holds it (for comparing without a file)."""
+    return json.loads(results_json(results))
+
+
+def write_results(path: Path, results: Sequence[CaseResult]) -> None:
+    """Write results.json atomically: a reader never sees half a file."""
+    write_atomically(path, results_json(results))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, with the umask's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False, encoding="utf-8") as handle:
+        handle.write(text)
+    # A temporary file is private (0600); results are an artifact others read: honour the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
+    os.replace(handle.name, path)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

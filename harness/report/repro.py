@@ -1,0 +1,164 @@
+"""Repro bundles: a directory per diverging runner with every step's batch and a standalone
+repro.py (the frameworks only, not this harness) that replays the case and prints each divergence.
+
+- ONNX exporter runners: also the exported model.onnx and test_data_set_0 in the ONNX backend-test
+  layout (the first batch after the export and torch-eager's output for it) and torch-eager's
+  observations; the script re-exports with the same exporter (numpy, torch, onnx, onnxruntime).
+- Keras runners: the script runs the torch model and the harness's own Keras port side by side
+  (numpy, torch, keras on the runner's backend); there is no ONNX model to bundle.
+- Graph cases: see `write_graph_bundle`."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.core.case import Case, GraphCase
+from harness.judge.engine import CaseResult
+from harness.core.errors import HarnessError
+from harness.core.inputs import make_batch
+from harness.core.models import MODEL_SPECS
+
+# Runners that export the user's module, and whether with dynamo (the replay uses the same exporter).
+EXPORT_RUNNERS = {"onnx-torchscript-ort": False, "onnx-dynamo-ort": True, "onnx-torchscript-ort-noopt": False,
+                  "onnx-dynamo-ort-noopt": True, "onnx-reference": False}
+NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+
+
+KERAS_BACKENDS = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch", "keras-numpy": "numpy"}
+
+
+def bundle_runners(result: CaseResult) -> list[str]:
+    """The runners of a case result that a bundle can reproduce: exporters and Keras ports that diverged."""
+    diverged = {verdict.other for verdict in result.verdicts if not verdict}
+    return [run.runner for run in result.runs if run.runner in diverged and run.status == "ok"
+            and ((run.runner in EXPORT_RUNNERS and run.artifacts) or run.runner in KERAS_BACKENDS)]
+
+
+def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -> Path:
+    """Write the bundle of `runner`'s divergences in `case` under `directory` and return it.
+
+    Raises:
+        HarnessError: no bundle can be made for this case and runner.
+    """
+    if case.bn.dtype not in NUMPY_DTYPES:
+        raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
+    if runner in KERAS_BACKENDS:
+        return _write_keras_bundle(case, runner, directory / case.case_id / runner)
+    runs = {run.runner: run for run in result.runs}
+    if runner not in EXPORT_RUNNERS or runner not in runs or "model.onnx" not in runs[runner].artifacts:
+        raise HarnessError(f"{case.path}: no repro bundle for {runner}: bundles cover the ONNX exporter runners "
+                           f"that exported a model ({', '.join(EXPORT_RUNNERS)}) and the Keras runners")
+    from onnx import numpy_helper
+
+    bundle = directory / case.case_id / runner
+    _write_batches(case, bundle)
+    (bundle / "model.onnx").write_bytes(runs[runner].artifacts["model.onnx"])
+    dtype = NUMPY_DTYPES[case.input.dtype]
+    np.save(bundle / "inputs" / "example.npy", make_batch(case.input, case.input.seed).astype(dtype))  # the export's example
+    export_index = next(i for i, step in enumerate(case.steps) if step.kind == "export")
+    forward_after = next((i for i, step in enumerate(case.steps) if i > export_index and step.seed is not None), None)
+    reference = runs[result.runs[0].runner]
+    if forward_after is not None and (forward_after, "output") in reference.observations:
+        data = bundle / "test_data_set_0"
+        data.mkdir(exist_ok=True)
+        batch = make_batch(case.input, case.steps[forward_after].seed).astype(dtype)
+        expected = np.asarray(reference.observations[(forward_after, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
+        (data / "input_0.pb").write_bytes(numpy_helper.from_array(batch).SerializeToString())
+        (data / "output_0.pb").write_bytes(numpy_helper.from_array(expected).SerializeToString())
+    observed = {f"{field}@{step}": _plain(value.value) for (step, field), value in reference.observations.items()
+                if field.startswith("module.")}
+    (bundle / "reference.json").write_text(json.dumps({"runner": reference.runner, "observations": observed}, indent=1))
+    (bundle / "repro.py").write_text(_script(case, runner))
+    return bundle
+
+
+def _write_batches(case: Case, bundle: Path) -> None:
+    """Every forward step's batch, as the case's input dtype, under inputs/step_<index>.npy."""
+    (bundle / "inputs").mkdir(parents=True, exist_ok=True)
+    dtype = NUMPY_DTYPES[case.input.dtype]
+    for index, step in enumerate(case.steps):
+        if step.seed is not None:
+            np.save(bundle / "inputs" / f"step_{index}.npy", make_batch(case.input, step.seed).astype(dtype))
+
+
+def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
+    from harness.core.keras_mapping import Unmappable, keras_mapping
+    from harness.run.runners import keras_port
+    from harness.run.runners.keras_worker import port_settings
+
+    try:
+        mapping = keras_mapping(case)
+    except Unmappable as reason:
+        raise HarnessError(f"{case.path}: no repro bundle for {runner}: no Keras port: {reason}") from None
+    _write_batches(case, bundle)
+    spec = MODEL_SPECS[case.model]
+    port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
+    (bundle / "repro.py").write_text(_render(
+        "keras_repro.py.j2", case, runner=runner, backend=KERAS_BACKENDS[runner], port_source=port_source,
+        settings=repr(port_settings(mapping)), mapping=mapping.summary(), submodule_paths=repr(spec.submodule_paths)))
+    return bundle
+
+
+def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> Path:
+    """A graph case's bundle: its model, one backend-test data set per step with the ONNX spec's
+    outputs, and a repro.py that runs them in onnxruntime (optimisations on and off) and onnx's
+    reference evaluator.
+
+    Raises:
+        HarnessError: the case has no spec oracle (not a single BatchNormalization node).
+    """
+    spec = next((run for run in result.runs if run.runner == "onnx-spec" and run.status == "ok"), None)
+    if spec is None:
+        raise HarnessError(f"{case.path}: no repro bundle: the ONNX spec oracle does not cover this graph")
+    bundle = directory / case.case_id / "graph"
+    for name, content in spec.artifacts.items():
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_bytes(content)
+    import jinja2
+
+    from harness.judge.tolerance import tolerance_for
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
+    # The graph's own dtype, as the spec run saw it (a backend test brings it with its data).
+    dtype = next((observed.dtype for observed in spec.observations.values() if observed.dtype), case.dtype)
+    (bundle / "repro.py").write_text(environment.get_template("graph_repro.py.j2").render(
+        case=case, tolerance=tolerance_for([dtype], case.tolerance)))
+    return bundle
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _script(case: Case, runner: str) -> str:
+    return _render("repro.py.j2", case, runner=runner, dynamo=EXPORT_RUNNERS[runner])
+
+
+def _render(template: str, case: Case, **values: Any) -> str:
+    """A repro script: the template with the case's model (the sources and constants of
+    _torch_model.py.j2) and `values`."""
+    import jinja2
+
+    from harness.run.runners import torch_models
+    from harness.judge.tolerance import tolerance_for
+
+    sources = [inspect.getsource(item) for item in (torch_models.make_batchnorm, torch_models.ConvBN, torch_models.ForumNet,
+                                                     torch_models.Head, torch_models.NestedTwoBN)]
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
+    steps = [{"kind": step.kind, "label": step.label(), "export": None if step.export is None else
+              {"training": step.export.training, "opset": step.export.opset, "dynamic_batch": step.export.dynamic_batch,
+               "constant_folding": step.export.constant_folding},
+              "mode": None if step.mode is None else [list(item) for item in step.mode.assignments]} for step in case.steps]
+    return environment.get_template(template).render(
+        case=case, sources="\n\n".join(sources), **values,
+        # Python literals (repr), not JSON: the script is Python.
+        bn=repr({key: getattr(case.bn, key) for key in case.bn.__slots__}),
+        steps=repr(steps), mode=repr([list(item) for item in case.mode.assignments]),
+        bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)), shape=repr(list(case.input.shape)),
+        tolerance=tolerance_for([case.dtype], case.tolerance),
+    )
