@@ -3,6 +3,8 @@ one whose framework is missing is `skipped`; every other result of the run is st
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 
@@ -89,9 +91,11 @@ def test_runners_sharing_an_export_observe_what_each_would_alone(tmp_path, execu
 
 def test_a_fault_in_a_shared_walk_is_rerun_runner_by_runner(tmp_path, fault_runners, executor, monkeypatch):
     """Which runner of a crashed shared walk made the crash is found by running each alone."""
-    from harness.run import runners
+    from harness.core import runner_table
 
-    monkeypatch.setitem(runners.SHARED_WALKS, ("fault-abort", "onnx-torchscript-ort"), "tests.fault_runners:abort_in_shared_walk")
+    monkeypatch.setitem(runner_table.RUNNERS, "fault-abort",
+                        dataclasses.replace(runner_table.RUNNERS["fault-abort"], exporter="torchscript"))
+    monkeypatch.setitem(runner_table.SHARED_WALKS, "torchscript", "tests.fault_runners:abort_in_shared_walk")
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
     abort, torchscript = executor.run(case, ["fault-abort", "onnx-torchscript-ort"])
     assert abort.status == "crashed" and "fault-abort: a C++ assertion failed" in abort.reason, abort.reason

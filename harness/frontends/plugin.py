@@ -11,7 +11,7 @@ from harness.frontends.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS
 from harness.judge.engine import case_location
 from harness.judge.expected import describe_unchecked
 from harness.run.execution import DEFAULT_TIMEOUT_S
-from harness.core.runner_table import runner_names
+from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 
 BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
 
@@ -29,7 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAMES",
         default=None,
         help=f"comma-separated runners to run, of: {', '.join(runner_names())}; "
-        "torch-eager always runs, as the reference (default: each case's own list, else all)",
+        f"{REFERENCE_RUNNER} always runs, as the reference (default: each case's own list, else all)",
     )
     group.addoption(
         "--harness-baseline",

@@ -14,7 +14,7 @@ from harness.judge.compare import compare_runs
 from harness.core.errors import RunnerError
 from harness.judge.expected import Classification, classify
 from harness.core.results import RunResult, Verdict
-from harness.core.runner_table import GRAPH_REFERENCES, REFERENCE_RUNNER, graph_runner_names, runner_names
+from harness.core.runner_table import GRAPH_REFERENCES, REFERENCE_RUNNER, SPEC_RUNNER, graph_runner_names, runner_names
 
 MAX_VERDICTS_SHOWN = 8
 
@@ -85,7 +85,7 @@ def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
     if reference.status == "skipped":
         return CaseResult(case.case_id, case.path, "skipped", case.description, steps, runs,
                           error=f"{reference.runner} skipped: {reference.reason}")
-    spec = next((run for run in runs if run.runner == "onnx-spec"), None)
+    spec = next((run for run in runs if run.runner == SPEC_RUNNER), None)
     verdicts = tuple(
         verdict
         for other in runs[1:]

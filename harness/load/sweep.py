@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import Case
+from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.loader import LoadedDocument
 from harness.load.schema import case_from_document
 
-ONNX_RUNNERS = ["torch-eager", "onnx-torchscript-ort", "onnx-dynamo-ort", "onnx-torchscript-ort-noopt",
-                "onnx-dynamo-ort-noopt", "onnx-reference"]
-KERAS_RUNNERS = ["torch-eager", "keras-tensorflow", "keras-jax", "keras-torch", "keras-numpy"]
-COMPILE_RUNNERS = ["torch-eager", "torch-compile"]
+# Each sweep family takes the reference and one group of the runner table.
+FAMILY_RUNNERS = {family: [REFERENCE_RUNNER, *runner_names(group)] for family, group in
+                  (("onnx", "onnx"), ("keras", "keras"), ("compile", "compile"))}
 FAMILIES = ("onnx", "keras", "compile")
 
 
@@ -90,15 +90,15 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
                   "channel_scale": [float(v) for v in rng.uniform(0.5, 2, channels)]},
     }
     if family == "onnx":
-        data.update(mode="eval", runners=ONNX_RUNNERS,
+        data.update(mode="eval", runners=FAMILY_RUNNERS["onnx"],
                     steps=["forward", {"export": {"training": "eval", "opset": int(rng.choice([15, 17, 18]))}}, "forward"])
     elif family == "keras":
         train = bool(rng.random() < 0.7)
         steps: list[Any] = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}] if train else ["forward", "forward"]
-        data.update(mode="train" if train else "eval", runners=KERAS_RUNNERS, keras={"running_var": "unbiased"}, steps=steps)
+        data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["keras"], keras={"running_var": "unbiased"}, steps=steps)
     else:  # compile: train steps, then eval (a recompilation on the guard on `training`)
         train = bool(rng.random() < 0.7)
         steps = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}, {"set_mode": "eval"}, "forward"] if train \
             else ["forward", "forward"]
-        data.update(mode="train" if train else "eval", runners=COMPILE_RUNNERS, steps=steps)
+        data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["compile"], steps=steps)
     return data

@@ -13,6 +13,8 @@ from typing import Any
 
 import jinja2
 
+from harness.core.runner_table import SPEC_RUNNER, repro_runner_names
+
 # Worst first: the status a case shows in the matrix is its worst cell's.
 # A case that did not load (invalid) or that the harness could not run (error) has no runner cells.
 SEVERITY = ("invalid", "error", "crashed", "timed_out", "run_failed", "export_failed", "new", "vanished", "known", "skipped", "agree")
@@ -113,10 +115,8 @@ def _repro_command(case: Mapping[str, Any], diverging: set[str]) -> str | None:
     import shlex
 
     from harness.judge.engine import case_location
-    from harness.report.repro import EXPORT_RUNNERS, KERAS_BACKENDS
-
-    graph_case = "onnx-spec" in case.get("runners", {})
-    if case.get("file") and (graph_case and diverging or diverging & (EXPORT_RUNNERS.keys() | KERAS_BACKENDS.keys())):
+    graph_case = SPEC_RUNNER in case.get("runners", {})
+    if case.get("file") and (graph_case and diverging or diverging & {*repro_runner_names("export"), *repro_runner_names("keras")}):
         # a grid point by its id, quoted: its brackets are shell patterns
         return f"python -m harness repro {shlex.quote(case_location(case['file'], case.get('id', '')))}"
     return None

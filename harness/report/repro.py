@@ -22,21 +22,17 @@ from harness.judge.engine import CaseResult
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch
 from harness.core.models import MODEL_SPECS
+from harness.core.runner_table import SPEC_RUNNER, repro_runner_names, runner_record
 
-# Runners that export the user's module, and whether with dynamo (the replay uses the same exporter).
-EXPORT_RUNNERS = {"onnx-torchscript-ort": False, "onnx-dynamo-ort": True, "onnx-torchscript-ort-noopt": False,
-                  "onnx-dynamo-ort-noopt": True, "onnx-reference": False}
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
-
-KERAS_BACKENDS = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch", "keras-numpy": "numpy"}
 
 
 def bundle_runners(result: CaseResult) -> list[str]:
     """The runners of a case result that a bundle can reproduce: exporters and Keras ports that diverged."""
     diverged = {verdict.other for verdict in result.verdicts if not verdict}
     return [run.runner for run in result.runs if run.runner in diverged and run.status == "ok"
-            and ((run.runner in EXPORT_RUNNERS and run.artifacts) or run.runner in KERAS_BACKENDS)]
+            and ((run.runner in repro_runner_names("export") and run.artifacts) or run.runner in repro_runner_names("keras"))]
 
 
 def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -> Path:
@@ -47,12 +43,12 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     """
     if case.bn.dtype not in NUMPY_DTYPES:
         raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
-    if runner in KERAS_BACKENDS:
+    if runner in repro_runner_names("keras"):
         return _write_keras_bundle(case, runner, directory / case.case_id / runner)
     runs = {run.runner: run for run in result.runs}
-    if runner not in EXPORT_RUNNERS or runner not in runs or "model.onnx" not in runs[runner].artifacts:
+    if runner not in repro_runner_names("export") or runner not in runs or "model.onnx" not in runs[runner].artifacts:
         raise HarnessError(f"{case.path}: no repro bundle for {runner}: bundles cover the ONNX exporter runners "
-                           f"that exported a model ({', '.join(EXPORT_RUNNERS)}) and the Keras runners")
+                           f"that exported a model ({', '.join(repro_runner_names('export'))}) and the Keras runners")
     from onnx import numpy_helper
 
     bundle = directory / case.case_id / runner
@@ -99,7 +95,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
     spec = MODEL_SPECS[case.model]
     port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
     (bundle / "repro.py").write_text(_render(
-        "keras_repro.py.j2", case, runner=runner, backend=KERAS_BACKENDS[runner], port_source=port_source,
+        "keras_repro.py.j2", case, runner=runner, backend=runner_record(runner).keras_backend, port_source=port_source,
         settings=repr(port_settings(mapping)), mapping=mapping.summary(), submodule_paths=repr(spec.submodule_paths)))
     return bundle
 
@@ -112,7 +108,7 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
     Raises:
         HarnessError: the case has no spec oracle (not a single BatchNormalization node).
     """
-    spec = next((run for run in result.runs if run.runner == "onnx-spec" and run.status == "ok"), None)
+    spec = next((run for run in result.runs if run.runner == SPEC_RUNNER and run.status == "ok"), None)
     if spec is None:
         raise HarnessError(f"{case.path}: no repro bundle: the ONNX spec oracle does not cover this graph")
     bundle = directory / case.case_id / "graph"
@@ -136,7 +132,7 @@ def _plain(value: Any) -> Any:
 
 
 def _script(case: Case, runner: str) -> str:
-    return _render("repro.py.j2", case, runner=runner, dynamo=EXPORT_RUNNERS[runner])
+    return _render("repro.py.j2", case, runner=runner, dynamo=runner_record(runner).exporter == "dynamo")
 
 
 def _render(template: str, case: Case, **values: Any) -> str:

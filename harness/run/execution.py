@@ -35,22 +35,20 @@ import pebble
 
 from harness.core.case import Case, GraphCase
 from harness.core.results import RunResult
+from harness.core.runner_table import TORCH_FAMILY, RunnerRecord, family_record, runner_family, runner_record, shared_walks
+from harness.run.runners import instantiate
 
-# What a family's worker imports before its first runner (warm-up overlaps across families).
-WARM_MODULES = {"torch-onnx": ("torch", "onnx", "onnxruntime", "onnxscript"), "keras": ("keras",),
-                "torch-compile": ("torch", "torch._inductor.compile_fx")}
 # One compute thread per worker, set before any framework is imported (a value already in the
 # environment wins): `jobs` is then the number of cores a run uses, no result depends on it, and
 # idle threads spinning in one worker do not slow another (torch's OpenMP threads did: a fifth
 # more CPU time with two workers). onnxruntime's sessions are set alike (`open_executor`).
 ONE_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
                           "TF_NUM_INTEROP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
-# The workers of the families that use torch fork from a server that imported these once, on one
-# thread (harness.run.fork_server), instead of each spawned worker importing them itself: 2.8 s per
-# worker, paid again by a second torch worker and by each worker that replaces a crashed or hung
-# one. Not onnxruntime: its import starts a native thread, which a fork does not copy. Not Keras:
-# a worker sets KERAS_BACKEND before its own import. The other Keras backends' workers spawn.
-FORK_SERVER_FAMILIES = ("torch-onnx", "torch-compile", "keras-torch")
+# The workers of the families that use torch (runner table: forks_from_server) fork from a server
+# that imported these once, on one thread (harness.run.fork_server), instead of each spawned worker
+# importing them itself: 2.8 s per worker, paid again by a second torch worker and by each worker
+# that replaces a crashed or hung one. Not onnxruntime: its import starts a native thread, which a
+# fork does not copy. Not Keras: a worker sets KERAS_BACKEND before its own import.
 FORK_SERVER_MODULES = ("torch", "onnx", "onnxscript", "torch._dynamo", "onnxscript.function_libs.torch_lib.ops")
 DEFAULT_TIMEOUT_S = 300.0  # per runner and case: a fresh worker's imports and a dynamo export fit well within it
 OUTPUT_TAIL_CHARS = 2000
@@ -60,8 +58,9 @@ def prepare_worker(family: str, output_directory: str) -> None:
     """Pool initializer: set what must be set before a framework is imported (Keras reads
     KERAS_BACKEND once; the thread counts), and send what the frameworks print (C++ logs
     included) to a file per worker process, whose tail a crash reports."""
-    if family.startswith("keras-"):
-        os.environ["KERAS_BACKEND"] = family.removeprefix("keras-")
+    backend = family_record(family).keras_backend
+    if backend is not None:
+        os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     compute_on_one_thread()
     output = os.open(os.path.join(output_directory, f"{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -87,9 +86,9 @@ def import_quietly(modules: Sequence[str]) -> None:
             pass
 
 
-def execute_runner(target: str, case: Case | GraphCase, inputs: dict[str, Any]) -> RunResult:
-    """In a worker: instantiate the runner class `module:Class` and run the case."""
-    return _resolve(target)().run(case, **inputs)
+def execute_runner(record: RunnerRecord, case: Case | GraphCase, inputs: dict[str, Any]) -> RunResult:
+    """In a worker: instantiate the runner its record names and run the case."""
+    return instantiate(record).run(case, **inputs)
 
 
 def execute_shared_walk(target: str, case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
@@ -125,7 +124,6 @@ class Executor:
     def warm(self, names: Sequence[str]) -> None:
         """Start the workers of these runners' families now, importing their frameworks, so that
         the families' imports overlap instead of coming one after another at their first case."""
-        from harness.run.runners import runner_family
 
         families = list(dict.fromkeys(runner_family(name) for name in names))
         forked = [family for family in families if _forks_from_server(family)]
@@ -134,14 +132,13 @@ class Executor:
             multiprocessing.forkserver.ensure_running()  # its imports start now, beside the spawned workers'
         # The spawned families first: the first fork waits for the server's imports.
         for family in [family for family in families if family not in forked] + forked:
-            modules = WARM_MODULES.get("keras" if family.startswith("keras-") else family, ())
+            modules = family_record(family).warms
             for _ in range(self._workers_of(family)):
                 self._pool(family).schedule(import_quietly, args=(modules,))
 
     def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
         """Schedule each runner of `names` on `case`; each future gives its RunResult. Runners that
         can share a walk (harness.run.runners.SHARED_WALKS) run as one, exporting once."""
-        from harness.run.runners import runner_family, shared_walks
 
         futures: dict[str, Future] = {}
         for members, target in shared_walks(names):
@@ -181,7 +178,6 @@ class Executor:
     def _dispatch(self, family: str, case: Case | GraphCase, function: Callable, *args: Any) -> Future:
         """Run `function(*args)` on one of the family's dispatch threads; count it as the family's
         pending work (and the torch family's, which builds a Keras runner's weights) until done."""
-        from harness.run.runners import TORCH_FAMILY
 
         families = (family, TORCH_FAMILY) if _ports_torch_weights(family, case) else (family,)
         with self._lock:
@@ -208,7 +204,6 @@ class Executor:
         return self._pools.pop(family, None)
 
     def _run_one(self, name: str, case: Case | GraphCase) -> RunResult:
-        from harness.run.runners import runner_family, runner_target
 
         family = runner_family(name)
         inputs: dict[str, Any] = {}
@@ -218,10 +213,9 @@ class Executor:
                 return RunResult(name, weights.status, f"building the torch weights for the Keras port: {weights.reason}",
                                  details=weights.details)
             inputs["torch_weights"] = weights
-        return self._call(name, family, execute_runner, (runner_target(name), case, inputs), self.timeout_for(case))
+        return self._call(name, family, execute_runner, (runner_record(name), case, inputs), self.timeout_for(case))
 
     def _run_shared_walk(self, target: str, names: tuple[str, ...], case: Case) -> tuple[RunResult, ...]:
-        from harness.run.runners import runner_family
 
         family = runner_family(names[0])
         outcome = self._call(" + ".join(names), family, execute_shared_walk, (target, case, names), self.timeout_for(case))
@@ -336,7 +330,7 @@ def _fork_server() -> multiprocessing.context.BaseContext:
 
 
 def _forks_from_server(family: str) -> bool:
-    return family in FORK_SERVER_FAMILIES and "forkserver" in multiprocessing.get_all_start_methods()
+    return family_record(family).forks_from_server and "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _member_of(walk: Future, index: int) -> Future:
@@ -360,7 +354,7 @@ def _member_of(walk: Future, index: int) -> Future:
 def _ports_torch_weights(family: str, case: Case | GraphCase) -> bool:
     """Whether a runner of `family` on `case` is a Keras port, given the torch model's weights
     (built in the torch family's worker)."""
-    return family.startswith("keras-") and isinstance(case, Case)
+    return family_record(family).keras_backend is not None and isinstance(case, Case)
 
 
 def _stop(pools: Sequence[pebble.ProcessPool | None]) -> None:

@@ -1,4 +1,4 @@
-"""The runners: `create_runner` instantiates one by its name in the runner table
+"""The runners: `create_runner` instantiates one from its record in the runner table
 (`harness.core.runner_table`), importing only the runner asked for."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import importlib
 from harness.core.runner_table import (
     GRAPH_REFERENCES,
     REFERENCE_RUNNER,
-    RUNNER_CLASSES,
-    RUNNER_FAMILIES,
-    SHARED_WALKS,
+    RUNNERS,
+    RunnerRecord,
     TORCH_FAMILY,
     graph_runner_names,
     register_runner,
     runner_family,
     runner_names,
+    runner_record,
     runner_target,
     shared_walks,
     unregister_runner,
@@ -23,9 +23,8 @@ from harness.core.runner_table import (
 from harness.run.runners.base import Runner
 
 __all__ = [
-    "GRAPH_REFERENCES", "REFERENCE_RUNNER", "RUNNER_CLASSES", "RUNNER_FAMILIES", "SHARED_WALKS", "TORCH_FAMILY",
-    "create_runner", "graph_runner_names", "register_runner", "runner_family", "runner_names", "runner_target",
-    "shared_walks", "unregister_runner",
+    "GRAPH_REFERENCES", "REFERENCE_RUNNER", "RUNNERS", "TORCH_FAMILY", "create_runner", "graph_runner_names", "instantiate",
+    "register_runner", "runner_family", "runner_names", "runner_target", "shared_walks", "unregister_runner",
 ]
 
 
@@ -35,5 +34,13 @@ def create_runner(name: str) -> Runner:
     Raises:
         RunnerError: no runner has that name.
     """
-    module_name, class_name = runner_target(name).split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    return instantiate(runner_record(name))
+
+
+def instantiate(record: RunnerRecord) -> Runner:
+    """The runner a record names, with its name and record (a worker gets the record itself: a
+    runner registered in the main process is not in the worker's table)."""
+    module_name, class_name = record.target.split(":")
+    runner = getattr(importlib.import_module(module_name), class_name)()
+    runner.name, runner.record = record.name, record
+    return runner

@@ -7,11 +7,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from harness.core.case import Case
+from harness.core.runner_table import RunnerRecord
 from harness.core.results import BNCall, Observed, RunResult, Scalar, StepField
 
 
@@ -49,9 +50,12 @@ def import_frameworks(modules: Sequence[str], install_hint: str) -> dict[str, st
 
 
 class Runner(ABC):
-    """Runs one case in one framework and returns plain data. Never changes a mode on its own."""
+    """Runs one case in one framework and returns plain data. Never changes a mode on its own.
+    `create_runner` sets `name` and `record` from the runner table; what differs between runners
+    of one class (an exporter, an executor, a Keras backend) is read from the record."""
 
-    name: ClassVar[str]
+    name: str
+    record: RunnerRecord
 
     @abstractmethod
     def run(self, case: Case) -> RunResult:

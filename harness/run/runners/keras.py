@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, ClassVar
+from typing import Any
 
 from harness.core.case import Case
 from harness.core.keras_mapping import Unmappable, keras_mapping
@@ -34,9 +34,12 @@ INSTALL_HINTS = {
 
 
 class KerasRunner(Runner):
-    """Keras 3 on one backend."""
+    """Keras 3 on its record's backend."""
 
-    backend: ClassVar[str]
+    @property
+    def backend(self) -> str:
+        assert self.record.keras_backend is not None, f"{self.name}: a Keras runner's record names its backend"
+        return self.record.keras_backend
 
     def run(self, case: Case, torch_weights: dict[str, Any] | None = None) -> RunResult:
         for module in ("keras", *BACKEND_MODULES[self.backend]):
@@ -69,23 +72,3 @@ def build_torch_weights(case: Case) -> dict[str, Any] | RunResult:
     from harness.run.runners.torch_models import build_model, to_numpy
 
     return {name: to_numpy(tensor) for name, tensor in build_model(case).state_dict().items()}
-
-
-class KerasTensorFlowRunner(KerasRunner):
-    name = "keras-tensorflow"
-    backend = "tensorflow"
-
-
-class KerasJaxRunner(KerasRunner):
-    name = "keras-jax"
-    backend = "jax"
-
-
-class KerasTorchRunner(KerasRunner):
-    name = "keras-torch"
-    backend = "torch"
-
-
-class KerasNumpyRunner(KerasRunner):
-    name = "keras-numpy"
-    backend = "numpy"

@@ -15,7 +15,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from harness.core.case import Case, Step
 from harness.core.fields import deployed_field
 from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult
+from harness.core.runner_table import RunnerRecord, runner_record
 from harness.run.runners.base import (
     MAX_REASON_CHARS,
     FrameworkMissing,
@@ -38,59 +39,19 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 class OnnxExportRunner(Runner):
-    """Export with `torch.onnx.export(dynamo=...)`, then run the graph with `executor`: onnxruntime
-    (CPU) with its default graph optimisations, onnxruntime with none, or onnx's reference evaluator."""
-
-    dynamo: ClassVar[bool]
-    executor: ClassVar[str] = "ort"  # ort | ort-noopt | reference
-    frameworks: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxruntime")
+    """Export with `torch.onnx.export` (its record's exporter: TorchScript, `dynamo=False`, or the
+    `torch.export`-based one), then run the graph with its record's executor: onnxruntime (CPU)
+    with its default graph optimisations, onnxruntime with none, or onnx's reference evaluator
+    (an implementation of the ONNX spec independent of onnxruntime)."""
 
     def run(self, case: Case) -> RunResult:
         return run_sharing_exports(case, (self.name,))[0]
 
 
-class TorchScriptOrtRunner(OnnxExportRunner):
-    """The legacy TorchScript exporter (`dynamo=False`)."""
-
-    name = "onnx-torchscript-ort"
-    dynamo = False
-
-
-class DynamoOrtRunner(OnnxExportRunner):
-    """The `torch.export`-based exporter (`dynamo=True`), which needs onnxscript."""
-
-    name = "onnx-dynamo-ort"
-    dynamo = True
-    frameworks = ("torch", "onnx", "onnxruntime", "onnxscript")
-
-
-class TorchScriptOrtNoOptRunner(TorchScriptOrtRunner):
-    """TorchScript export, onnxruntime with every graph optimisation off (no fusion, no folding)."""
-
-    name = "onnx-torchscript-ort-noopt"
-    executor = "ort-noopt"
-
-
-class DynamoOrtNoOptRunner(DynamoOrtRunner):
-    """Dynamo export, onnxruntime with every graph optimisation off."""
-
-    name = "onnx-dynamo-ort-noopt"
-    executor = "ort-noopt"
-
-
-class ReferenceRunner(TorchScriptOrtRunner):
-    """TorchScript export (it honours the opset asked for) run by onnx.reference.ReferenceEvaluator,
-    an implementation of the ONNX spec independent of onnxruntime."""
-
-    name = "onnx-reference"
-    executor = "reference"
-    frameworks = ("torch", "onnx")
-
-
-EXPORT_RUNNERS: dict[str, type[OnnxExportRunner]] = {
-    runner.name: runner for runner in (TorchScriptOrtRunner, DynamoOrtRunner, TorchScriptOrtNoOptRunner,
-                                       DynamoOrtNoOptRunner, ReferenceRunner)
-}
+def _frameworks(record: RunnerRecord) -> tuple[str, ...]:
+    """What an export runner imports: torch and onnx, onnxscript for dynamo, onnxruntime to run."""
+    return ("torch", "onnx") + (("onnxscript",) if record.exporter == "dynamo" else ()) + \
+        (("onnxruntime",) if record.executor != "reference" else ())
 
 
 def run_sharing_exports(case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
@@ -98,8 +59,8 @@ def run_sharing_exports(case: Case, names: tuple[str, ...]) -> tuple[RunResult, 
     each export step exports once, and each runner opens that graph in its own executor. What is
     measured is unchanged: the runners would make the same export of the same module, each alone.
     A runner whose frameworks are missing is skipped; the others still run."""
-    runners = [EXPORT_RUNNERS[name] for name in names]
-    if len({runner.dynamo for runner in runners}) != 1:
+    runners = [runner_record(name) for name in names]
+    if len({runner.exporter for runner in runners}) != 1:
         raise ValueError(f"runners sharing an export must use the same exporter; got {', '.join(names)}")
     from harness.run.runners.torch_steps import Lane, run_steps
 
@@ -107,19 +68,19 @@ def run_sharing_exports(case: Case, names: tuple[str, ...]) -> tuple[RunResult, 
     lanes: dict[str, Lane] = {}
     for runner in runners:
         try:
-            versions = import_frameworks(runner.frameworks, ONNX_INSTALL_HINT)
+            versions = import_frameworks(_frameworks(runner), ONNX_INSTALL_HINT)
         except FrameworkMissing as missing:
             results[runner.name] = skipped(runner.name, str(missing))
             continue
         log = ObservationLog(runner.name)
         log.details["versions"] = versions
-        log.details["exporter"] = {"dynamo": runner.dynamo, "executor": runner.executor}
+        log.details["exporter"] = {"dynamo": runner.exporter == "dynamo", "executor": runner.executor}
         if len(names) > 1:
             log.details["export_shared_with"] = [name for name in names if name != runner.name]
         lanes[runner.name] = Lane(log, deploy=lambda exported, executor=runner.executor: exported.deploy(executor))
     if lanes:
         with tempfile.TemporaryDirectory(prefix="bn-harness-") as workdir:
-            walked = run_steps(case, list(lanes.values()), export=_GraphExporter(case, runners[0].dynamo, Path(workdir)))
+            walked = run_steps(case, list(lanes.values()), export=_GraphExporter(case, runners[0].exporter == "dynamo", Path(workdir)))
         results.update(zip(lanes, walked))
     return tuple(results[name] for name in names)
 

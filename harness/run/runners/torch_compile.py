@@ -19,7 +19,6 @@ from harness.run.runners.torch_eager import TorchEagerRunner
 class TorchCompileRunner(TorchEagerRunner):
     """Runs each step through `torch.compile(model)`; an export step changes nothing."""
 
-    name = "torch-compile"
     backend = "inductor"
 
     def compiler(self, torch: ModuleType, log: ObservationLog) -> Callable[[Any], Callable]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.core.case import Case
 from harness.core.results import RunResult
+from harness.core.runner_table import REFERENCE_RUNNER
 from harness.run.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
 
 TORCH_INSTALL_HINT = "pip install torch==2.13.0"
@@ -16,7 +17,7 @@ TORCH_INSTALL_HINT = "pip install torch==2.13.0"
 class TorchEagerRunner(Runner):
     """Runs each step on the torch module; `export` is a no-op, so state is logged unchanged."""
 
-    name = "torch-eager"
+    name = REFERENCE_RUNNER  # also when built directly, as the known-cause bench does
 
     def run(self, case: Case) -> RunResult:
         try:
