@@ -98,20 +98,20 @@ def bench_floor(case_dir: Path) -> None:
 
     from harness.frontends.cli import case_files
     from harness.core.inputs import make_batch
+    from harness.core.runner_table import REFERENCE_RUNNER, RUNNERS, runner_record
     from harness.core.keras_mapping import Unmappable, keras_mapping
     from harness.run.runners.onnx_export import open_executor
     from harness.run.runners.torch_models import apply_mode, build_model, to_tensor
     from harness.load.schema import load_cases
 
-    exporters = {False: ("onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"),
-                 True: ("onnx-dynamo-ort", "onnx-dynamo-ort-noopt")}
-    measured = ("torch-eager", *exporters[False], *exporters[True], "keras-tensorflow")
+    exporters = {dynamo: tuple(record.name for record in RUNNERS.values() if record.exporter == exporter)
+                 for dynamo, exporter in ((False, "torchscript"), (True, "dynamo"))}
+    measured = (REFERENCE_RUNNER, *exporters[False], *exporters[True], "keras-tensorflow")
     torch.set_num_threads(1)  # in case torch was imported here before the environment was set
 
     def executor_for(graph, name: str):
         """The session (or evaluator) the runner `name` opens on the graph, as the harness opens it."""
-        kind = "reference" if name.endswith("reference") else "ort-noopt" if name.endswith("noopt") else "ort"
-        session, input_name, _ = open_executor(graph, kind)
+        session, input_name, _ = open_executor(graph, runner_record(name).executor)
         return lambda feeds: session.run(None, {input_name: feeds["input"]})
 
     def torch_walk(case, scratch: str, executors: tuple[str, ...] = (), dynamo: bool = False) -> None:
