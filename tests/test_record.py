@@ -24,6 +24,8 @@ def test_results_are_strict_json_with_schema_version_environment_and_verdict_fie
     record = json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert record["schema_version"] == SCHEMA_VERSION
     assert set(record["environment"]) == {"python", "platform", "versions"}
+    assert {"torch", "onnxruntime", "keras", "tensorflow-cpu", "jax", "ml_dtypes"} <= set(record["environment"]["versions"]), \
+        "every framework a runner may use is listed (None where it is not installed)"
     (comparison,) = record["cases"][0]["comparisons"]
     assert comparison["classification"] == "new" and comparison["max_abs_diff"] == "nan"
     assert comparison["max_abs_index"] == [0] and comparison["rtol"] == 1.3e-6

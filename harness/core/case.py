@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DTYPES = ("float16", "bfloat16", "float32", "float64")
-STEP_KINDS = ("forward", "export", "train_step", "set_mode")
-EXPORT_TRAINING_OPTIONS = ("eval", "preserve", "training")
-
 
 @dataclass(frozen=True, slots=True)
 class BNConfig:

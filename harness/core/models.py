@@ -47,8 +47,3 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ),
     )
 }
-
-
-def known_models() -> str:
-    """The registered model names, for error messages."""
-    return ", ".join(MODEL_SPECS)

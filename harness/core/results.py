@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-RUNNER_STATUSES = ("ok", "skipped", "export_failed", "run_failed", "crashed", "timed_out")
 Scalar = bool | int | float | str | None
 
 

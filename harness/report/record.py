@@ -19,7 +19,9 @@ from typing import Any
 from harness.judge.engine import CaseResult
 
 SCHEMA_VERSION = 1
-FRAMEWORK_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "jsonschema", "PyYAML", "pytest")
+# Every framework a runner may use (None where not installed), and what the harness itself reads with.
+FRAMEWORK_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib",
+                      "ml_dtypes", "numpy", "jsonschema", "PyYAML", "pytest")
 
 
 def environment() -> dict[str, Any]:
@@ -176,11 +178,6 @@ def document_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     document = results_document([])
     document["cases"] = list(records)
     return document
-
-
-def results_record(results: Sequence[CaseResult]) -> dict[str, Any]:
-    """The record exactly as results.json holds it (for comparing without a file)."""
-    return json.loads(results_json(results))
 
 
 def write_results(path: Path, results: Sequence[CaseResult]) -> None:
