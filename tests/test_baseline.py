@@ -109,6 +109,7 @@ def test_the_command_exits_1_on_a_change_and_2_on_bad_input(tmp_path, capsys):
     assert cli.main(["baseline", "compare", str(tmp_path / "old.json"), str(tmp_path / "missing.json")]) == 2
 
 
+@pytest.mark.slow
 def test_the_pytest_option_fails_the_session_on_a_change(pytester):
     pytest.importorskip("onnxruntime")
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)

@@ -52,6 +52,7 @@ def test_unknown_runner_and_empty_directory_are_usage_errors(tmp_path, capsys):
     assert "no case files (*.yaml) under" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_killed_halfway_keeps_every_finished_case_in_its_journal(tmp_path, capsys):
     import os
     import signal

@@ -22,6 +22,8 @@ from tests.tiny_cases import EVAL_BN2D, write_case
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # worker pools or pytest sessions in subprocesses
+
 
 @pytest.fixture
 def fault_runners():

@@ -139,6 +139,7 @@ for test in tests:
 """
 
 
+@pytest.mark.slow
 def test_onnx_node_tests_come_from_the_batchnorm_generator_alone_and_equal_onnxs_own_collection():
     # Fresh processes: the generators keep global state, so one process cannot make them twice.
     import subprocess

@@ -16,6 +16,8 @@ pytest.importorskip("torch")
 pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.slow  # worker pools or pytest sessions in subprocesses
+
 TRAIN_BN2D = EVAL_BN2D.replace("mode: eval", "mode: train").replace("  - export\n  - forward\n", "")
 
 

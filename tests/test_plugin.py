@@ -14,6 +14,8 @@ from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_cas
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.slow  # worker pools or pytest sessions in subprocesses
 FAST = "--harness-runners=torch-eager,onnx-torchscript-ort"
 
 

@@ -17,6 +17,8 @@ from tests.tiny_cases import FORUM_FLIP, write_case
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.slow  # worker pools or pytest sessions in subprocesses
+
 
 @pytest.fixture(scope="module")
 def forum(tmp_path_factory):

@@ -13,6 +13,8 @@ from harness.load.sweep import FAMILIES, sweep_case
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # worker pools or pytest sessions in subprocesses
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_random_configurations_agree_once_mapped(family, sweep_index, request):
