@@ -43,8 +43,19 @@ def verdict(name: str, value: float, target: str, met: bool, detail: str) -> Non
 def harness_run(cases: list[Path] | Path, jobs: int = 1, runners: str | None = None) -> float:
     """Wall time of `python -m harness run` in a fresh process (imports included)."""
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "harness", "run", *map(str, cases if isinstance(cases, list) else [cases]),
-                   "--results", f"{scratch}/results.json", "--report", f"{scratch}/report.html", "--jobs", str(jobs)]
+        command = [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            *map(str, cases if isinstance(cases, list) else [cases]),
+            "--results",
+            f"{scratch}/results.json",
+            "--report",
+            f"{scratch}/report.html",
+            "--jobs",
+            str(jobs),
+        ]
         if runners:
             command += ["--runners", runners]
         start = time.perf_counter()
@@ -54,8 +65,8 @@ def harness_run(cases: list[Path] | Path, jobs: int = 1, runners: str | None = N
 
 def bench_scripts(case_dir: Path) -> None:
     from harness.frontends.cli import case_files, run_files
-    from harness.report.repro import bundle_runners, write_bundle
     from harness.load.schema import load_cases
+    from harness.report.repro import bundle_runners, write_bundle
 
     bundles, files, runners = [], [], {"torch-eager"}
     paths = list(case_files([case_dir]))
@@ -73,15 +84,21 @@ def bench_scripts(case_dir: Path) -> None:
                 bundles += [write_bundle(case, result, name, Path(scratch)) for name in names]
         start = time.perf_counter()
         for bundle in bundles:
-            subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                [sys.executable, "-I", "repro.py"], cwd=bundle, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+            )
         by_script = time.perf_counter() - start
         ordered = [name for name in ("torch-eager", *sorted(runners - {"torch-eager"}))]
         by_harness = harness_run(files, runners=",".join(ordered))
     ratio = by_script / by_harness
-    verdict("1. harness vs one script per case", ratio, ">= 10x", ratio >= 10,
-            f"{len(bundles)} repro scripts ({len(files)} cases x their diverging runners) {by_script:.1f} s; "
-            f"the harness on the same cases and runners ({', '.join(ordered)}) {by_harness:.1f} s")
+    verdict(
+        "1. harness vs one script per case",
+        ratio,
+        ">= 10x",
+        ratio >= 10,
+        f"{len(bundles)} repro scripts ({len(files)} cases x their diverging runners) {by_script:.1f} s; "
+        f"the harness on the same cases and runners ({', '.join(ordered)}) {by_harness:.1f} s",
+    )
 
 
 def bench_floor(case_dir: Path) -> None:
@@ -96,16 +113,18 @@ def bench_floor(case_dir: Path) -> None:
     import onnx
     import torch
 
-    from harness.frontends.cli import case_files
     from harness.core.inputs import make_batch
-    from harness.core.runner_table import REFERENCE_RUNNER, RUNNERS, runner_record
     from harness.core.keras_mapping import Unmappable, keras_mapping
+    from harness.core.runner_table import REFERENCE_RUNNER, RUNNERS, runner_record
+    from harness.frontends.cli import case_files
+    from harness.load.schema import load_cases
     from harness.run.runners.onnx_export import open_executor
     from harness.run.runners.torch_models import apply_mode, build_model, to_tensor
-    from harness.load.schema import load_cases
 
-    exporters = {dynamo: tuple(record.name for record in RUNNERS.values() if record.exporter == exporter)
-                 for dynamo, exporter in ((False, "torchscript"), (True, "dynamo"))}
+    exporters = {
+        dynamo: tuple(record.name for record in RUNNERS.values() if record.exporter == exporter)
+        for dynamo, exporter in ((False, "torchscript"), (True, "dynamo"))
+    }
     measured = (REFERENCE_RUNNER, *exporters[False], *exporters[True], "keras-tensorflow")
     torch.set_num_threads(1)  # in case torch was imported here before the environment was set
 
@@ -128,8 +147,14 @@ def bench_floor(case_dir: Path) -> None:
                 example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(model, (example,), f"{scratch}/m.onnx", dynamo=dynamo, opset_version=step.export.opset,
-                                      training=getattr(torch.onnx.TrainingMode, step.export.training.upper()))
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        f"{scratch}/m.onnx",
+                        dynamo=dynamo,
+                        opset_version=step.export.opset,
+                        training=getattr(torch.onnx.TrainingMode, step.export.training.upper()),
+                    )
                 graph = onnx.load(f"{scratch}/m.onnx")
                 deployed = [executor_for(graph, name) for name in executors]
             elif step.kind == "set_mode":
@@ -138,8 +163,13 @@ def bench_floor(case_dir: Path) -> None:
     def keras_walk(case) -> None:
         """A Keras BatchNormalization with the mapped parameters, its weights set, called per step."""
         settings = {parameter.name: parameter.value for parameter in keras_mapping(case).parameters}
-        layer = keras.layers.BatchNormalization(axis=settings["axis"], momentum=settings["momentum"],
-                                                epsilon=settings["epsilon"], center=settings["center"], scale=settings["scale"])
+        layer = keras.layers.BatchNormalization(
+            axis=settings["axis"],
+            momentum=settings["momentum"],
+            epsilon=settings["epsilon"],
+            center=settings["center"],
+            scale=settings["scale"],
+        )
         inputs = keras.Input(case.input.shape[1:])
         model = keras.Model(inputs, layer(inputs))
         layer.set_weights([np.ones(w.shape, "float32") for w in layer.get_weights()])
@@ -175,8 +205,11 @@ def bench_floor(case_dir: Path) -> None:
                 wanted.remove("keras-tensorflow")
         return tuple(["torch-eager", *(name for name in wanted if name != "torch-eager")])
 
-    cases = [(case, runners_of(case)) for case in (case for path in case_files([case_dir]) for case in load_cases(path, display_path=str(path)))
-             if hasattr(case, "bn") and case.bn.dtype == "float32" and case.input.dtype == "float32"]
+    cases = [
+        (case, runners_of(case))
+        for case in (case for path in case_files([case_dir]) for case in load_cases(path, display_path=str(path)))
+        if hasattr(case, "bn") and case.bn.dtype == "float32" and case.input.dtype == "float32"
+    ]
     executor = Executor(jobs=1)
     try:
         for case, runners in cases[:3]:  # warm the workers and this process: imports are not per-case cost
@@ -193,9 +226,15 @@ def bench_floor(case_dir: Path) -> None:
         executor.close()
     ratio = harness_s / floor_s
     counts = {name: sum(name in runners for _, runners in cases) for name in measured}
-    verdict("2. harness vs the framework floor", ratio, "<= 1.25x", ratio <= 1.25,
-            f"{len(cases)} float32 cases, runner-cases: " + ", ".join(f"{name} {count}" for name, count in counts.items())
-            + f"; harness {harness_s:.2f} s, bare calls {floor_s:.2f} s")
+    verdict(
+        "2. harness vs the framework floor",
+        ratio,
+        "<= 1.25x",
+        ratio <= 1.25,
+        f"{len(cases)} float32 cases, runner-cases: "
+        + ", ".join(f"{name} {count}" for name, count in counts.items())
+        + f"; harness {harness_s:.2f} s, bare calls {floor_s:.2f} s",
+    )
 
 
 def bench_scaling(case_dir: Path) -> None:
@@ -204,8 +243,13 @@ def bench_scaling(case_dir: Path) -> None:
     first, second, third, fourth = (harness_run(case_dir, jobs=jobs) for jobs in (1, 2, 2, 1))
     one, two = first + fourth, second + third
     ratio = one / two
-    verdict("3. scaling, --jobs 1 vs --jobs 2", ratio, ">= 1.7x", ratio >= 1.7,
-            f"runs in the order 1, 2, 2, 1: {first:.1f}, {second:.1f}, {third:.1f}, {fourth:.1f} s on {os.cpu_count()} cores")
+    verdict(
+        "3. scaling, --jobs 1 vs --jobs 2",
+        ratio,
+        ">= 1.7x",
+        ratio >= 1.7,
+        f"runs in the order 1, 2, 2, 1: {first:.1f}, {second:.1f}, {third:.1f}, {fourth:.1f} s on {os.cpu_count()} cores",
+    )
 
 
 def bench_memory(case_dir: Path, jobs: int = 1) -> None:
@@ -215,9 +259,24 @@ def bench_memory(case_dir: Path, jobs: int = 1) -> None:
     import psutil
 
     with tempfile.TemporaryDirectory() as scratch:
-        run = subprocess.Popen([sys.executable, "-m", "harness", "run", str(case_dir), "--results", f"{scratch}/r.json",
-                                "--report", f"{scratch}/r.html", "--jobs", str(jobs)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "run",
+                str(case_dir),
+                "--results",
+                f"{scratch}/r.json",
+                "--report",
+                f"{scratch}/r.html",
+                "--jobs",
+                str(jobs),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         peak_pss = peak_rss = 0
         process = psutil.Process(run.pid)
         while run.poll() is None:
@@ -230,9 +289,14 @@ def bench_memory(case_dir: Path, jobs: int = 1) -> None:
             peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             time.sleep(0.1)
     gib = peak_pss / 2**30
-    verdict(f"4. peak memory of a whole run (--jobs {jobs})", gib, "<= 3 GiB", gib <= 3,
-            f"the harness and its workers, summed PSS (shared pages counted once); "
-            f"summed RSS (shared library pages once per process) {peak_rss / 2**30:.2f} GiB")
+    verdict(
+        f"4. peak memory of a whole run (--jobs {jobs})",
+        gib,
+        "<= 3 GiB",
+        gib <= 3,
+        f"the harness and its workers, summed PSS (shared pages counted once); "
+        f"summed RSS (shared library pages once per process) {peak_rss / 2**30:.2f} GiB",
+    )
 
 
 def main() -> int:

@@ -53,5 +53,8 @@ def abort_in_shared_walk(case: Case, names: tuple[str, ...]) -> tuple[RunResult,
     os.abort()
 
 
-FAULT_RUNNERS = {"fault-abort": "tests.fault_runners:AbortRunner", "fault-hang": "tests.fault_runners:HangRunner",
-                 "fault-missing": "tests.fault_runners:MissingFrameworkRunner"}
+FAULT_RUNNERS = {
+    "fault-abort": "tests.fault_runners:AbortRunner",
+    "fault-hang": "tests.fault_runners:HangRunner",
+    "fault-missing": "tests.fault_runners:MissingFrameworkRunner",
+}

@@ -24,16 +24,32 @@ def _replace(old: str, new: str) -> Callable[[str, random.Random], str]:
 def _broken_yaml(text: str, rng: random.Random) -> str:
     lines = text.splitlines()
     index = rng.randrange(1, len(lines))
-    breakage = rng.choice(["{unclosed: [1, 2", "\tindented: with a tab", "key: value: other", "- a list item in a mapping",
-                           "  badly: indented", '"unterminated string', "* bad anchor"])
+    breakage = rng.choice(
+        [
+            "{unclosed: [1, 2",
+            "\tindented: with a tab",
+            "key: value: other",
+            "- a list item in a mapping",
+            "  badly: indented",
+            '"unterminated string',
+            "* bad anchor",
+        ]
+    )
     return "\n".join(lines[:index] + [breakage] + lines[index:]) + "\n"
 
 
 def _wrong_type(text: str, rng: random.Random) -> str:
-    field, value = rng.choice([("num_features: 2", "num_features: two"), ("seed: 1", "seed: [1]"),
-                               ("model: batchnorm2d", "model: 42"), ("num_features: 2", "num_features: 2.5"),
-                               ("description: a", "description: {nested: true}\nx_description: a"),
-                               ("model: forum_net", "model: [forum_net]"), ("num_features: 2", "num_features: true")])
+    field, value = rng.choice(
+        [
+            ("num_features: 2", "num_features: two"),
+            ("seed: 1", "seed: [1]"),
+            ("model: batchnorm2d", "model: 42"),
+            ("num_features: 2", "num_features: 2.5"),
+            ("description: a", "description: {nested: true}\nx_description: a"),
+            ("model: forum_net", "model: [forum_net]"),
+            ("num_features: 2", "num_features: true"),
+        ]
+    )
     if field not in text:
         field, value = "num_features: 2", "num_features: null"
     return text.replace(field, value, 1)
@@ -56,7 +72,7 @@ def _huge_shape(text: str, rng: random.Random) -> str:
 def _negative_size(text: str, rng: random.Random) -> str:
     if rng.random() < 0.5:
         return _set_shape(text, rng.choice(["[-2, 2, 3, 3]", "[2, 0, 3, 3]", "[2, 2, -1, 3]", "[]", "[2]"]))
-    return text.replace("num_features: 2", f"num_features: {rng.choice([-2, 0, -10**9])}", 1)
+    return text.replace("num_features: 2", f"num_features: {rng.choice([-2, 0, -(10**9)])}", 1)
 
 
 def _set_shape(text: str, shape: str) -> str:
@@ -80,9 +96,17 @@ def _nan_parameter(text: str, rng: random.Random) -> str:
 
 
 def _python_tag(text: str, rng: random.Random) -> str:
-    tag = rng.choice(["!!python/object/apply:os.system ['echo pwned']", "!!python/name:os.system",
-                      "!!python/object:builtins.object {}", "!!python/object/new:subprocess.Popen [['true']]",
-                      "!!binary aGVsbG8=", "!custom_tag value", "!!set {a, b}"])
+    tag = rng.choice(
+        [
+            "!!python/object/apply:os.system ['echo pwned']",
+            "!!python/name:os.system",
+            "!!python/object:builtins.object {}",
+            "!!python/object/new:subprocess.Popen [['true']]",
+            "!!binary aGVsbG8=",
+            "!custom_tag value",
+            "!!set {a, b}",
+        ]
+    )
     field = rng.choice(["description", "model", "num_features"])
     lines = text.splitlines()
     for index, line in enumerate(lines):
@@ -130,9 +154,18 @@ def _not_a_mapping(text: str, rng: random.Random) -> str:
 
 
 def _bad_steps(text: str, rng: random.Random) -> str:
-    steps = rng.choice(["steps: []", "steps: forward", "steps:\n  - forwards", "steps:\n  - {export: {opset: 3}}",
-                        "steps:\n  - {set_mode: sideways}", "steps:\n  - {forward: 1, export: 2}",
-                        "steps:\n  - train_step: {repeat: -1}", "steps:\n  - train_step: {repeat: 100000000}"])
+    steps = rng.choice(
+        [
+            "steps: []",
+            "steps: forward",
+            "steps:\n  - forwards",
+            "steps:\n  - {export: {opset: 3}}",
+            "steps:\n  - {set_mode: sideways}",
+            "steps:\n  - {forward: 1, export: 2}",
+            "steps:\n  - train_step: {repeat: -1}",
+            "steps:\n  - train_step: {repeat: 100000000}",
+        ]
+    )
     head = text.split("steps:")[0]
     return head + steps + "\n"
 
@@ -142,10 +175,20 @@ def _duplicate_key(text: str, rng: random.Random) -> str:
 
 
 MUTATIONS: dict[str, Callable[[str, random.Random], str | bytes]] = {
-    "broken_yaml": _broken_yaml, "wrong_type": _wrong_type, "unknown_key": _unknown_key, "huge_shape": _huge_shape,
-    "negative_size": _negative_size, "nan_parameter": _nan_parameter, "python_tag": _python_tag,
-    "deep_nesting": _deep_nesting, "alias_bomb": _alias_bomb, "enormous": _enormous, "not_text": _not_text,
-    "not_a_mapping": _not_a_mapping, "bad_steps": _bad_steps, "duplicate_key": _duplicate_key,
+    "broken_yaml": _broken_yaml,
+    "wrong_type": _wrong_type,
+    "unknown_key": _unknown_key,
+    "huge_shape": _huge_shape,
+    "negative_size": _negative_size,
+    "nan_parameter": _nan_parameter,
+    "python_tag": _python_tag,
+    "deep_nesting": _deep_nesting,
+    "alias_bomb": _alias_bomb,
+    "enormous": _enormous,
+    "not_text": _not_text,
+    "not_a_mapping": _not_a_mapping,
+    "bad_steps": _bad_steps,
+    "duplicate_key": _duplicate_key,
 }
 
 

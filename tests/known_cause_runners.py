@@ -123,11 +123,15 @@ class InjectedRunner(TorchEagerRunner):
             return super().run(case)
 
 
-def _wrap_forwards(model: nn.Module, case: Case,
-                   make: Callable[[nn.Module, Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]) -> None:
+def _wrap_forwards(
+    model: nn.Module,
+    case: Case,
+    make: Callable[[nn.Module, Callable[[torch.Tensor], torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]],
+) -> None:
     """Replace each BatchNorm's `forward` by `make(bn, original_forward)`; hooks still run around it.
     Bound to the module (a method, not a closure over it), so that a deep copy of the model (the
     harness's float64 twin) runs the copy's own state, not this module's."""
+
     def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return make(self, functools.partial(type(self).forward, self))(x)
 
@@ -343,9 +347,16 @@ class HalfArithmeticRunner(InjectedRunner):
                 with torch.no_grad():
                     if updates:
                         bn.num_batches_tracked.add_(1)
-                    output = F.batch_norm(half(x), running[0] if not training or updates else None,
-                                          running[1] if not training or updates else None,
-                                          half(bn.weight), half(bn.bias), training, bn.momentum, bn.eps)
+                    output = F.batch_norm(
+                        half(x),
+                        running[0] if not training or updates else None,
+                        running[1] if not training or updates else None,
+                        half(bn.weight),
+                        half(bn.bias),
+                        training,
+                        bn.momentum,
+                        bn.eps,
+                    )
                     if updates:
                         bn.running_mean.copy_(running[0])
                         bn.running_var.copy_(running[1])
@@ -380,6 +391,12 @@ class NanChannelRunner(InjectedRunner):
 
 
 INJECTED_RUNNERS: tuple[type[InjectedRunner], ...] = (
-    EpsRunner, MomentumRunner, BiasedVarianceRunner, StaleStatsRunner,
-    ExportFlipsModeRunner, ExportStepsBuffersRunner, HalfArithmeticRunner, NanChannelRunner,
+    EpsRunner,
+    MomentumRunner,
+    BiasedVarianceRunner,
+    StaleStatsRunner,
+    ExportFlipsModeRunner,
+    ExportStepsBuffersRunner,
+    HalfArithmeticRunner,
+    NanChannelRunner,
 )

@@ -27,8 +27,18 @@ class QuickProbe(Runner):
         time.sleep(self.seconds)
         import torch
 
-        return RunResult(self.name, "ok", details={"pid": os.getpid(), "parent_pid": os.getppid(), "torch_loaded": torch_loaded,
-                                                   "start": start, "end": time.monotonic(), "torch_threads": torch.get_num_threads()})
+        return RunResult(
+            self.name,
+            "ok",
+            details={
+                "pid": os.getpid(),
+                "parent_pid": os.getppid(),
+                "torch_loaded": torch_loaded,
+                "start": start,
+                "end": time.monotonic(),
+                "torch_threads": torch.get_num_threads(),
+            },
+        )
 
 
 class SlowProbe(QuickProbe):

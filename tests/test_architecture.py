@@ -16,10 +16,15 @@ pytest.importorskip("importlinter")
 
 def lint_imports(project: Path) -> subprocess.CompletedProcess:
     """lint-imports on the `harness` package under `project`, with `project`'s pyproject.toml."""
-    command = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
-               "--config", str(project / "pyproject.toml"), "--no-cache"]
-    return subprocess.run(command, cwd=project, env={"PYTHONPATH": str(project), "PATH": ""}, capture_output=True, text=True,
-                          timeout=120)
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+        "--config",
+        str(project / "pyproject.toml"),
+        "--no-cache",
+    ]
+    return subprocess.run(command, cwd=project, env={"PYTHONPATH": str(project), "PATH": ""}, capture_output=True, text=True, timeout=120)
 
 
 def test_no_stage_imports_a_later_one():
@@ -36,3 +41,19 @@ def test_a_backward_import_breaks_the_contract(tmp_path):
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and "harness.core.errors -> harness.report.record" in result.stdout
+
+
+def test_ruff_formats_and_lints_clean():
+    pytest.importorskip("ruff")
+    from ruff.__main__ import find_ruff_bin
+
+    ruff = find_ruff_bin()
+    for command in ([ruff, "format", "--check", "harness", "tests", "benchmarks"], [ruff, "check", "harness", "tests", "benchmarks"]):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_core_type_checks_strictly():
+    api = pytest.importorskip("mypy.api")
+    stdout, stderr, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(ROOT / "harness" / "core")])
+    assert status == 0, stdout + stderr

@@ -7,18 +7,37 @@ import dataclasses
 import numpy as np
 import pytest
 
-from harness.judge.attribution import attribute_all
 from harness.core.case import BNConfig, Case, ExportOptions, InputSpec, ModeSetting, Step
-from harness.judge.compare import compare_runs
 from harness.core.results import BNCall, Observed, RunResult
 from harness.core.semantics import oracle
+from harness.judge.attribution import attribute_all
+from harness.judge.compare import compare_runs
 
-CASE = Case("c", "cases/c.yaml", "", "batchnorm1d", BNConfig(2), ModeSetting((("", True),)), InputSpec((64, 2), "float32"),
-            (Step("forward", seed=0), Step("export", export=ExportOptions()), Step("forward", seed=0)))
+CASE = Case(
+    "c",
+    "cases/c.yaml",
+    "",
+    "batchnorm1d",
+    BNConfig(2),
+    ModeSetting((("", True),)),
+    InputSpec((64, 2), "float32"),
+    (Step("forward", seed=0), Step("export", export=ExportOptions()), Step("forward", seed=0)),
+)
 X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32).astype(np.float64)
-TORCH_CALL = BNCall(semantics="pytorch", input=X, channel_axis=1, uses_batch_stats=True, updates_running_stats=True,
-                    eps=1e-5, momentum=0.1, weight=np.ones(2), bias=np.zeros(2), running_mean_before=np.zeros(2),
-                    running_var_before=np.ones(2), num_batches_tracked_before=0)
+TORCH_CALL = BNCall(
+    semantics="pytorch",
+    input=X,
+    channel_axis=1,
+    uses_batch_stats=True,
+    updates_running_stats=True,
+    eps=1e-5,
+    momentum=0.1,
+    weight=np.ones(2),
+    bias=np.zeros(2),
+    running_mean_before=np.zeros(2),
+    running_var_before=np.ones(2),
+    num_batches_tracked_before=0,
+)
 ONNX_CALL = dataclasses.replace(TORCH_CALL, semantics="onnx", momentum=0.9, num_batches_tracked_before=None)
 
 
@@ -81,24 +100,33 @@ def test_a_gap_within_both_sides_rounding_floors_agrees_and_says_with_which_numb
 
 
 def test_state_changed_by_an_export_and_what_follows_from_it():
-    reference = RunResult("torch-eager", "ok", observations={
-        (1, "module.bn.training"): Observed(False), (2, "module.output"): Observed(np.zeros(2), "float32")})
-    other = RunResult("onnx-torchscript-ort", "ok", observations={
-        (1, "module.bn.training"): Observed(True), (2, "module.output"): Observed(np.ones(2), "float32")})
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        observations={(1, "module.bn.training"): Observed(False), (2, "module.output"): Observed(np.zeros(2), "float32")},
+    )
+    other = RunResult(
+        "onnx-torchscript-ort",
+        "ok",
+        observations={(1, "module.bn.training"): Observed(True), (2, "module.output"): Observed(np.ones(2), "float32")},
+    )
     flipped, later = judged(reference, other)
     for verdict in (flipped, later):
         assert verdict.attribution == "state changed by a step"
         assert verdict.attribution_text.startswith(
-            "step 1 (export(training=eval)) changed the user's torch module in onnx-torchscript-ort (first seen in module.bn.training)")
+            "step 1 (export(training=eval)) changed the user's torch module in onnx-torchscript-ort (first seen in module.bn.training)"
+        )
     assert "temporarily set the training mode" in flipped.attribution_text
 
 
 def test_a_field_no_oracle_reaches_follows_from_the_batchnorm_divergence_before_it():
     conv_case = dataclasses.replace(CASE, model="forum_net")
-    reference = RunResult("torch-eager", "ok", observations={
-        (1, "bn.uses_batch_stats"): Observed(True), (2, "output"): Observed(np.zeros(3), "float32")})
-    other = RunResult("onnx-dynamo-ort", "ok", observations={
-        (1, "bn.uses_batch_stats"): Observed(False), (2, "output"): Observed(np.ones(3), "float32")})
+    reference = RunResult(
+        "torch-eager", "ok", observations={(1, "bn.uses_batch_stats"): Observed(True), (2, "output"): Observed(np.zeros(3), "float32")}
+    )
+    other = RunResult(
+        "onnx-dynamo-ort", "ok", observations={(1, "bn.uses_batch_stats"): Observed(False), (2, "output"): Observed(np.ones(3), "float32")}
+    )
     mode, output = [v for v in attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other))) if not v]
     assert mode.attribution == output.attribution == "state changed by a step"
     assert output.attribution_text.startswith("follows from bn.uses_batch_stats after step 1 (export(training=eval)):")
@@ -120,12 +148,23 @@ def test_batch_statistics_outputs_are_not_judged_by_running_state_they_do_not_re
     # After a training export the graph's running statistics differ from the module's; both
     # normalise with the batch's statistics, so only the input matters (defect 3).
     shifted = dataclasses.replace(TORCH_CALL, input=(X + 300.0).astype(np.float32).astype(np.float64))
-    exported = dataclasses.replace(shifted, semantics="onnx", momentum=0.9, running_mean_before=np.full(2, 5.0),
-                                   running_var_before=np.full(2, 7.0), num_batches_tracked_before=None)
-    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(oracle(shifted).output, "float32")),
-                          bn_calls={(0, ""): shifted})
-    other = RunResult("onnx-torchscript-ort", "ok", observations=observed(0, output=(oracle(exported).output + 1.8e-4, "float32")),
-                      bn_calls={(0, ""): exported})
+    exported = dataclasses.replace(
+        shifted,
+        semantics="onnx",
+        momentum=0.9,
+        running_mean_before=np.full(2, 5.0),
+        running_var_before=np.full(2, 7.0),
+        num_batches_tracked_before=None,
+    )
+    reference = RunResult(
+        "torch-eager", "ok", observations=observed(0, output=(oracle(shifted).output, "float32")), bn_calls={(0, ""): shifted}
+    )
+    other = RunResult(
+        "onnx-torchscript-ort",
+        "ok",
+        observations=observed(0, output=(oracle(exported).output + 1.8e-4, "float32")),
+        bn_calls={(0, ""): exported},
+    )
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "precision", verdict.attribution_text
 
@@ -133,14 +172,23 @@ def test_batch_statistics_outputs_are_not_judged_by_running_state_they_do_not_re
 def test_a_variance_stored_in_another_convention_than_reported_is_a_convention_not_precision():
     # Keras normalises with the biased moving variance it stores; the harness reports it
     # re-expressed in PyTorch's convention, which agrees with torch (defect 4).
-    eval_torch = dataclasses.replace(TORCH_CALL, uses_batch_stats=False, updates_running_stats=False,
-                                     running_var_before=np.array([1.2, 0.8]))
-    keras = dataclasses.replace(eval_torch, semantics="keras", momentum=0.9, running_var_reported="unbiased",
-                                stored_var_before=np.array([1.2, 0.8]) * 3 / 4, num_batches_tracked_before=None)
-    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")),
-                          bn_calls={(0, ""): eval_torch})
-    other = RunResult("keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")),
-                      bn_calls={(0, ""): keras})
+    eval_torch = dataclasses.replace(
+        TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=np.array([1.2, 0.8])
+    )
+    keras = dataclasses.replace(
+        eval_torch,
+        semantics="keras",
+        momentum=0.9,
+        running_var_reported="unbiased",
+        stored_var_before=np.array([1.2, 0.8]) * 3 / 4,
+        num_batches_tracked_before=None,
+    )
+    reference = RunResult(
+        "torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")), bn_calls={(0, ""): eval_torch}
+    )
+    other = RunResult(
+        "keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")), bn_calls={(0, ""): keras}
+    )
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "conventions differ", verdict.attribution_text
     assert "normalises with the variance it stores" in verdict.attribution_text
@@ -151,12 +199,24 @@ def test_states_parted_by_an_earlier_step_name_that_cause_and_the_shares_of_the_
     # A training export stepped the graph's statistics; a later update in onnxruntime differs
     # by that and by the momentum convention (defect 5).
     stepped = dataclasses.replace(ONNX_CALL, running_var_before=np.array([1.5, 1.5]))
-    reference = RunResult("torch-eager", "ok", observations={
-        **observed(1, running_var=(np.ones(2), "float32")),
-        **observed(2, running_var=(oracle(TORCH_CALL).running_var, "float32"))}, bn_calls={(2, ""): TORCH_CALL})
-    other = RunResult("onnx-torchscript-ort", "ok", observations={
-        **observed(1, running_var=(np.full(2, 1.5), "float32")),
-        **observed(2, running_var=(oracle(stepped).running_var, "float32"))}, bn_calls={(2, ""): stepped})
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        observations={
+            **observed(1, running_var=(np.ones(2), "float32")),
+            **observed(2, running_var=(oracle(TORCH_CALL).running_var, "float32")),
+        },
+        bn_calls={(2, ""): TORCH_CALL},
+    )
+    other = RunResult(
+        "onnx-torchscript-ort",
+        "ok",
+        observations={
+            **observed(1, running_var=(np.full(2, 1.5), "float32")),
+            **observed(2, running_var=(oracle(stepped).running_var, "float32")),
+        },
+        bn_calls={(2, ""): stepped},
+    )
     exported, later = judged(reference, other)
     assert exported.attribution == later.attribution == "state changed by a step"
     assert later.attribution_text.startswith("their states before this step differ (running_var by up to 0.5); of the gap")
@@ -166,8 +226,12 @@ def test_states_parted_by_an_earlier_step_name_that_cause_and_the_shares_of_the_
 
 def test_a_dynamo_export_is_blamed_with_its_own_mechanism():
     reference = RunResult("torch-eager", "ok", observations={(1, "uses_batch_stats"): Observed(True)})
-    other = RunResult("onnx-dynamo-ort", "ok", observations={(1, "uses_batch_stats"): Observed(False)},
-                      details={"exporter": {"dynamo": True, "executor": "ort"}})
+    other = RunResult(
+        "onnx-dynamo-ort",
+        "ok",
+        observations={(1, "uses_batch_stats"): Observed(False)},
+        details={"exporter": {"dynamo": True, "executor": "ort"}},
+    )
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "state changed by a step"
     assert "'training = False'" in verdict.attribution_text and "select_model_mode_for_export" not in verdict.attribution_text
@@ -175,10 +239,18 @@ def test_a_dynamo_export_is_blamed_with_its_own_mechanism():
 
 def test_an_ordinary_forward_is_not_a_step_to_blame_for_the_modules_own_output():
     # torch-compile's module output after a forward: judged by the oracle as the output is (defect 6).
-    reference = RunResult("torch-eager", "ok", observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output, "float32")}),
-                          bn_calls={(0, ""): TORCH_CALL})
-    other = RunResult("torch-compile", "ok", observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output + 0.01, "float32")}),
-                      bn_calls={(0, ""): TORCH_CALL})
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output, "float32")}),
+        bn_calls={(0, ""): TORCH_CALL},
+    )
+    other = RunResult(
+        "torch-compile",
+        "ok",
+        observations=observed(0, **{"module.output": (oracle(TORCH_CALL).output + 0.01, "float32")}),
+        bn_calls={(0, ""): TORCH_CALL},
+    )
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "implementation deviates", verdict.attribution_text
     assert verdict.attribution_text.startswith("torch-compile vs PyTorch BatchNorm{1,2,3}d: error 0.01")
@@ -189,10 +261,15 @@ def test_attribution_measures_with_the_comparisons_tolerance_and_each_sides_dtyp
     # must the side check, with float16's rounding floor (defect 8).
     half = dataclasses.replace(TORCH_CALL, input=X.astype(np.float16).astype(np.float64))
     output = oracle(half).output
-    reference = RunResult("torch-eager", "ok", observations=observed(0, output=(output.astype(np.float32), "float32")),
-                          bn_calls={(0, ""): half})
-    other = RunResult("torch-compile", "ok", observations=observed(0, output=(output.astype(np.float16).astype(np.float64) + 3e-3, "float16")),
-                      bn_calls={(0, ""): half})
+    reference = RunResult(
+        "torch-eager", "ok", observations=observed(0, output=(output.astype(np.float32), "float32")), bn_calls={(0, ""): half}
+    )
+    other = RunResult(
+        "torch-compile",
+        "ok",
+        observations=observed(0, output=(output.astype(np.float16).astype(np.float64) + 3e-3, "float16")),
+        bn_calls={(0, ""): half},
+    )
     verdict = next(v for v in attribute_all(CASE, reference, other, list(compare_runs(CASE, reference, other))) if v.field == "output")
     assert verdict.rtol == 1e-3 and verdict.max_abs_diff > 1e-3 + 1e-5, "beyond float16's tolerance"
     assert verdict.close and "agree within the float16/float32 -> float16 rounding floor" in verdict.text, verdict.text
@@ -203,8 +280,9 @@ def test_an_attribution_that_contradicts_its_own_measurements_is_a_harness_error
 
     within = SideCheck("torch-eager", "pytorch", error=1e-7, allowed=1e-5, floor=1e-7)
     beyond = SideCheck("onnx-torchscript-ort", "onnx", error=0.5, allowed=1e-5, floor=1e-7)
-    verdict = dataclasses.replace(judged(run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL))[0],
-                                  max_abs_diff=0.2, rtol=1.3e-6, atol=1e-5)
+    verdict = dataclasses.replace(
+        judged(run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL))[0], max_abs_diff=0.2, rtol=1.3e-6, atol=1e-5
+    )
     deviates = lambda side: Attribution("implementation deviates", side.describe(), (within, beyond))  # noqa: E731
     assert invariant_violation(verdict, deviates(beyond)) is None
     assert "names a side within its own spec" in invariant_violation(verdict, deviates(within))
@@ -212,8 +290,9 @@ def test_an_attribution_that_contradicts_its_own_measurements_is_a_harness_error
     conventions = Attribution("conventions differ", "c", (within, within), predicted_gap=0.2)
     assert invariant_violation(verdict, conventions) is None
     assert "not explained by the crossed oracle" in invariant_violation(verdict, dataclasses.replace(conventions, predicted_gap=0.1))
-    assert invariant_violation(verdict, Attribution("precision", "p", (within, within), derived=True)) is None, \
+    assert invariant_violation(verdict, Attribution("precision", "p", (within, within), derived=True)) is None, (
         "an attribution taken from an earlier divergence measured another verdict"
+    )
 
 
 def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_computed(monkeypatch):
@@ -221,8 +300,9 @@ def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_comput
 
     reference, other = run("torch-eager", TORCH_CALL), run("onnx-torchscript-ort", ONNX_CALL)
     real = engine.attribute_all
-    monkeypatch.setattr(engine, "attribute_all", lambda *args: [
-        dataclasses.replace(v, invariant_violation="planted") if not v else v for v in real(*args)])
+    monkeypatch.setattr(
+        engine, "attribute_all", lambda *args: [dataclasses.replace(v, invariant_violation="planted") if not v else v for v in real(*args)]
+    )
     result = engine.judge(CASE, (reference, other))
     assert result.outcome == "error" and "harness invariant broken" in result.error and "planted" in result.error
     assert result.verdicts and result.classification is not None
@@ -232,8 +312,7 @@ def test_a_model_output_no_batchnorm_oracle_reaches_is_judged_against_the_model_
     conv_case = dataclasses.replace(CASE, model="forum_net")
     exact = np.array([0.5, 1.25, 2.0])
     float32 = exact + 1e-5  # the reference's own rounding of this model: the floor
-    reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(float32, "float32")},
-                          model_oracle={0: exact})
+    reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(float32, "float32")}, model_oracle={0: exact})
     for offset, expected in ((0.5, "implementation deviates"), (-0.8e-5, None)):
         other = RunResult("onnx-dynamo-ort", "ok", observations={(0, "output"): Observed(exact + offset, "float32")})
         (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
@@ -246,10 +325,10 @@ def test_a_model_output_no_batchnorm_oracle_reaches_is_judged_against_the_model_
 
 def test_torch_runners_record_the_model_in_float64_where_layers_besides_batchnorm_shape_the_output(tmp_path):
     torch = pytest.importorskip("torch")
-    from harness.run.runners import create_runner
-    from harness.run.runners.torch_models import build_model, to_tensor
     from harness.core.inputs import make_batch
     from harness.load.schema import load_case
+    from harness.run.runners import create_runner
+    from harness.run.runners.torch_models import build_model, to_tensor
     from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
     case = load_case(write_case(tmp_path, "forum", FORUM_FLIP))
@@ -268,17 +347,36 @@ def test_parted_state_follows_the_divergence_that_parted_it_not_an_unrelated_ear
     # An output divergence at step 0 (the running statistics agree) does not explain a state that
     # parts because Keras normalises with the variance it stores.
     train_keras = dataclasses.replace(ONNX_CALL, semantics="keras", running_var_reported="unbiased")
-    eval_torch = dataclasses.replace(TORCH_CALL, uses_batch_stats=False, updates_running_stats=False,
-                                     running_var_before=np.array([1.2, 0.8]))
-    eval_keras = dataclasses.replace(eval_torch, semantics="keras", momentum=0.9, running_var_reported="unbiased",
-                                     stored_var_before=np.array([1.2, 0.8]) * 3 / 4, num_batches_tracked_before=None)
+    eval_torch = dataclasses.replace(
+        TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=np.array([1.2, 0.8])
+    )
+    eval_keras = dataclasses.replace(
+        eval_torch,
+        semantics="keras",
+        momentum=0.9,
+        running_var_reported="unbiased",
+        stored_var_before=np.array([1.2, 0.8]) * 3 / 4,
+        num_batches_tracked_before=None,
+    )
     two_steps = dataclasses.replace(CASE, steps=(Step("train_step", seed=0), Step("forward", seed=0)))
-    reference = RunResult("torch-eager", "ok", observations={
-        **observed(0, output=(oracle(TORCH_CALL).output, "float32")), **observed(1, output=(oracle(eval_torch).output, "float32"))},
-        bn_calls={(0, ""): TORCH_CALL, (1, ""): eval_torch})
-    other = RunResult("keras-tensorflow", "ok", observations={
-        **observed(0, output=(oracle(train_keras).output + 0.01, "float32")), **observed(1, output=(oracle(eval_keras).output, "float32"))},
-        bn_calls={(0, ""): train_keras, (1, ""): eval_keras})
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        observations={
+            **observed(0, output=(oracle(TORCH_CALL).output, "float32")),
+            **observed(1, output=(oracle(eval_torch).output, "float32")),
+        },
+        bn_calls={(0, ""): TORCH_CALL, (1, ""): eval_torch},
+    )
+    other = RunResult(
+        "keras-tensorflow",
+        "ok",
+        observations={
+            **observed(0, output=(oracle(train_keras).output + 0.01, "float32")),
+            **observed(1, output=(oracle(eval_keras).output, "float32")),
+        },
+        bn_calls={(0, ""): train_keras, (1, ""): eval_keras},
+    )
     first, second = [v for v in attribute_all(two_steps, reference, other, list(compare_runs(two_steps, reference, other))) if not v]
     assert first.attribution == "implementation deviates"
     assert second.attribution == "conventions differ" and "normalises with the variance it stores" in second.attribution_text

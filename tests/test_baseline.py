@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from harness.core.errors import HarnessError
 from harness.frontends import cli
 from harness.report.baseline import compare_results, load_results
-from harness.core.errors import HarnessError
 from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 
@@ -18,12 +18,18 @@ def divergence(runner="onnx-torchscript-ort", field="module.bn.training", step=1
 BASELINE = {
     "schema_version": 1,
     "environment": {"python": "3.11.7", "platform": "linux", "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
-    "cases": [{
-        "id": "forum", "outcome": "passed",
-        "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
-        "comparisons": [divergence(), divergence(field="module.output", step=2, size=0.5),
-                        {"other": "onnx-torchscript-ort", "field": "output", "step": 2, "classification": "agree"}],
-    }],
+    "cases": [
+        {
+            "id": "forum",
+            "outcome": "passed",
+            "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
+            "comparisons": [
+                divergence(),
+                divergence(field="module.output", step=2, size=0.5),
+                {"other": "onnx-torchscript-ort", "field": "output", "step": 2, "classification": "agree"},
+            ],
+        }
+    ],
 }
 
 
@@ -44,11 +50,15 @@ def test_an_identical_run_has_no_change():
 
 
 def test_new_and_vanished_divergences():
-    vanished = changed(**{"cases/0/comparisons/0": {"other": "onnx-torchscript-ort", "field": "module.bn.training", "step": 1, "classification": "agree"}})
+    vanished = changed(
+        **{"cases/0/comparisons/0": {"other": "onnx-torchscript-ort", "field": "module.bn.training", "step": 1, "classification": "agree"}}
+    )
     assert compare_results(BASELINE, vanished).report().splitlines()[0] == (
-        "vanished divergence: onnx-torchscript-ort module.bn.training after step 1 in forum")
+        "vanished divergence: onnx-torchscript-ort module.bn.training after step 1 in forum"
+    )
     assert compare_results(vanished, BASELINE).report().splitlines()[0] == (
-        "new divergence: onnx-torchscript-ort module.bn.training after step 1 in forum")
+        "new divergence: onnx-torchscript-ort module.bn.training after step 1 in forum"
+    )
 
 
 def test_class_changes_and_magnitudes_beyond_the_factor():
@@ -70,7 +80,9 @@ def test_statuses_outcomes_and_cases():
         "status changed: onnx-torchscript-ort in forum: ok -> crashed",
     ]
     assert compare_results(BASELINE, changed(**{"cases/0/id": "renamed"})).report().splitlines()[:2] == [
-        "case gone: forum", "new case: renamed"]
+        "case gone: forum",
+        "new case: renamed",
+    ]
 
 
 def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
@@ -78,11 +90,14 @@ def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
     document = changed(**{"cases/0/runners/onnx-torchscript-ort": skipped, "cases/0/comparisons": []})
     assert [change.describe() for change in compare_results(BASELINE, document).changes] == [
         "runner not run: onnx-torchscript-ort ran in the baseline and was skipped in every case here "
-        "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"]
+        "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"
+    ]
     second = copy.deepcopy(document["cases"][0]) | {"id": "other"}
     second["runners"]["onnx-torchscript-ort"] = {"status": "ok"}
-    assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(
-        BASELINE, document | {"cases": [document["cases"][0], second]}).report(), "skipped in one case only: per case"
+    assert (
+        "status changed: onnx-torchscript-ort in forum: ok -> skipped"
+        in compare_results(BASELINE, document | {"cases": [document["cases"][0], second]}).report()
+    ), "skipped in one case only: per case"
 
 
 def test_another_environment_is_compared_all_the_same_with_versions_first():

@@ -66,12 +66,18 @@ def test_a_run_killed_halfway_keeps_every_finished_case_in_its_journal(tmp_path,
     write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
     results = tmp_path / "reports" / "results.json"
     # The harness's own command line, with the test-only runner that never returns registered.
-    script = ("import sys; from harness.run.runners import register_runner; "
-              "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
-              "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))")
-    run = subprocess.Popen([sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
-                           cwd=Path(__file__).resolve().parents[1], start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    script = (
+        "import sys; from harness.run.runners import register_runner; "
+        "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
+        "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     journal = cli.journal_path(results)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and run.poll() is None:

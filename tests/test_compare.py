@@ -3,18 +3,38 @@ from __future__ import annotations
 import numpy as np
 
 from harness.core.case import ToleranceOverride
-from harness.judge.compare import compare_observed
 from harness.core.results import Observed
+from harness.judge.compare import compare_observed
 
 
 def verdict(reference, other, *, field="bn.running_var", dtypes=("float32", "float32"), tolerance=None):
     from harness.core.case import BNConfig, Case, InputSpec, ModeSetting, Step
 
-    case = Case("c", "c.yaml", "", "batchnorm2d", BNConfig(3), ModeSetting((("", True),)), InputSpec((2, 3, 1, 1), "float32"),
-                (Step("forward", seed=0),) * 3, tolerance=tolerance)
-    wrap = lambda value, dtype: Observed(np.asarray(value, dtype=np.float64), dtype) if isinstance(value, list) else Observed(value)
-    return compare_observed(field=field, step=2, step_label="step 2 (forward)", reference_name="torch-eager",
-                            other_name="onnx-torchscript-ort", reference=wrap(reference, dtypes[0]), other=wrap(other, dtypes[1]), case=case)
+    case = Case(
+        "c",
+        "c.yaml",
+        "",
+        "batchnorm2d",
+        BNConfig(3),
+        ModeSetting((("", True),)),
+        InputSpec((2, 3, 1, 1), "float32"),
+        (Step("forward", seed=0),) * 3,
+        tolerance=tolerance,
+    )
+
+    def wrap(value, dtype):
+        return Observed(np.asarray(value, dtype=np.float64), dtype) if isinstance(value, list) else Observed(value)
+
+    return compare_observed(
+        field=field,
+        step=2,
+        step_label="step 2 (forward)",
+        reference_name="torch-eager",
+        other_name="onnx-torchscript-ort",
+        reference=wrap(reference, dtypes[0]),
+        other=wrap(other, dtypes[1]),
+        case=case,
+    )
 
 
 def test_mismatch_text_has_one_fixed_shape():

@@ -4,7 +4,6 @@ one whose framework is missing is `skipped`; every other result of the run is st
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import pytest
 
 from harness.frontends import cli
 from harness.judge.engine import run_case
+from harness.load.schema import load_case
 from harness.run.execution import ArrivalOrderSlots, Executor
 from harness.run.runners import register_runner, unregister_runner
-from harness.load.schema import load_case
 from tests.fault_runners import FAULT_RUNNERS
 from tests.probe_runners import PROBE_RUNNERS
 from tests.tiny_cases import EVAL_BN2D, write_case
@@ -59,7 +58,9 @@ def test_each_fault_is_its_runners_result_and_the_others_still_run(tmp_path, fau
     assert "the torch-onnx worker process died: signal SIGABRT (exit code -6)" in runs["fault-abort"].reason
     assert "fault-abort: a C++ assertion failed, aborting" in runs["fault-abort"].reason, "the tail of its stderr"
     assert (runs["fault-hang"].status, runs["fault-hang"].reason) == (
-        "timed_out", "no result within 10 s; the torch-onnx worker was stopped and replaced")
+        "timed_out",
+        "no result within 10 s; the torch-onnx worker was stopped and replaced",
+    )
     assert runs["fault-missing"].status == "skipped"
     assert "a_framework_that_is_not_installed is not importable" in runs["fault-missing"].reason
     for name in ("torch-eager", "onnx-torchscript-ort"):
@@ -95,8 +96,9 @@ def test_a_fault_in_a_shared_walk_is_rerun_runner_by_runner(tmp_path, fault_runn
     """Which runner of a crashed shared walk made the crash is found by running each alone."""
     from harness.core import runner_table
 
-    monkeypatch.setitem(runner_table.RUNNERS, "fault-abort",
-                        dataclasses.replace(runner_table.RUNNERS["fault-abort"], exporter="torchscript"))
+    monkeypatch.setitem(
+        runner_table.RUNNERS, "fault-abort", dataclasses.replace(runner_table.RUNNERS["fault-abort"], exporter="torchscript")
+    )
     monkeypatch.setitem(runner_table.SHARED_WALKS, "torchscript", "tests.fault_runners:abort_in_shared_walk")
     case = load_case(write_case(tmp_path, "case", EVAL_BN2D))
     abort, torchscript = executor.run(case, ["fault-abort", "onnx-torchscript-ort"])
@@ -115,16 +117,16 @@ def test_a_crash_fails_its_case_not_the_run(tmp_path, fault_runners, capsys):
     write_case(tmp_path / "cases", "a_crashes", EVAL_BN2D)
     write_case(tmp_path / "cases", "b_after", EVAL_BN2D)
     results = tmp_path / "results.json"
-    status = cli.main(["run", str(tmp_path / "cases"), "--results", str(results),
-                       "--runners", "torch-eager,fault-abort,onnx-torchscript-ort"])
+    status = cli.main(
+        ["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager,fault-abort,onnx-torchscript-ort"]
+    )
     out = capsys.readouterr().out
     assert status == 1
     assert "fault-abort ended with status crashed: the torch-onnx worker process died: signal SIGABRT" in out
     import json
 
     cases = json.loads(results.read_text())["cases"]
-    assert [(case["id"], case["runners"]["onnx-torchscript-ort"]["status"]) for case in cases] == [
-        ("a_crashes", "ok"), ("b_after", "ok")]
+    assert [(case["id"], case["runners"]["onnx-torchscript-ort"]["status"]) for case in cases] == [("a_crashes", "ok"), ("b_after", "ok")]
     assert all(case["runners"]["fault-abort"]["status"] == "crashed" for case in cases)
 
 
@@ -151,9 +153,17 @@ def test_results_cross_the_process_boundary_as_plain_data(tmp_path):
     assert [run.status for run in runs] == ["ok"] * len(names), [run.reason for run in runs]
     (tmp_path / "runs.pickle").write_bytes(pickle.dumps(runs))
     loaded = subprocess.run(
-        [sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], 'rb')); "
-         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime', 'onnxscript', 'keras', 'tensorflow', 'jax'}))",
-         str(tmp_path / "runs.pickle")], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import pickle, sys; pickle.load(open(sys.argv[1], 'rb')); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime', 'onnxscript', 'keras', 'tensorflow', 'jax'}))",
+            str(tmp_path / "runs.pickle"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert loaded.stdout.strip() == "[]", f"unpickling the results imported {loaded.stdout.strip()}"
 
 
@@ -218,9 +228,14 @@ def test_every_worker_computes_on_one_thread(tmp_path, probe_runners, executor, 
 
     from harness.run.runners.onnx_export import open_executor
 
-    graph = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                                                [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                                [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    graph = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "relu",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
     session, _, _ = open_executor(graph, "ort")
     assert session.get_session_options().intra_op_num_threads == 1
 

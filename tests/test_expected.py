@@ -3,31 +3,53 @@ from __future__ import annotations
 import numpy as np
 
 from harness.core.case import BNConfig, Case, Expectation, InputSpec, ModeSetting, Step
+from harness.core.results import Observed, RunResult
 from harness.judge.compare import compare_observed
 from harness.judge.engine import explain_classification
 from harness.judge.expected import classify
-from harness.core.results import Observed, RunResult
 
 OTHER = "onnx-torchscript-ort"
 
 
 def make_case(*expectations: Expectation) -> Case:
     steps = (Step("forward", seed=0), Step("export"), Step("forward", seed=0))
-    return Case("c", "cases/c.yaml", "", "forum_net", BNConfig(2), ModeSetting((("", True),)), InputSpec((2, 3, 4, 4), "float32"),
-                steps, expectations=expectations)
+    return Case(
+        "c",
+        "cases/c.yaml",
+        "",
+        "forum_net",
+        BNConfig(2),
+        ModeSetting((("", True),)),
+        InputSpec((2, 3, 4, 4), "float32"),
+        steps,
+        expectations=expectations,
+    )
 
 
 def flag_verdict(step: int, reference: bool, other: bool, field: str = "module.bn.training"):
-    return compare_observed(field=field, step=step, step_label=f"step {step}", reference_name="torch-eager", other_name=OTHER,
-                            reference=Observed(reference), other=Observed(other))
+    return compare_observed(
+        field=field,
+        step=step,
+        step_label=f"step {step}",
+        reference_name="torch-eager",
+        other_name=OTHER,
+        reference=Observed(reference),
+        other=Observed(other),
+    )
 
 
 def runs(status: str = "ok", reason: str | None = None) -> list[RunResult]:
     return [RunResult("torch-eager", "ok"), RunResult(OTHER, status, reason)]
 
 
-FLIP = Expectation((OTHER,), "exporter flips the child", fields=("module.bn.training",), steps=(1, 2), line=20,
-                   link="https://github.com/pytorch/pytorch/issues/52867")
+FLIP = Expectation(
+    (OTHER,),
+    "exporter flips the child",
+    fields=("module.bn.training",),
+    steps=(1, 2),
+    line=20,
+    link="https://github.com/pytorch/pytorch/issues/52867",
+)
 
 
 def test_an_observed_expected_divergence_is_known_and_passes():
@@ -61,8 +83,15 @@ def test_an_expected_divergence_that_vanished_fails_and_says_how_to_update_the_c
 
 def test_an_expectation_at_any_step_needs_one_divergence_and_globs_match_fields():
     anywhere = Expectation((OTHER,), "buffers move", fields=("module.bn.running_*",))
-    stepped = compare_observed(field="module.bn.running_var", step=2, step_label="step 2", reference_name="torch-eager",
-                               other_name=OTHER, reference=Observed(np.ones(2), "float32"), other=Observed(np.zeros(2), "float32"))
+    stepped = compare_observed(
+        field="module.bn.running_var",
+        step=2,
+        step_label="step 2",
+        reference_name="torch-eager",
+        other_name=OTHER,
+        reference=Observed(np.ones(2), "float32"),
+        other=Observed(np.zeros(2), "float32"),
+    )
     assert classify(make_case(anywhere), runs(), [stepped]).passed
     found = classify(make_case(anywhere), runs(), [])
     assert found.vanished[0].seen_instead == "onnx-torchscript-ort reported no such field"

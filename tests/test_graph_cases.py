@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from harness.core.case import GraphCase
-from harness.judge.engine import run_case
 from harness.core.errors import CaseError, RunnerError
-from harness.run.runners import create_runner
+from harness.judge.engine import run_case
 from harness.load.schema import load_case
+from harness.run.runners import create_runner
 from tests.tiny_cases import write_case
 
 onnx = pytest.importorskip("onnx")
@@ -38,14 +38,19 @@ def test_a_hand_built_node_case_loads_as_a_graph_case(tmp_path):
 
 def test_graph_case_problems_name_line_and_field(tmp_path):
     assert problems(tmp_path, NODE.replace("description: a hand-built node\n", "description: x\nonnx_backend_test: onnx:node/x\n")) == [
-        "cases/case.yaml:1: <document>: a graph case names either onnx_graph or onnx_backend_test; allowed: exactly one of them"]
+        "cases/case.yaml:1: <document>: a graph case names either onnx_graph or onnx_backend_test; allowed: exactly one of them"
+    ]
     assert problems(tmp_path, NODE.replace("mean: [0.5, -0.5]", "mean: [0.5]")) == [
-        "cases/case.yaml:2: onnx_graph.mean: 1 values for num_features=2; allowed: 2 values"]
+        "cases/case.yaml:2: onnx_graph.mean: 1 values for num_features=2; allowed: 2 values"
+    ]
     assert problems(tmp_path, NODE.replace("steps: [forward, {train_step: {repeat: 2}}]", "steps: [export]")) == [
         "cases/case.yaml:4: steps[0]: 'export' is not allowed; allowed: forward, train_step, "
-        "or a mapping with one key of: forward, train_step"]
+        "or a mapping with one key of: forward, train_step"
+    ]
     backend = "description: x\nonnx_backend_test: onnx:node/t\ninput: {shape: [1, 1]}\n"
-    assert problems(tmp_path, backend) == ["cases/case.yaml:3: input: a backend test brings its own inputs and data sets; allowed: no input or steps"]
+    assert problems(tmp_path, backend) == [
+        "cases/case.yaml:3: input: a backend test brings its own inputs and data sets; allowed: no input or steps"
+    ]
     expect = "expect:\n  - field: bn.running_mean\n    runners: [onnx-spec]\n    reason: r\n"
     assert problems(tmp_path, NODE + expect) == [
         "cases/case.yaml:6: expect[0].field: 'bn.running_mean' matches no field of a graph case; allowed: output, running_mean, running_var, saved_mean, saved_var",
@@ -56,8 +61,9 @@ def test_graph_case_problems_name_line_and_field(tmp_path):
 def test_every_runtime_agrees_with_the_spec_on_a_training_node(tmp_path):
     result = run_case(load_case(write_case(tmp_path, "case", NODE)))
     ort = next(run for run in result.runs if run.runner == "graph-ort")
-    assert ort.details["ir_version"] == helper.find_min_ir_version_for([helper.make_opsetid("", 15)]), \
+    assert ort.details["ir_version"] == helper.find_min_ir_version_for([helper.make_opsetid("", 15)]), (
         "the lowest IR version the opset allows, so that older runtimes load the graph"
+    )
     assert result.outcome == "passed", result.explain()
     assert [run.runner for run in result.runs][0] == "onnx-spec"
     fields = {verdict.field for verdict in result.verdicts}
@@ -77,10 +83,17 @@ def write_backend_test(directory, with_relu: bool = False) -> np.ndarray:
     """A BatchNormalization model in the backend-test layout, with one data set; returns Y."""
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn_y" if with_relu else "y"], epsilon=1e-5)
     nodes = [node] + ([helper.make_node("Relu", ["bn_y"], ["y"])] if with_relu else [])
-    initializers = [numpy_helper.from_array(np.float32(values), name) for name, values in
-                    (("s", [1.0, 2.0]), ("b", [0.0, 1.0]), ("m", [0.5, -0.5]), ("v", [2.0, 0.5]))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 2])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 2])], initializers)
+    initializers = [
+        numpy_helper.from_array(np.float32(values), name)
+        for name, values in (("s", [1.0, 2.0]), ("b", [0.0, 1.0]), ("m", [0.5, -0.5]), ("v", [2.0, 0.5]))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 2])],
+        initializers,
+    )
     directory.mkdir(parents=True)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(directory / "model.onnx"))
     x = np.float32([[1, 2], [3, 4], [5, 6]])
@@ -101,7 +114,12 @@ def test_a_directory_in_the_backend_test_layout_runs_against_its_stored_outputs(
     result = run_case(case)
     assert result.outcome == "passed", result.explain()
     assert {run.runner: run.status for run in result.runs} == {
-        "stored-outputs": "ok", "onnx-spec": "ok", "graph-ort": "ok", "graph-ort-noopt": "ok", "graph-reference": "ok"}
+        "stored-outputs": "ok",
+        "onnx-spec": "ok",
+        "graph-ort": "ok",
+        "graph-ort-noopt": "ok",
+        "graph-reference": "ok",
+    }
 
 
 def test_the_spec_oracle_only_judges_a_single_batchnorm_node(tmp_path):
@@ -147,27 +165,38 @@ def test_onnx_node_tests_come_from_the_batchnorm_generator_alone_and_equal_onnxs
     from pathlib import Path
 
     def dump(how: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", NODE_TESTS_DUMP, how], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
+        done = subprocess.run(
+            [sys.executable, "-c", NODE_TESTS_DUMP, how], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout.splitlines()
 
     ours = dump("ours")
-    assert [line.split()[0] for line in ours] == ["test_batchnorm_example", "test_batchnorm_epsilon",
-                                                  "test_batchnorm_example_training_mode", "test_batchnorm_epsilon_training_mode"]
+    assert [line.split()[0] for line in ours] == [
+        "test_batchnorm_example",
+        "test_batchnorm_epsilon",
+        "test_batchnorm_example_training_mode",
+        "test_batchnorm_epsilon_training_mode",
+    ]
     assert ours == dump("all")
 
 
-def write_node_test(directory, opset: int, x: np.ndarray, params: list[np.ndarray], stored: list[np.ndarray],
-                    outputs: int = 1, **attributes) -> None:
+def write_node_test(
+    directory, opset: int, x: np.ndarray, params: list[np.ndarray], stored: list[np.ndarray], outputs: int = 1, **attributes
+) -> None:
     """One BatchNormalization node at `opset` in the backend-test layout: X fed, scale, B, mean
     and var as initializers, `stored` as the data set's outputs."""
     names = ["y", "running_mean", "running_var", "saved_mean", "saved_var"][:outputs]
     node = helper.make_node("BatchNormalization", ["x", "scale", "b", "mean", "var"], names, **attributes)
     element = helper.np_dtype_to_tensor_dtype(x.dtype)
     initializers = [numpy_helper.from_array(array, name) for name, array in zip(["scale", "b", "mean", "var"], params)]
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", element, list(x.shape))],
-                              [helper.make_tensor_value_info(name, element, None) for name in names], initializers)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", element, list(x.shape))],
+        [helper.make_tensor_value_info(name, element, None) for name in names],
+        initializers,
+    )
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     directory.mkdir(parents=True)
@@ -220,16 +249,22 @@ def test_a_node_the_spec_does_not_define_is_refused_with_the_sentence_it_breaks(
     assert spec.status == "run_failed"
     assert "scale has shape (4,), X has shape (6, 3, 4); 'tensor of shape (C)' ((3,))" in spec.reason
     result = run_case(case)
-    assert not any(verdict.attribution == "implementation deviates" for verdict in result.verdicts if not verdict), \
+    assert not any(verdict.attribution == "implementation deviates" for verdict in result.verdicts if not verdict), (
         "stored outputs of an invalid graph are not blamed against an invented oracle"
+    )
 
 
 def test_saved_statistics_after_the_third_output_are_compared(tmp_path):
     # onnxruntime returns 1 / sqrt(var + eps) in saved_var where the spec says the saved variance.
     x = X_NCL.astype(np.float64)
     mean, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
-    stored = [batch_normalised(X_NCL, (0, 2)).astype(np.float32), (0.1 * mean).astype(np.float32),
-              (0.9 + 0.1 * var).astype(np.float32), mean.astype(np.float32), var.astype(np.float32)]
+    stored = [
+        batch_normalised(X_NCL, (0, 2)).astype(np.float32),
+        (0.1 * mean).astype(np.float32),
+        (0.9 + 0.1 * var).astype(np.float32),
+        mean.astype(np.float32),
+        var.astype(np.float32),
+    ]
     case, _ = spec_of(tmp_path, "bn9", 9, X_NCL, UNIT, stored, outputs=5, momentum=0.9)
     result = run_case(case)
     diverging = {(v.other, v.field) for v in result.verdicts if not v}

@@ -9,19 +9,25 @@ from harness.load.grid import MAX_GRID_POINTS
 from harness.load.schema import load_case, load_cases
 from tests.tiny_cases import EVAL_BN2D, write_case
 
-GRID = EVAL_BN2D + """\
+GRID = (
+    EVAL_BN2D
+    + """\
 grid:
   bn.eps: [1.0e-5, 0.001]
   input.shape: [[2, 2, 3, 3], [8, 2, 1, 1]]
   export.opset: [9, 18]
 """
+)
 
 
 def test_a_grid_expands_into_one_case_per_point_with_its_values_written_in(tmp_path):
     cases = load_cases(write_case(tmp_path, "sweep", GRID))
     assert [case.case_id for case in cases] == [
         f"sweep[eps={eps},shape={shape},opset={opset}]"
-        for eps in ("1e-05", "0.001") for shape in ("2x2x3x3", "8x2x1x1") for opset in (9, 18)]
+        for eps in ("1e-05", "0.001")
+        for shape in ("2x2x3x3", "8x2x1x1")
+        for opset in (9, 18)
+    ]
     last = cases[-1]
     assert (last.bn.eps, last.input.shape) == (0.001, (8, 2, 1, 1))
     assert [step.export.opset for step in last.steps if step.kind == "export"] == [18], "a bare `- export` step gets the option"
@@ -29,7 +35,9 @@ def test_a_grid_expands_into_one_case_per_point_with_its_values_written_in(tmp_p
 
 
 def test_where_keeps_an_expectation_at_its_points_only(tmp_path):
-    text = GRID + """\
+    text = (
+        GRID
+        + """\
 expect:
   - status: run_failed
     runners: [onnx-torchscript-ort]
@@ -39,6 +47,7 @@ expect:
     runners: [onnx-dynamo-ort]
     reason: everywhere
 """
+    )
     cases = {case.case_id: case for case in load_cases(write_case(tmp_path, "sweep", text))}
     assert [e.reason for e in cases["sweep[eps=0.001,shape=8x2x1x1,opset=9]"].expectations] == ["only there", "everywhere"]
     assert [e.reason for e in cases["sweep[eps=0.001,shape=2x2x3x3,opset=9]"].expectations] == ["everywhere"]
@@ -54,13 +63,21 @@ def test_a_bad_value_in_the_grid_is_reported_at_its_line(tmp_path):
     assert str(error.value).startswith(f"{path}:{line}: bn.eps: "), str(error.value)
 
 
-@pytest.mark.parametrize("grid, message", [
-    ("  bn.nonsense.deeper: [1]\n", "grid.bn.nonsense.deeper: 'bn.nonsense.deeper' is not a field a grid can sweep; allowed: bn.<field>"),
-    ("  bn.eps: []\n", "grid.bn.eps: must be a non-empty list of values"),
-    ("  bn.eps: 0.1\n", "grid.bn.eps: must be a non-empty list of values"),
-    ("  bn.eps: [" + ", ".join(["0.1"] * 17) + "]\n  bn.momentum: [" + ", ".join(["0.1"] * 16) + "]\n",
-     f"grid: expands into 272 cases; allowed: at most {MAX_GRID_POINTS} per file"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        (
+            "  bn.nonsense.deeper: [1]\n",
+            "grid.bn.nonsense.deeper: 'bn.nonsense.deeper' is not a field a grid can sweep; allowed: bn.<field>",
+        ),
+        ("  bn.eps: []\n", "grid.bn.eps: must be a non-empty list of values"),
+        ("  bn.eps: 0.1\n", "grid.bn.eps: must be a non-empty list of values"),
+        (
+            "  bn.eps: [" + ", ".join(["0.1"] * 17) + "]\n  bn.momentum: [" + ", ".join(["0.1"] * 16) + "]\n",
+            f"grid: expands into 272 cases; allowed: at most {MAX_GRID_POINTS} per file",
+        ),
+    ],
+)
 def test_a_malformed_grid_names_its_field_and_what_is_allowed(tmp_path, grid, message):
     path = write_case(tmp_path, "sweep", EVAL_BN2D + "grid:\n" + grid)
     with pytest.raises(CaseError) as error:
@@ -100,7 +117,9 @@ def test_the_run_reports_each_point_as_its_own_case(tmp_path):
 
 
 def test_fields_varied_together_take_their_values_side_by_side(tmp_path):
-    text = EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [2, 2]") + """\
+    text = (
+        EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [2, 2]")
+        + """\
 grid:
   model, input.shape: [[batchnorm1d, [8, 2]], [batchnorm3d, [2, 2, 2, 2, 2]]]
 expect:
@@ -109,11 +128,14 @@ expect:
     where: {model: batchnorm3d}
     reason: only 3d
 """
+    )
     first, second = load_cases(write_case(tmp_path, "joint", text))
     assert (first.case_id, first.model, first.input.shape) == ("joint[model=batchnorm1d,shape=8x2]", "batchnorm1d", (8, 2))
     assert (second.model, second.input.shape, len(second.expectations), len(first.expectations)) == ("batchnorm3d", (2, 2, 2, 2, 2), 1, 0)
     bad = text.replace("[batchnorm3d, [2, 2, 2, 2, 2]]", "[batchnorm3d]")
-    with pytest.raises(CaseError, match=r"grid.model, input.shape\[1\]: must list one value for each of the 2 fields; allowed: \[model, input.shape\]"):
+    with pytest.raises(
+        CaseError, match=r"grid.model, input.shape\[1\]: must list one value for each of the 2 fields; allowed: \[model, input.shape\]"
+    ):
         load_cases(write_case(tmp_path, "bad", bad))
 
 

@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from harness.frontends import cli
 from harness.core.errors import CaseError
+from harness.frontends import cli
 from harness.load.schema import load_case
 from tests.hostile_corpus import MUTATIONS, generate
 from tests.tiny_cases import EVAL_BN2D, write_case
@@ -48,23 +48,30 @@ def test_every_malformed_file_is_a_clear_error_with_file_line_and_field(corpus):
             for line in message.splitlines():
                 if line.startswith("  "):
                     continue  # a continuation of the problem above
-                assert re.match(re.escape(str(path)) + r":\d+: \S+: \S", line) or (
-                    "file too large for a case; allowed: at most" in line), f"{path}: {line}"
+                assert re.match(re.escape(str(path)) + r":\d+: \S+: \S", line) or ("file too large for a case; allowed: at most" in line), (
+                    f"{path}: {line}"
+                )
             refused[path.stem.split("_", 2)[2]] += 1
     finally:
         signal.signal(signal.SIGALRM, previous)
     assert set(refused) == set(MUTATIONS), "every kind of damage was generated and refused"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("description: x\nmodel: !!python/object/apply:os.system ['echo pwned']\n",
-     ":2: <document>: invalid YAML: could not determine a constructor for the tag "
-     "'tag:yaml.org,2002:python/object/apply:os.system'"),
-    ("description: x\nbn: " + "[" * 5000 + "]" * 5000 + "\n", ":2: <document>: nesting too deep; allowed: at most 64 levels"),
-    (EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [1000000, 2, 3, 3]"),
-     ":9: input.shape: 18000000 elements per batch; allowed: at most 4194304"),
-    ("description: x\x00\n", ":1: <document>: invalid YAML: character #x0000 is not allowed in YAML text"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "description: x\nmodel: !!python/object/apply:os.system ['echo pwned']\n",
+            ":2: <document>: invalid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'",
+        ),
+        ("description: x\nbn: " + "[" * 5000 + "]" * 5000 + "\n", ":2: <document>: nesting too deep; allowed: at most 64 levels"),
+        (
+            EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [1000000, 2, 3, 3]"),
+            ":9: input.shape: 18000000 elements per batch; allowed: at most 4194304",
+        ),
+        ("description: x\x00\n", ":1: <document>: invalid YAML: character #x0000 is not allowed in YAML text"),
+    ],
+)
 def test_the_worst_kinds_name_what_is_allowed(tmp_path, text, expected):
     path = tmp_path / "case.yaml"
     path.write_text(text)
@@ -85,7 +92,7 @@ def test_the_good_cases_beside_the_corpus_run_and_keep_their_results(tmp_path, c
     cases = tmp_path / "cases"
     write_case(cases, "aaa_good", EVAL_BN2D)
     write_case(cases, "zzz_good", EVAL_BN2D)
-    hostile = corpus[:len(MUTATIONS) * 2]  # each kind twice, beside the good ones
+    hostile = corpus[: len(MUTATIONS) * 2]  # each kind twice, beside the good ones
     for path in hostile:
         (cases / path.name).write_bytes(path.read_bytes())
     results = tmp_path / "results.json"

@@ -13,8 +13,9 @@ def test_batches_are_seeded_and_reproducible():
 
 
 def test_per_channel_offset_scale_and_constant_channels():
-    spec = InputSpec((512, 3, 4, 4), "float32", channel_offset=(10.0, -5.0, 0.0), channel_scale=(1.0, 0.01, 1.0),
-                     constant_channels=((2, 3.5),))
+    spec = InputSpec(
+        (512, 3, 4, 4), "float32", channel_offset=(10.0, -5.0, 0.0), channel_scale=(1.0, 0.01, 1.0), constant_channels=((2, 3.5),)
+    )
     batch = make_batch(spec, 0)
     means = batch.mean(axis=(0, 2, 3))
     assert abs(means[0] - 10.0) < 0.1 and abs(means[1] + 5.0) < 0.01

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from harness.core.inputs import make_batch
+from harness.load.schema import load_case
 from harness.run.execution import default_executor
 from harness.run.runners import create_runner
 from harness.run.runners import keras as keras_runners
-from harness.load.schema import load_case
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
 pytest.importorskip("torch")

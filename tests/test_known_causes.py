@@ -36,11 +36,11 @@ import pytest
 
 pytest.importorskip("torch")
 
+from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES  # noqa: E402
 from harness.judge.attribution import CLASSES, ROUNDING_FLOOR_FACTOR  # noqa: E402
 from harness.judge.engine import judge  # noqa: E402
-from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES  # noqa: E402
-from harness.run.runners.torch_eager import TorchEagerRunner  # noqa: E402
 from harness.load.schema import load_case  # noqa: E402
+from harness.run.runners.torch_eager import TorchEagerRunner  # noqa: E402
 from tests.known_cause_runners import (  # noqa: E402
     CONVENTIONS,
     IMPLEMENTATION,
@@ -95,8 +95,12 @@ class Config:
 
 CONFIGS = tuple(
     Config(model, shape, mode, dtype)
-    for model, shape in (("batchnorm1d", (8, 3)), ("batchnorm1d", (8, 3, 5)), ("batchnorm2d", (4, 3, 3, 3)),
-                         ("batchnorm3d", (2, 3, 2, 2, 2)))
+    for model, shape in (
+        ("batchnorm1d", (8, 3)),
+        ("batchnorm1d", (8, 3, 5)),
+        ("batchnorm2d", (4, 3, 3, 3)),
+        ("batchnorm3d", (2, 3, 2, 2, 2)),
+    )
     for mode in ("train", "eval")
     for dtype in ("float32", "float64")
 ) + tuple(

@@ -49,8 +49,7 @@ def test_duplicate_keys_are_reported_with_their_line():
 def test_self_referencing_aliases_and_alias_bombs_end_with_an_error():
     assert "nesting too deep" in problems_of("a: &x [*x]\n")[0]
     bomb = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
-        f"{name}: &{name} [{', '.join(['*' + previous] * 10)}]\n"
-        for previous, name in zip("abcdef", "bcdefg")
+        f"{name}: &{name} [{', '.join(['*' + previous] * 10)}]\n" for previous, name in zip("abcdef", "bcdefg")
     )
     assert "aliases expand too far" in problems_of(bomb)[0]
 

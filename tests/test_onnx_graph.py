@@ -23,8 +23,13 @@ def batchnorm_model(opset: int, training: bool, stat_names=("bn.running_mean", "
         numpy_helper.from_array(np.float32([0.5, -0.5]), stat_names[0]),
         numpy_helper.from_array(np.float32([2.0, 0.5]), stat_names[1]),
     ]
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3, 3])], initializers)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3, 3])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -47,7 +52,11 @@ def test_exposed_running_stats_are_fed_and_read_back_in_onnxruntime():
     nodes = list(find_batchnorms(model, ["bn"]).values())
     (wiring,) = expose_running_stats(model, nodes).values()
     assert (wiring.mean_input, wiring.var_input, wiring.mean_output, wiring.var_output) == (
-        "bn.running_mean", "bn.running_var", "mean_out", "var_out")
+        "bn.running_mean",
+        "bn.running_var",
+        "mean_out",
+        "var_out",
+    )
     assert {value.name for value in model.graph.input} >= {"bn.running_mean", "bn.running_var"}
     assert "bn.running_mean" not in {initializer.name for initializer in model.graph.initializer}
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -77,14 +86,21 @@ def deduplicated_model(training: bool) -> onnx.ModelProto:
     statistics through Identity."""
     attributes = {"epsilon": 1e-5, "momentum": 0.9, **({"training_mode": 1} if training else {})}
     outputs = ["y", "mean_out", "var_out"] if training else ["y"]
-    nodes = [helper.make_node("Identity", ["weight"], ["running_var"]),
-             helper.make_node("Identity", ["bias"], ["running_mean"]),
-             helper.make_node("BatchNormalization", ["x", "weight", "bias", "running_mean", "running_var"], outputs,
-                              name="bn_node", **attributes)]
-    initializers = [numpy_helper.from_array(np.ones(2, np.float32), "weight"),
-                    numpy_helper.from_array(np.zeros(2, np.float32), "bias")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3, 3])], initializers)
+    nodes = [
+        helper.make_node("Identity", ["weight"], ["running_var"]),
+        helper.make_node("Identity", ["bias"], ["running_mean"]),
+        helper.make_node(
+            "BatchNormalization", ["x", "weight", "bias", "running_mean", "running_var"], outputs, name="bn_node", **attributes
+        ),
+    ]
+    initializers = [numpy_helper.from_array(np.ones(2, np.float32), "weight"), numpy_helper.from_array(np.zeros(2, np.float32), "bias")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, 3, 3])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
 
 
@@ -99,8 +115,10 @@ def test_statistics_read_through_identity_copies_are_stored_statistics():
 def test_statistics_from_a_constant_node_are_stored_statistics():
     model = batchnorm_model(15, False)
     del model.graph.initializer[2:]  # the statistics now come from Constant nodes
-    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(values), name))
-                 for name, values in (("bn.running_mean", [0.5, -0.5]), ("bn.running_var", [2.0, 0.5]))]
+    constants = [
+        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(values), name))
+        for name, values in (("bn.running_mean", [0.5, -0.5]), ("bn.running_var", [2.0, 0.5]))
+    ]
     for position, constant in enumerate(constants):
         model.graph.node.insert(position, constant)
     (node,) = find_batchnorms(model, ["bn"]).values()
@@ -118,8 +136,7 @@ def test_fed_statistics_that_share_an_initializer_with_the_scale_do_not_feed_the
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).normal(size=(4, 2, 3, 3)).astype(np.float32)
     var = np.float32([4.0, 9.0])  # fed as running_var: a scale of 4 or 9 would show in y
-    y, _, var_out = session.run(["y", "mean_out", "var_out"], {"x": x, wiring.mean_input: np.zeros(2, np.float32),
-                                                               wiring.var_input: var})
+    y, _, var_out = session.run(["y", "mean_out", "var_out"], {"x": x, wiring.mean_input: np.zeros(2, np.float32), wiring.var_input: var})
     mean, batch_var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
     expected = (x - mean.reshape(1, 2, 1, 1)) / np.sqrt(batch_var.reshape(1, 2, 1, 1) + 1e-5)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)

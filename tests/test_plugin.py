@@ -54,15 +54,17 @@ def test_an_unlisted_divergence_fails_with_the_verdict_and_a_snippet(pytester):
     write_case(pytester.path / "cases", "forum", FORUM_FLIP)
     result = pytester.runpytest_subprocess("cases", FAST)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "6 divergence(s) not listed in expect:",
-        "module.bn.training after step 1 (export(training=eval)): torch-eager vs onnx-torchscript-ort differ: "
-        "False (torch-eager), True (onnx-torchscript-ort)",
-        "Attribution: state changed by a step: step 1 (export(training=eval)) changed the user's torch module in "
-        "onnx-torchscript-ort (first seen in module.bn.training); torch.onnx.export sets the training mode only temporarily*",
-        "*add to expect in cases/forum.yaml:",
-        "  - field: module.bn.training",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "6 divergence(s) not listed in expect:",
+            "module.bn.training after step 1 (export(training=eval)): torch-eager vs onnx-torchscript-ort differ: "
+            "False (torch-eager), True (onnx-torchscript-ort)",
+            "Attribution: state changed by a step: step 1 (export(training=eval)) changed the user's torch module in "
+            "onnx-torchscript-ort (first seen in module.bn.training); torch.onnx.export sets the training mode only temporarily*",
+            "*add to expect in cases/forum.yaml:",
+            "  - field: module.bn.training",
+        ]
+    )
 
 
 def test_an_expected_divergence_that_vanished_fails(pytester):
@@ -70,10 +72,12 @@ def test_an_expected_divergence_that_vanished_fails(pytester):
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + wrong_runner)
     result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager,onnx-dynamo-ort")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "Expected divergence no longer reproduces (cases/forum.yaml:15): module.bn.training after step 1, 2 differs in onnx-dynamo-ort",
-        "  seen instead: now agrees: module.bn.training after step 1 *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "Expected divergence no longer reproduces (cases/forum.yaml:15): module.bn.training after step 1, 2 differs in onnx-dynamo-ort",
+            "  seen instead: now agrees: module.bn.training after step 1 *",
+        ]
+    )
 
 
 def test_results_json_records_every_case_with_runner_statuses(pytester):
@@ -105,7 +109,11 @@ def test_grid_points_are_listed_in_the_grids_order(pytester):
 def test_an_unknown_runner_is_a_usage_error(pytester):
     result = pytester.runpytest("--harness-runners=torch-eager,tensorrt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, torch-compile, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"])
+    result.stderr.fnmatch_lines(
+        [
+            "*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, torch-compile, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"
+        ]
+    )
 
 
 def test_pytest_xdist_gives_the_results_of_a_serial_run(pytester):
@@ -129,5 +137,9 @@ def test_expectations_whose_runners_did_not_run_are_counted(pytester):
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
     result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["passed   cases/forum.yaml: known divergences: none; * expectation(s) not checked (onnx-torchscript-ort not selected*",
-                                 "* expectation(s) not checked (their runners were not selected or skipped)"])
+    result.stdout.fnmatch_lines(
+        [
+            "passed   cases/forum.yaml: known divergences: none; * expectation(s) not checked (onnx-torchscript-ort not selected*",
+            "* expectation(s) not checked (their runners were not selected or skipped)",
+        ]
+    )

@@ -17,8 +17,9 @@ def test_the_full_example_in_the_readme_loads(tmp_path):
     path = tmp_path / "readme_example.yaml"
     path.write_text(example)
     cases = load_cases(path)
-    assert [case.case_id for case in cases] == [f"readme_example[momentum={momentum},opset={opset}]"
-                                                for momentum in ("0.1", "None") for opset in (9, 18)]
+    assert [case.case_id for case in cases] == [
+        f"readme_example[momentum={momentum},opset={opset}]" for momentum in ("0.1", "None") for opset in (9, 18)
+    ]
     case = cases[-1]
     assert case.model == "forum_net" and len(case.steps) == 6 and case.bn.momentum is None
     assert [expectation.status for expectation in case.expectations] == [None, "export_failed"]

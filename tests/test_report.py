@@ -15,25 +15,61 @@ RESULTS = {
     "created": "2026-11-24T00:00:00+00:00",
     "environment": {"python": "3.11.7", "platform": "linux", "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
     "cases": [
-        {"id": "calm", "file": "cases/calm.yaml", "description": "all agree", "outcome": "passed", "steps": ["step 0 (forward)"],
-         "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
-         "comparisons": [{"field": "output", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree"}]},
-        {"id": "flip", "file": "cases/flip.yaml", "description": "<script>alert(1)</script> export flips bn", "outcome": "passed",
-         "steps": ["step 0 (forward)", "step 1 (export(training=eval))"],
-         "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"},
-                     "onnx-dynamo-ort": {"status": "export_failed", "reason": "TorchExportError: boom"}},
-         "statuses": [{"runner": "onnx-dynamo-ort", "status": "export_failed", "expected": True}],
-         "comparisons": [
-             {"field": "module.bn.training", "step": 1, "other": "onnx-torchscript-ort", "classification": "known",
-              "reference_value": False, "other_value": True, "text": "module.bn.training after step 1 ... differ",
-              "attribution": "state changed by a step", "step_label": "step 1 (export(training=eval))",
-              "expectation": {"reason": "recursive model.train()", "link": "https://github.com/pytorch/pytorch/issues/52867"}},
-             {"field": "module.bn.running_var", "step": 1, "other": "onnx-torchscript-ort", "classification": "known",
-              "text": "module.bn.running_var ... not close!", "attribution": "state changed by a step",
-              "channel_abs_diff": CHANNEL_DIFFS, "atol": 1e-05, "expectation": {"reason": "stepped"}},
-             {"field": "module.bn.training", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree",
-              "reference_value": False, "other_value": False},
-         ]},
+        {
+            "id": "calm",
+            "file": "cases/calm.yaml",
+            "description": "all agree",
+            "outcome": "passed",
+            "steps": ["step 0 (forward)"],
+            "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
+            "comparisons": [{"field": "output", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree"}],
+        },
+        {
+            "id": "flip",
+            "file": "cases/flip.yaml",
+            "description": "<script>alert(1)</script> export flips bn",
+            "outcome": "passed",
+            "steps": ["step 0 (forward)", "step 1 (export(training=eval))"],
+            "runners": {
+                "torch-eager": {"status": "ok"},
+                "onnx-torchscript-ort": {"status": "ok"},
+                "onnx-dynamo-ort": {"status": "export_failed", "reason": "TorchExportError: boom"},
+            },
+            "statuses": [{"runner": "onnx-dynamo-ort", "status": "export_failed", "expected": True}],
+            "comparisons": [
+                {
+                    "field": "module.bn.training",
+                    "step": 1,
+                    "other": "onnx-torchscript-ort",
+                    "classification": "known",
+                    "reference_value": False,
+                    "other_value": True,
+                    "text": "module.bn.training after step 1 ... differ",
+                    "attribution": "state changed by a step",
+                    "step_label": "step 1 (export(training=eval))",
+                    "expectation": {"reason": "recursive model.train()", "link": "https://github.com/pytorch/pytorch/issues/52867"},
+                },
+                {
+                    "field": "module.bn.running_var",
+                    "step": 1,
+                    "other": "onnx-torchscript-ort",
+                    "classification": "known",
+                    "text": "module.bn.running_var ... not close!",
+                    "attribution": "state changed by a step",
+                    "channel_abs_diff": CHANNEL_DIFFS,
+                    "atol": 1e-05,
+                    "expectation": {"reason": "stepped"},
+                },
+                {
+                    "field": "module.bn.training",
+                    "step": 0,
+                    "other": "onnx-torchscript-ort",
+                    "classification": "agree",
+                    "reference_value": False,
+                    "other_value": False,
+                },
+            ],
+        },
     ],
 }
 
@@ -45,7 +81,7 @@ def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
     assert 'title="onnx-dynamo-ort: TorchExportError: boom">export_failed (known)</td>' in html
     for control in ('class="status-filter" value="agree"', 'id="runner-filter"', 'id="class-filter"', 'id="text-filter"'):
         assert control in html
-    assert '<option>state changed by a step</option>' in html
+    assert "<option>state changed by a step</option>" in html
     assert html.count('<rect class="bar"') == len(CHANNEL_DIFFS)
     assert '<a href="https://github.com/pytorch/pytorch/issues/52867">' in html
     assert '<td class="mode-differs">T</td>' in html, "the flipped flag is highlighted against the reference"
@@ -56,8 +92,10 @@ def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
 
 def test_a_case_that_did_not_load_or_run_shows_as_such():
     """Not as a runner's run_failed: no runner ran it."""
-    broken = [{"id": "typo", "file": "cases/typo.yaml", "outcome": "invalid", "error": "cases/typo.yaml:3: bn.eps: ..."},
-              {"id": "bug", "file": "cases/bug.yaml", "outcome": "error", "error": "Traceback ..."}]
+    broken = [
+        {"id": "typo", "file": "cases/typo.yaml", "outcome": "invalid", "error": "cases/typo.yaml:3: bn.eps: ..."},
+        {"id": "bug", "file": "cases/bug.yaml", "outcome": "error", "error": "Traceback ..."},
+    ]
     html = render_report({**RESULTS, "cases": [*RESULTS["cases"], *broken]})
     rows = re.findall(r'<tr class="case-row" data-case="(\w+)" data-status="(\w+)"', html)
     assert rows[-2:] == [("typo", "invalid"), ("bug", "error")]
@@ -68,14 +106,16 @@ def test_a_case_that_did_not_load_or_run_shows_as_such():
 def test_the_report_is_self_contained(tmp_path):
     write_report(RESULTS, tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
-    assert not re.search(r'<(script|img|link|iframe)[^>]+(src|href)=', html), "no fetches: the readers may be offline"
+    assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=", html), "no fetches: the readers may be offline"
     assert not re.search(r"url\(|@import", html)
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)
 def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
@@ -84,8 +124,18 @@ def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
     write_report(RESULTS, tmp_path / "report.html")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,900",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:

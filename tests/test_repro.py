@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
+from harness.core.errors import HarnessError
 from harness.frontends import cli
 from harness.judge.engine import run_case
-from harness.core.errors import HarnessError
-from harness.report.repro import bundle_runners, write_bundle
 from harness.load.schema import load_case
+from harness.report.repro import bundle_runners, write_bundle
 from tests.tiny_cases import FORUM_FLIP, write_case
 
 onnx = pytest.importorskip("onnx")
@@ -58,14 +58,15 @@ def test_what_cannot_be_bundled_says_why(forum, tmp_path):
 
 
 def test_a_graph_case_bundle_runs_every_runtime_against_the_spec(tmp_path, capsys):
-    node = ("description: a BN-9 node in inference mode\n"
-            "onnx_graph: {opset: 9, training_mode: false, num_features: 2, mean: [0.5, -0.5], var: [2.0, 0.5]}\n"
-            "input: {shape: [4, 2, 3], seed: 1}\nsteps: [forward]\n")
+    node = (
+        "description: a BN-9 node in inference mode\n"
+        "onnx_graph: {opset: 9, training_mode: false, num_features: 2, mean: [0.5, -0.5], var: [2.0, 0.5]}\n"
+        "input: {shape: [4, 2, 3], seed: 1}\nsteps: [forward]\n"
+    )
     graph = write_case(tmp_path / "cases", "node", node)
     assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 0
     bundle = tmp_path / "out" / "node" / "graph"
-    assert sorted(path.name for path in (bundle / "test_data_set_0").iterdir()) == [
-        "input_0.pb", "input_1.pb", "input_2.pb", "output_0.pb"]
+    assert sorted(path.name for path in (bundle / "test_data_set_0").iterdir()) == ["input_0.pb", "input_1.pb", "input_2.pb", "output_0.pb"]
     run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr
     assert "DIVERGES: onnx reference evaluator, test_data_set_0, output (Y): greatest difference from the ONNX spec" in run.stdout
@@ -117,7 +118,8 @@ def test_a_keras_bundle_of_an_agreeing_port_shows_nothing(tmp_path):
     # Mapped momentum, train steps only (an eval forward after training would use Keras's biased
     # variance); the bundle is written all the same to check the script raises no false alarm.
     control = KERAS_PASSTHROUGH.replace("momentum: 0.1, running_var", "running_var").replace(
-        "steps: [forward, {set_mode: eval}, forward]", "steps: [forward, train_step, {set_mode: eval}]")
+        "steps: [forward, {set_mode: eval}, forward]", "steps: [forward, train_step, {set_mode: eval}]"
+    )
     case, result = _keras_case(tmp_path, control)
     assert bundle_runners(result) == [] and result.runs[1].status == "ok"
     bundle = write_bundle(case, result, "keras-torch", tmp_path / "out")
@@ -132,8 +134,13 @@ def test_a_backend_test_bundle_compares_in_the_graphs_own_dtype(tmp_path):
     from tests.test_graph_cases import UNIT, X_NCL, write_node_test
 
     x = X_NCL.astype(np.float16)
-    write_node_test(tmp_path / "cases" / "half", 15, x, [a.astype(np.float16) for a in UNIT],
-                    [(x.astype(np.float64) / np.sqrt(1 + 1e-5)).astype(np.float16)])
+    write_node_test(
+        tmp_path / "cases" / "half",
+        15,
+        x,
+        [a.astype(np.float16) for a in UNIT],
+        [(x.astype(np.float64) / np.sqrt(1 + 1e-5)).astype(np.float16)],
+    )
     graph = write_case(tmp_path / "cases", "case", "description: d\nonnx_backend_test: half\n")
     assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 0
     script = (tmp_path / "out" / "case" / "graph" / "repro.py").read_text()

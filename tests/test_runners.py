@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from harness.core.inputs import make_batch
-from harness.run.runners import create_runner
 from harness.load.schema import load_case
+from harness.run.runners import create_runner
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, write_case
 
 pytest.importorskip("torch")
@@ -99,11 +99,15 @@ def test_an_eval_graph_in_onnxruntime_matches_eager_and_reports_its_batchnorm(tm
 @pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-torchscript-ort-noopt", "onnx-reference"])
 def test_a_training_graph_feeds_its_running_stats_back_when_asked(tmp_path, runner):
     pytest.importorskip("onnxruntime")
-    text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
-                              "  - export: {training: training, graph_state: fed_back}\n  - forward\n  - forward\n")
+    text = TRAIN_BN2D.replace(
+        "  - forward\n  - export: {training: training}\n  - forward\n",
+        "  - export: {training: training, graph_state: fed_back}\n  - forward\n  - forward\n",
+    )
     case, result = run(tmp_path, runner, text)
-    assert result.details["exporter"]["executor"] == {"onnx-torchscript-ort": "ort", "onnx-torchscript-ort-noopt": "ort-noopt",
-                                                      "onnx-reference": "reference"}[runner]
+    assert (
+        result.details["exporter"]["executor"]
+        == {"onnx-torchscript-ort": "ort", "onnx-torchscript-ort-noopt": "ort-noopt", "onnx-reference": "reference"}[runner]
+    )
     assert result.status == "ok"
     assert value(result, 0, "uses_batch_stats") is True
     x = make_batch(case.input, case.input.seed).astype(np.float32).astype(np.float64)
@@ -169,8 +173,10 @@ def test_a_training_graph_runs_as_exported_by_default_and_says_which_outputs_it_
     # The exporter's own form: initializers stay initializers and the node's updated statistics,
     # which the TorchScript exporter does not make graph outputs, go nowhere (issue 15, defect 10).
     pytest.importorskip("onnxruntime")
-    text = TRAIN_BN2D.replace("  - forward\n  - export: {training: training}\n  - forward\n",
-                              "  - export: {training: training, opset: 15}\n  - forward\n  - forward\n")
+    text = TRAIN_BN2D.replace(
+        "  - forward\n  - export: {training: training}\n  - forward\n",
+        "  - export: {training: training, opset: 15}\n  - forward\n  - forward\n",
+    )
     _, result = run(tmp_path, "onnx-torchscript-ort", text)
     assert result.status == "ok"
     (export,) = result.details["exports"]

@@ -43,7 +43,7 @@ def test_train_step_repeat_expands_with_a_fresh_seed_per_step(tmp_path):
 
 
 def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(tmp_path):
-    text = FORUM_FLIP.replace('bn: eval}', 'bn: evaluate}').replace("  - export\n", "  - explode\n  - export: {opsett: 12}\n")
+    text = FORUM_FLIP.replace("bn: eval}", "bn: evaluate}").replace("  - export\n", "  - explode\n  - export: {opsett: 12}\n")
     text = text.replace("input:\n", "colour: red\ninput:\n")
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval",
@@ -69,7 +69,11 @@ def test_unknown_model_lists_the_registry(tmp_path):
         ("num_features: 2", "num_features: two", "bn.num_features: got a string 'two'; allowed: an integer"),
         ("num_features: 2", "num_features: 0", "bn.num_features: got 0; allowed: >= 1"),
         ("  seed: 1\n", "  seed: 1\n  shape: [2, 2, 3, 3]\n", "input.shape: duplicate key"),
-        ("description: a tiny eval-mode BatchNorm2d\n", "", "<document>: missing required field 'description'; allowed: description, model, bn, mode, input, steps"),
+        (
+            "description: a tiny eval-mode BatchNorm2d\n",
+            "",
+            "<document>: missing required field 'description'; allowed: description, model, bn, mode, input, steps",
+        ),
     ],
 )
 def test_single_field_problems(tmp_path, old, new, expected):
@@ -94,13 +98,14 @@ def test_input_size_is_capped(tmp_path):
 def test_mode_paths_must_name_submodules(tmp_path):
     (problem,) = problems(tmp_path, FORUM_FLIP.replace("bn: eval}", "batchnorm: eval}"))
     assert problem == (
-        "cases/case.yaml:7: mode.batchnorm: no submodule 'batchnorm' in model 'forum_net'; "
-        "allowed: '', 'conv1', 'bn', 'fc1'"
+        "cases/case.yaml:7: mode.batchnorm: no submodule 'batchnorm' in model 'forum_net'; allowed: '', 'conv1', 'bn', 'fc1'"
     )
 
 
 def test_bn_vectors_need_num_features_values_and_finite_numbers(tmp_path):
-    text = EVAL_BN2D.replace("running_mean: [0.5, -0.5]", "running_mean: [0.5]").replace("running_var: [2.0, 0.5]", "running_var: [.nan, 0.5]")
+    text = EVAL_BN2D.replace("running_mean: [0.5, -0.5]", "running_mean: [0.5]").replace(
+        "running_var: [2.0, 0.5]", "running_var: [.nan, 0.5]"
+    )
     assert problems(tmp_path, text) == [
         "cases/case.yaml:5: bn.running_mean: 1 values for num_features=2; allowed: 2 values",
         "cases/case.yaml:6: bn.running_var: not a finite number; allowed: finite numbers (NaN and Inf belong in input values)",
@@ -108,7 +113,9 @@ def test_bn_vectors_need_num_features_values_and_finite_numbers(tmp_path):
 
 
 def test_literal_values_must_have_the_input_shape_and_exclude_train_steps(tmp_path):
-    text = EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [2, 2]\n  values: [[1, 2], [3]]").replace("model: batchnorm2d", "model: batchnorm1d")
+    text = EVAL_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [2, 2]\n  values: [[1, 2], [3]]").replace(
+        "model: batchnorm2d", "model: batchnorm1d"
+    )
     assert problems(tmp_path, text) == [
         "cases/case.yaml:10: input.values: nested lists of shape ragged/non-numeric; allowed: numbers of shape (2, 2)"
     ]
@@ -138,7 +145,11 @@ expect:
     reason: both
 """
     found = problems(tmp_path, FORUM_FLIP + expect)
-    assert found[0].startswith("cases/case.yaml:15: expect[0].field: 'module.bn.trainig' matches no field of model 'forum_net'; allowed: output, module.output, module.training,")
+    assert found[0].startswith(
+        "cases/case.yaml:15: expect[0].field: 'module.bn.trainig' matches no field of model 'forum_net'; allowed: output, module.output, module.training,"
+    )
     assert found[1] == "cases/case.yaml:19: expect[1].step: step 3 does not exist; allowed: 0..2 (train_step repeats count one step each)"
-    assert found[2].startswith("cases/case.yaml:23: expect[2].runners: torch-eager is the reference every other runner is compared with; allowed: the runner(s) that differ from it:")
+    assert found[2].startswith(
+        "cases/case.yaml:23: expect[2].runners: torch-eager is the reference every other runner is compared with; allowed: the runner(s) that differ from it:"
+    )
     assert found[3] == "cases/case.yaml:25: expect[3]: an expectation names either field / fields or status; allowed: exactly one of them"

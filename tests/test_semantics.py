@@ -14,9 +14,20 @@ from harness.core.results import BNCall
 from harness.core.semantics import SPECS, oracle
 
 X = np.array([[1.0], [2.0], [3.0], [4.0]])  # (N=4, C=1)
-BASE = BNCall(semantics="pytorch", input=X, channel_axis=1, uses_batch_stats=True, updates_running_stats=True,
-              eps=0.0, momentum=0.1, weight=None, bias=None, running_mean_before=np.array([0.0]),
-              running_var_before=np.array([1.0]), num_batches_tracked_before=0)
+BASE = BNCall(
+    semantics="pytorch",
+    input=X,
+    channel_axis=1,
+    uses_batch_stats=True,
+    updates_running_stats=True,
+    eps=0.0,
+    momentum=0.1,
+    weight=None,
+    bias=None,
+    running_mean_before=np.array([0.0]),
+    running_var_before=np.array([1.0]),
+    num_batches_tracked_before=0,
+)
 
 
 def call(**changes) -> BNCall:
@@ -36,8 +47,15 @@ def test_pytorch_cumulative_average_when_momentum_is_none():
 
 
 def test_pytorch_eval_uses_running_statistics_and_eps():
-    result = oracle(call(uses_batch_stats=False, updates_running_stats=False, eps=1.0,
-                         running_mean_before=np.array([2.0]), running_var_before=np.array([3.0])))
+    result = oracle(
+        call(
+            uses_batch_stats=False,
+            updates_running_stats=False,
+            eps=1.0,
+            running_mean_before=np.array([2.0]),
+            running_var_before=np.array([3.0]),
+        )
+    )
     np.testing.assert_allclose(result.output[:, 0], (X[:, 0] - 2.0) / 2.0)
     assert result.running_var[0] == 3.0
 
@@ -58,16 +76,32 @@ def test_keras_biased_moving_variance_or_read_back_unbiased_and_eval_on_the_stor
     assert oracle(call(semantics="keras", momentum=0.9)).running_var[0] == pytest.approx(0.9 + 0.1 * 1.25)
     unbiased = oracle(call(semantics="keras", momentum=0.9, running_var_reported="unbiased"))
     assert unbiased.running_var[0] == pytest.approx(0.9 + 0.1 * 5 / 3)
-    inference = oracle(call(semantics="keras", momentum=0.9, uses_batch_stats=False, updates_running_stats=False, eps=0.0,
-                            running_mean_before=np.array([2.5]), running_var_before=np.array([9.0]),
-                            stored_var_before=np.array([4.0])))
+    inference = oracle(
+        call(
+            semantics="keras",
+            momentum=0.9,
+            uses_batch_stats=False,
+            updates_running_stats=False,
+            eps=0.0,
+            running_mean_before=np.array([2.5]),
+            running_var_before=np.array([9.0]),
+            stored_var_before=np.array([4.0]),
+        )
+    )
     np.testing.assert_allclose(inference.output[:, 0], (X[:, 0] - 2.5) / 2.0), "normalises with what Keras stores"
 
 
 def test_affine_and_channel_axis():
     two_channels = np.stack([X[:, 0], 10 * X[:, 0]], axis=1)  # channel 1 has mean 25, variance 125
-    result = oracle(call(input=two_channels, weight=np.array([2.0, 1.0]), bias=np.array([0.0, 5.0]),
-                         running_mean_before=np.zeros(2), running_var_before=np.ones(2)))
+    result = oracle(
+        call(
+            input=two_channels,
+            weight=np.array([2.0, 1.0]),
+            bias=np.array([0.0, 5.0]),
+            running_mean_before=np.zeros(2),
+            running_var_before=np.ones(2),
+        )
+    )
     np.testing.assert_allclose(result.output[:, 1], (two_channels[:, 1] - 25) / np.sqrt(125) + 5)
     np.testing.assert_allclose(result.output[:, 0], 2 * (X[:, 0] - 2.5) / np.sqrt(1.25))
 

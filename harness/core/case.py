@@ -31,9 +31,7 @@ class ModeSetting:
         """`train` for the whole model, else `{"": train, bn: eval}`."""
         if len(self.assignments) == 1 and self.assignments[0][0] == "":
             return "train" if self.assignments[0][1] else "eval"
-        inner = ", ".join(
-            f"{path or chr(34) * 2}: {'train' if training else 'eval'}" for path, training in self.assignments
-        )
+        inner = ", ".join(f"{path or chr(34) * 2}: {'train' if training else 'eval'}" for path, training in self.assignments)
         return "{" + inner + "}"
 
 

@@ -34,7 +34,7 @@ class MappedParameter:
     @property
     def deviates(self) -> bool:
         """Whether the value differs from the PyTorch mapping (a default or a case's override)."""
-        return self.value != self.mapped
+        return bool(self.value != self.mapped)
 
     def describe(self) -> str:
         """`momentum=0.1 (case override; mapped: 0.9)`."""
@@ -61,8 +61,7 @@ class KerasMapping:
 
     def to_json(self) -> list[dict[str, Any]]:
         """The mapping as results.json records it."""
-        return [{"name": p.name, "value": p.value, "mapped": p.mapped, "source": p.source, "deviates": p.deviates}
-                for p in self.parameters]
+        return [{"name": p.name, "value": p.value, "mapped": p.mapped, "source": p.source, "deviates": p.deviates} for p in self.parameters]
 
 
 def channel_axis(case: Case) -> int:
@@ -104,6 +103,7 @@ def keras_mapping(case: Case) -> KerasMapping:
         "running_var": "moving_variance re-expressed in torch's unbiased convention",
     }
     parameters = []
+    value: Any
     for name, mapped_value in mapped.items():
         override = getattr(options, name, None) if name not in ("training_argument", "running_var") else None
         if name == "training_argument":

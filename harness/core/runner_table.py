@@ -13,8 +13,7 @@ from harness.core.errors import RunnerError
 
 RUNNERS_PACKAGE = "harness.run.runners"
 # The function that walks the runners of one exporter together (one export per export step).
-SHARED_WALKS: dict[str, str] = {exporter: f"{RUNNERS_PACKAGE}.onnx_export:run_sharing_exports"
-                                for exporter in ("torchscript", "dynamo")}
+SHARED_WALKS: dict[str, str] = {exporter: f"{RUNNERS_PACKAGE}.onnx_export:run_sharing_exports" for exporter in ("torchscript", "dynamo")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,60 +43,80 @@ class FamilyRecord:
 
 
 def _export(name: str, exporter: str, executor: str) -> RunnerRecord:
-    return RunnerRecord(name, f"{RUNNERS_PACKAGE}.onnx_export:OnnxExportRunner", "torch-onnx", "torch", "onnx",
-                        exporter=exporter, executor=executor, repro="export")
+    return RunnerRecord(
+        name,
+        f"{RUNNERS_PACKAGE}.onnx_export:OnnxExportRunner",
+        "torch-onnx",
+        "torch",
+        "onnx",
+        exporter=exporter,
+        executor=executor,
+        repro="export",
+    )
 
 
 def _keras(backend: str) -> RunnerRecord:
-    return RunnerRecord(f"keras-{backend}", f"{RUNNERS_PACKAGE}.keras:KerasRunner", f"keras-{backend}", "torch", "keras",
-                        keras_backend=backend, repro="keras")
+    return RunnerRecord(
+        f"keras-{backend}",
+        f"{RUNNERS_PACKAGE}.keras:KerasRunner",
+        f"keras-{backend}",
+        "torch",
+        "keras",
+        keras_backend=backend,
+        repro="keras",
+    )
 
 
 def _graph(name: str, executor: str) -> RunnerRecord:
     return RunnerRecord(name, f"{RUNNERS_PACKAGE}.graph:GraphRunner", "torch-onnx", "graph", "graph", executor=executor)
 
 
-RUNNERS: dict[str, RunnerRecord] = {record.name: record for record in (
-    RunnerRecord("torch-eager", f"{RUNNERS_PACKAGE}.torch_eager:TorchEagerRunner", "torch-onnx", "torch", "eager",
-                 role="reference"),
-    RunnerRecord("torch-compile", f"{RUNNERS_PACKAGE}.torch_compile:TorchCompileRunner", "torch-compile", "torch", "compile"),
-    _export("onnx-torchscript-ort", "torchscript", "ort"),
-    _export("onnx-dynamo-ort", "dynamo", "ort"),
-    _export("onnx-torchscript-ort-noopt", "torchscript", "ort-noopt"),
-    _export("onnx-dynamo-ort-noopt", "dynamo", "ort-noopt"),
-    # The TorchScript exporter honours the opset asked for; onnx's reference evaluator runs its graph.
-    _export("onnx-reference", "torchscript", "reference"),
-    _keras("tensorflow"),
-    _keras("jax"),
-    _keras("torch"),
-    _keras("numpy"),
-    RunnerRecord("onnx-spec", f"{RUNNERS_PACKAGE}.graph:OnnxSpecRunner", "torch-onnx", "graph", "graph", role="spec",
-                 repro="graph"),
-    RunnerRecord("stored-outputs", f"{RUNNERS_PACKAGE}.graph:StoredOutputsRunner", "torch-onnx", "graph", "graph",
-                 role="stored"),
-    _graph("graph-ort", "ort"),
-    _graph("graph-ort-noopt", "ort-noopt"),
-    _graph("graph-reference", "reference"),
-)}
+RUNNERS: dict[str, RunnerRecord] = {
+    record.name: record
+    for record in (
+        RunnerRecord("torch-eager", f"{RUNNERS_PACKAGE}.torch_eager:TorchEagerRunner", "torch-onnx", "torch", "eager", role="reference"),
+        RunnerRecord("torch-compile", f"{RUNNERS_PACKAGE}.torch_compile:TorchCompileRunner", "torch-compile", "torch", "compile"),
+        _export("onnx-torchscript-ort", "torchscript", "ort"),
+        _export("onnx-dynamo-ort", "dynamo", "ort"),
+        _export("onnx-torchscript-ort-noopt", "torchscript", "ort-noopt"),
+        _export("onnx-dynamo-ort-noopt", "dynamo", "ort-noopt"),
+        # The TorchScript exporter honours the opset asked for; onnx's reference evaluator runs its graph.
+        _export("onnx-reference", "torchscript", "reference"),
+        _keras("tensorflow"),
+        _keras("jax"),
+        _keras("torch"),
+        _keras("numpy"),
+        RunnerRecord("onnx-spec", f"{RUNNERS_PACKAGE}.graph:OnnxSpecRunner", "torch-onnx", "graph", "graph", role="spec", repro="graph"),
+        RunnerRecord("stored-outputs", f"{RUNNERS_PACKAGE}.graph:StoredOutputsRunner", "torch-onnx", "graph", "graph", role="stored"),
+        _graph("graph-ort", "ort"),
+        _graph("graph-ort-noopt", "ort-noopt"),
+        _graph("graph-reference", "reference"),
+    )
+}
 
 # torch and onnxruntime share a worker; each Keras backend has its own (KERAS_BACKEND is
 # process-global); torch.compile has its own (inductor's process-wide caches and compile workers).
 # The families that use torch fork from a server that imported torch once (harness.run.fork_server);
 # Keras's other backends spawn (a worker sets KERAS_BACKEND before its own import).
 TORCH_FAMILY = "torch-onnx"
-FAMILIES: dict[str, FamilyRecord] = {family.name: family for family in (
-    FamilyRecord(TORCH_FAMILY, ("torch", "onnx", "onnxruntime", "onnxscript"), forks_from_server=True),
-    FamilyRecord("torch-compile", ("torch", "torch._inductor.compile_fx"), forks_from_server=True),
-    FamilyRecord("keras-tensorflow", ("keras",), keras_backend="tensorflow"),
-    FamilyRecord("keras-jax", ("keras",), keras_backend="jax"),
-    FamilyRecord("keras-torch", ("keras",), forks_from_server=True, keras_backend="torch"),
-    FamilyRecord("keras-numpy", ("keras",), keras_backend="numpy"),
-)}
+FAMILIES: dict[str, FamilyRecord] = {
+    family.name: family
+    for family in (
+        FamilyRecord(TORCH_FAMILY, ("torch", "onnx", "onnxruntime", "onnxscript"), forks_from_server=True),
+        FamilyRecord("torch-compile", ("torch", "torch._inductor.compile_fx"), forks_from_server=True),
+        FamilyRecord("keras-tensorflow", ("keras",), keras_backend="tensorflow"),
+        FamilyRecord("keras-jax", ("keras",), keras_backend="jax"),
+        FamilyRecord("keras-torch", ("keras",), forks_from_server=True, keras_backend="torch"),
+        FamilyRecord("keras-numpy", ("keras",), keras_backend="numpy"),
+    )
+}
 
 REFERENCE_RUNNER = next(record.name for record in RUNNERS.values() if record.role == "reference")
 # Graph cases are judged against the spec (a hand-built node) or the stored outputs (a backend test).
-GRAPH_REFERENCES = {"node": next(record.name for record in RUNNERS.values() if record.role == "spec"),
-                    "backend_test": next(record.name for record in RUNNERS.values() if record.role == "stored")}
+GRAPH_REFERENCES = {
+    "node": next(record.name for record in RUNNERS.values() if record.role == "spec"),
+    "backend_test": next(record.name for record in RUNNERS.values() if record.role == "stored"),
+}
 SPEC_RUNNER = GRAPH_REFERENCES["node"]
 
 
@@ -120,8 +139,7 @@ def family_record(name: str) -> FamilyRecord:
 
 def runner_names(group: str | None = None) -> tuple[str, ...]:
     """Every runner of torch-model cases, the reference first (of one group: eager, compile, onnx, keras)."""
-    return tuple(record.name for record in RUNNERS.values()
-                 if record.case_kind == "torch" and (group is None or record.group == group))
+    return tuple(record.name for record in RUNNERS.values() if record.case_kind == "torch" and (group is None or record.group == group))
 
 
 def graph_runner_names() -> tuple[str, ...]:

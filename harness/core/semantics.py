@@ -7,6 +7,7 @@ it computes: the output and the running statistics after the step. Pure NumPy, f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,16 +51,14 @@ ONNX = Spec(
         "running_var = input_var * momentum + current_var * (1 - momentum)",
         "Notice that ReduceVar refers to the population variance",
         "When training_mode=False: Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B",
-        "(opset 9-13) the mode is given by the number of outputs: 5 in training, 1 in inference; "
-        "float attributes are stored as float32",
+        "(opset 9-13) the mode is given by the number of outputs: 5 in training, 1 in inference; float attributes are stored as float32",
         "(opset 6) is_test: If set to nonzero, run spatial batch normalization in test mode, default is 0",
         "(opset 6, 7) spatial: If false, compute the mean and variance across per feature over each "
         "mini-batch; the dimensions of scale are (C x D1 x ... x Dn)",
         "(opset 6-13) saved_mean, saved_var: Saved mean / Saved variance used during training to speed "
         "up gradient computation (the batch's mean and population variance, as onnx's reference "
         "implementation returns them)",
-        "(opset 9-15) X: dimensions are in the form of (N x C x D1 x D2 ... Dn); scale, B, mean, var: "
-        "tensor of shape (C)",
+        "(opset 9-15) X: dimensions are in the form of (N x C x D1 x D2 ... Dn); scale, B, mean, var: tensor of shape (C)",
     ),
     "population variance, momentum weighting the old value",
 )
@@ -125,8 +124,10 @@ def _broadcast(values: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-def _normalise(x, mean, var, eps, weight, bias, axis: int) -> np.ndarray:
-    y = (x - _broadcast(mean, x, axis)) / np.sqrt(_broadcast(var, x, axis) + eps)
+def _normalise(
+    x: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, weight: np.ndarray | None, bias: np.ndarray | None, axis: int
+) -> np.ndarray:
+    y: np.ndarray = (x - _broadcast(mean, x, axis)) / np.sqrt(_broadcast(var, x, axis) + eps)
     if weight is not None:
         y = y * _broadcast(weight, x, axis)
     if bias is not None:
@@ -134,13 +135,19 @@ def _normalise(x, mean, var, eps, weight, bias, axis: int) -> np.ndarray:
     return y
 
 
-def _batchnorm(call: BNCall, update) -> OracleResult:
+# A spec's own update rule: (call, batch mean, batch population variance, values per channel) ->
+# (running mean, running variance) after the step.
+Update = Callable[[BNCall, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _batchnorm(call: BNCall, update: Update) -> OracleResult:
     """What every BatchNorm spec shares: normalise with the given statistics in inference, with the
     batch's (biased) ones otherwise; `update` is the spec's own rule for the running statistics."""
     x = call.input
     if not call.uses_batch_stats:
         # Keras normalises with the variance it stores, which the harness may report re-expressed.
         variance = call.running_var_before if call.stored_var_before is None else call.stored_var_before
+        assert call.running_mean_before is not None and variance is not None, "inference reads running statistics"
         y = _normalise(x, call.running_mean_before, variance, call.eps, call.weight, call.bias, call.channel_axis)
         return OracleResult(y, call.running_mean_before, call.running_var_before)
     mean, var, count = _batch_moments(x, call.channel_axis, call.per_activation)
@@ -152,17 +159,21 @@ def _batchnorm(call: BNCall, update) -> OracleResult:
 
 
 def _unbiased(var: np.ndarray, count: int) -> np.ndarray:
-    return var * count / max(count - 1, 1)
+    unbiased: np.ndarray = var * count / max(count - 1, 1)
+    return unbiased
 
 
 def pytorch_batchnorm(call: BNCall) -> OracleResult:
     """PyTorch: biased variance to normalise, unbiased into running_var, momentum on the new batch
     (None: a cumulative average over num_batches_tracked)."""
 
-    def update(call, mean, var, count):
+    def update(call: BNCall, mean: np.ndarray, var: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        assert call.running_mean_before is not None and call.running_var_before is not None
         factor = 1.0 / ((call.num_batches_tracked_before or 0) + 1) if call.momentum is None else call.momentum
-        return ((1 - factor) * call.running_mean_before + factor * mean,
-                (1 - factor) * call.running_var_before + factor * _unbiased(var, count))
+        return (
+            (1 - factor) * call.running_mean_before + factor * mean,
+            (1 - factor) * call.running_var_before + factor * _unbiased(var, count),
+        )
 
     return _batchnorm(call, update)
 
@@ -170,10 +181,11 @@ def pytorch_batchnorm(call: BNCall) -> OracleResult:
 def onnx_batchnorm(call: BNCall) -> OracleResult:
     """ONNX: population variance, momentum on the old value; inference uses the given statistics."""
 
-    def update(call, mean, var, count):
+    def update(call: BNCall, mean: np.ndarray, var: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        assert call.running_mean_before is not None and call.running_var_before is not None
         momentum = call.momentum
-        return (call.running_mean_before * momentum + mean * (1 - momentum),
-                call.running_var_before * momentum + var * (1 - momentum))
+        assert momentum is not None, "ONNX has no cumulative average"
+        return (call.running_mean_before * momentum + mean * (1 - momentum), call.running_var_before * momentum + var * (1 - momentum))
 
     return _batchnorm(call, update)
 
@@ -182,10 +194,14 @@ def keras_batchnorm(call: BNCall) -> OracleResult:
     """Keras 3: biased variance, momentum on the old value; the harness may report the moving
     variance re-expressed in PyTorch's unbiased convention (`call.running_var_reported`)."""
 
-    def update(call, mean, var, count):
+    def update(call: BNCall, mean: np.ndarray, var: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        assert call.running_mean_before is not None and call.running_var_before is not None
         momentum = call.momentum
+        assert momentum is not None, "Keras has no cumulative average"
         batch_var = _unbiased(var, count) if call.running_var_reported == "unbiased" else var
-        return (call.running_mean_before * momentum + mean * (1 - momentum),
-                call.running_var_before * momentum + batch_var * (1 - momentum))
+        return (
+            call.running_mean_before * momentum + mean * (1 - momentum),
+            call.running_var_before * momentum + batch_var * (1 - momentum),
+        )
 
     return _batchnorm(call, update)

@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
-from harness.judge.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
-from harness.run.execution import DEFAULT_TIMEOUT_S
 from harness.core.errors import CaseError, HarnessError
-from harness.judge.expected import describe_unchecked
 from harness.core.runner_table import runner_names
+from harness.judge.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
+from harness.judge.expected import describe_unchecked
 from harness.load.schema import load_cases
+from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
+from harness.run.execution import DEFAULT_TIMEOUT_S
 
 
 def split_case_id(path: Path) -> tuple[Path, str | None]:
@@ -57,8 +57,14 @@ def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[Cas
         if wanted is not None:
             chosen = tuple(case for case in cases if case.case_id == wanted)
             if not chosen:
-                loaded.append(CaseResult(wanted, str(path), "error", error=f"{path}: no case {wanted!r}; its cases: "
-                                         + ", ".join(case.case_id for case in cases)))
+                loaded.append(
+                    CaseResult(
+                        wanted,
+                        str(path),
+                        "error",
+                        error=f"{path}: no case {wanted!r}; its cases: " + ", ".join(case.case_id for case in cases),
+                    )
+                )
             cases = chosen
         for case in cases:
             try:
@@ -135,15 +141,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run case files and write results.json")
-    run.add_argument("paths", nargs="*", type=Path, default=[Path("cases")], help="case files, directories, or FILE::CASE_ID for one point of a grid (default: cases)")
+    run.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        default=[Path("cases")],
+        help="case files, directories, or FILE::CASE_ID for one point of a grid (default: cases)",
+    )
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
-    run.add_argument("--report", type=Path, default=None,
-                     help="where to write the HTML report at the end (default: report.html beside --results)")
+    run.add_argument(
+        "--report", type=Path, default=None, help="where to write the HTML report at the end (default: report.html beside --results)"
+    )
     run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners computing at once, one core each (default 1)")
-    run.add_argument("--timeout", type=_positive_float, default=None,
-                     help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})")
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})",
+    )
     recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
     recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
     recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
@@ -156,8 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
     compare.add_argument("old", type=Path, help="the baseline results.json")
     compare.add_argument("new", type=Path, help="the new results.json")
-    compare.add_argument("--factor", type=float, default=DEFAULT_MAGNITUDE_FACTOR,
-                         help=f"report a divergence whose greatest difference moved by more than this factor (default {DEFAULT_MAGNITUDE_FACTOR})")
+    compare.add_argument(
+        "--factor",
+        type=float,
+        default=DEFAULT_MAGNITUDE_FACTOR,
+        help=f"report a divergence whose greatest difference moved by more than this factor (default {DEFAULT_MAGNITUDE_FACTOR})",
+    )
     save = baseline_commands.add_parser("save", help="keep what a baseline needs of a results.json")
     save.add_argument("results", type=Path, help="a results.json")
     save.add_argument("-o", "--output", type=Path, default=Path("reports/baseline.json"), help="default: reports/baseline.json")
@@ -191,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
 
-    from harness.run import execution
     from harness.report.record import Journal, write_results
+    from harness.run import execution
 
     execution.configure(jobs=args.jobs, timeout_s=args.timeout)
     results = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.judge.engine import CaseResult, run_case
 from harness.core.errors import CaseError, HarnessError
+from harness.judge.engine import CaseResult, run_case
 from harness.load.schema import load_cases
 
 
@@ -63,8 +63,9 @@ class _HarnessItem(pytest.Item):
         from harness.report.record import case_record, plain_json
 
         known = explain_known(result.classification) if result.classification and result.classification.known else ""
-        self.user_properties.append((CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)),
-                                                                      "known": known, "position": self.position})))
+        self.user_properties.append(
+            (CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)), "known": known, "position": self.position}))
+        )
 
 
 class CaseItem(_HarnessItem):
@@ -78,8 +79,7 @@ class CaseItem(_HarnessItem):
         try:
             result = run_case(self.case, self.config.stash[RUNNERS_KEY])
         except Exception:
-            self._record(CaseResult(self.case.case_id, self.case.path, "error", self.case.description,
-                                    error=traceback.format_exc()))
+            self._record(CaseResult(self.case.case_id, self.case.path, "error", self.case.description, error=traceback.format_exc()))
             raise
         self._record(result)
         if result.outcome == "skipped":

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.frontends.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS_KEY, CaseFile
 from harness.judge.engine import case_location
 from harness.judge.expected import describe_unchecked
 from harness.run.execution import DEFAULT_TIMEOUT_S
-from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 
 BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
 
@@ -78,8 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     unknown = [name for name in names if name not in runner_names()]
     if unknown or not names:
         raise pytest.UsageError(
-            f"--harness-runners: unknown runner(s) {', '.join(unknown) or '(none given)'}; "
-            f"allowed: {', '.join(runner_names())}"
+            f"--harness-runners: unknown runner(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(runner_names())}"
         )
     config.stash[RUNNERS_KEY] = names
 

@@ -62,8 +62,10 @@ class SideCheck:
 
     def describe(self) -> str:
         """`keras-torch vs Keras 3 BatchNormalization: error 0.033 (allowed 1e-05, rounding floor 2.1e-06)`."""
-        return (f"{self.runner} vs {SPECS[self.spec].name}: error {self.error:.3g} "
-                f"(allowed {self.allowed:.3g}, rounding floor {self.floor:.3g})")
+        return (
+            f"{self.runner} vs {SPECS[self.spec].name}: error {self.error:.3g} "
+            f"(allowed {self.allowed:.3g}, rounding floor {self.floor:.3g})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +90,9 @@ def _precision(text: str, sides: tuple[SideCheck, ...], verdict: Verdict) -> Att
     return Attribution("precision", text, sides, floor if within else None)
 
 
-def attribute_all(case: Case | GraphCase, reference: RunResult, other: RunResult, verdicts: Sequence[Verdict],
-                  spec_run: RunResult | None = None) -> list[Verdict]:
+def attribute_all(
+    case: Case | GraphCase, reference: RunResult, other: RunResult, verdicts: Sequence[Verdict], spec_run: RunResult | None = None
+) -> list[Verdict]:
     """The verdicts, each divergence with its attribution appended to its text and fields
     (`spec_run`: a graph case's onnx-spec run, whose calls both sides are measured against)."""
     divergent = [verdict for verdict in verdicts if not verdict]
@@ -140,8 +143,10 @@ def invariant_violation(verdict: Verdict, found: Attribution) -> str | None:
         return f"'precision' with a gap of {gap:.3g} beyond both sides' bounds ({bound:.3g})"
     elif found.kind == "conventions differ" and gap is not None and found.predicted_gap is not None:
         if abs(gap - found.predicted_gap) > bound + (verdict.atol or 0.0) + (verdict.rtol or 0.0) * abs(gap):
-            return (f"'conventions differ' not explained by the crossed oracle: gap {gap:.3g}, predicted "
-                    f"{found.predicted_gap:.3g}, sides' bounds {bound:.3g}")
+            return (
+                f"'conventions differ' not explained by the crossed oracle: gap {gap:.3g}, predicted "
+                f"{found.predicted_gap:.3g}, sides' bounds {bound:.3g}"
+            )
     return None
 
 
@@ -149,14 +154,27 @@ def _agrees_within_floor(verdict: Verdict, found: Attribution) -> Verdict:
     """The divergence as an agreement: beyond the dtype's tolerance, within what rounding on this
     data costs both sides (ill-conditioned statistics amplify rounding by 1/sqrt(var + eps))."""
     head = f"{verdict.field} after {verdict.step_label}: {verdict.reference} vs {verdict.other}"
-    text = (f"{head} agree within the {verdict.dtype} rounding floor of this data: gap {verdict.max_abs_diff:.2g}, "
-            f"floor {found.floor:.2g} (beyond rtol={verdict.rtol:g} atol={verdict.atol:g}; {found.text})")
-    return dataclasses.replace(verdict, close=True, text=text, rounding_floor=found.floor,
-                               attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides))
+    text = (
+        f"{head} agree within the {verdict.dtype} rounding floor of this data: gap {verdict.max_abs_diff:.2g}, "
+        f"floor {found.floor:.2g} (beyond rtol={verdict.rtol:g} atol={verdict.atol:g}; {found.text})"
+    )
+    return dataclasses.replace(
+        verdict,
+        close=True,
+        text=text,
+        rounding_floor=found.floor,
+        attribution_sides=tuple(dataclasses.asdict(side) for side in found.sides),
+    )
 
 
-def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdict,
-              divergent: Sequence[Verdict], earlier: Sequence[tuple[Verdict, Attribution]] = ()) -> Attribution:
+def attribute(
+    case: Case,
+    reference: RunResult,
+    other: RunResult,
+    verdict: Verdict,
+    divergent: Sequence[Verdict],
+    earlier: Sequence[tuple[Verdict, Attribution]] = (),
+) -> Attribution:
     """The attribution of one divergence (`divergent`: all divergences of this pair; `earlier`: the
     attributions already made at earlier steps, which a later divergence may follow from)."""
     carried = _carried(case, reference, other, verdict, earlier)
@@ -174,16 +192,25 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
         field = field.removeprefix(MODULE + ".")
         name = field.rsplit(".", 1)[-1]
         if name in MODULE_BN_ATTRIBUTES:  # each side computes with its own parameter: a convention
-            return Attribution("conventions differ", f"the BatchNorm's {name} differs: {verdict.reference_value!r} "
-                               f"({verdict.reference}), {verdict.other_value!r} ({verdict.other}), from the start "
-                               f"({case.step_label(first.step)}, no export before it)")
+            return Attribution(
+                "conventions differ",
+                f"the BatchNorm's {name} differs: {verdict.reference_value!r} "
+                f"({verdict.reference}), {verdict.other_value!r} ({verdict.other}), from the start "
+                f"({case.step_label(first.step)}, no export before it)",
+            )
         if name in ("training", "num_batches_tracked"):
-            return _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}, and no export before "
-                                         f"{case.step_label(first.step)}")
+            return _follows_from_earlier(
+                case, verdict, earlier, f"no oracle for {verdict.field}, and no export before {case.step_label(first.step)}"
+            )
     bn_path = _bn_path_of(case, field)
     if bn_path is None:
-        found = _follows_from_earlier(case, verdict, earlier, f"no oracle for {verdict.field}: it passes through layers "
-                                      "the BatchNorm oracles do not model", same_step=True)
+        found = _follows_from_earlier(
+            case,
+            verdict,
+            earlier,
+            f"no oracle for {verdict.field}: it passes through layers the BatchNorm oracles do not model",
+            same_step=True,
+        )
         if found.kind == "unattributed" and verdict.step in reference.model_oracle:
             # No BatchNorm divergence explains it, so both ran the same state: the model in float64 is the spec.
             return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
@@ -194,9 +221,12 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
     if field.endswith("uses_batch_stats"):
         if any(case.steps[v.step].kind == "export" and v.step < verdict.step and v.other == other.runner for v in deployed):
             return _state_changed(case, other, verdict, deployed, "the deployed artifact")
-        return Attribution("conventions differ", f"{verdict.reference} normalises with "
-                           f"{'batch' if verdict.reference_value else 'running'} statistics, {verdict.other} with "
-                           f"{'batch' if verdict.other_value else 'running'} statistics, with no export before this step")
+        return Attribution(
+            "conventions differ",
+            f"{verdict.reference} normalises with "
+            f"{'batch' if verdict.reference_value else 'running'} statistics, {verdict.other} with "
+            f"{'batch' if verdict.other_value else 'running'} statistics, with no export before this step",
+        )
     calls = reference.bn_calls.get((verdict.step, bn_path)), other.bn_calls.get((verdict.step, bn_path))
     if step_kind == "set_mode" or None in calls:
         missing = [run.runner for run, call in zip((reference, other), calls) if call is None]
@@ -208,8 +238,9 @@ def attribute(case: Case, reference: RunResult, other: RunResult, verdict: Verdi
 CARRIED = "carried unchanged through "
 
 
-def _carried(case: Case, reference: RunResult, other: RunResult, verdict: Verdict,
-             earlier: Sequence[tuple[Verdict, Attribution]]) -> Attribution | None:
+def _carried(
+    case: Case, reference: RunResult, other: RunResult, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]]
+) -> Attribution | None:
     """The same divergence as at the step before, which this step changed on neither side (an
     export that leaves the statistics alone, a flag kept): it keeps the earlier cause. None when
     the step changed either side's value or the field did not diverge before."""
@@ -250,12 +281,12 @@ def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, ex
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
-    return _precision("both within the model's own float64 result: " + "; ".join(side.describe() for side in sides),
-                      sides, verdict)
+    return _precision("both within the model's own float64 result: " + "; ".join(side.describe() for side in sides), sides, verdict)
 
 
-def _attribute_on_graph(case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict,
-                        spec_run: RunResult | None) -> Attribution:
+def _attribute_on_graph(
+    case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict, spec_run: RunResult | None
+) -> Attribution:
     """On one graph, both sides are measured against the ONNX spec on the same inputs."""
     if spec_run is not None and spec_run.status == "run_failed":
         return Attribution("unattributed", f"the ONNX spec oracle refuses this graph: {spec_run.reason}")
@@ -278,15 +309,16 @@ def verdict_tolerance(verdict: Verdict) -> Tolerance:
     return Tolerance(verdict.dtype or "?", verdict.rtol, verdict.atol, verdict.tolerance_source or "")
 
 
-def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: BNCall, earlier,
-           field: str | None = None) -> Attribution:
+def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: BNCall, earlier, field: str | None = None) -> Attribution:
     field = verdict.field if field is None else field
     attribute_name = field.rsplit(".", 1)[-1] if field != OUTPUT else OUTPUT
     tolerance = verdict_tolerance(verdict)
     if reference_call.channel_axis % reference_call.input.ndim != other_call.channel_axis % other_call.input.ndim:
         return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call))
-    sides = (_side(case, reference_call, reference, verdict, attribute_name, tolerance),
-             _side(case, other_call, other, verdict, attribute_name, tolerance))
+    sides = (
+        _side(case, reference_call, reference, verdict, attribute_name, tolerance),
+        _side(case, other_call, other, verdict, attribute_name, tolerance),
+    )
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
@@ -304,11 +336,16 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
     theirs = _pick(oracle(crossed), attribute_name)
     convention_gap = _gap(ours, theirs)
     if parted:
-        return _parted_attribution(case, reference, other, verdict, reference_call, other_call, attribute_name,
-                                   parted, convention_gap, earlier, sides)
+        return _parted_attribution(
+            case, reference, other, verdict, reference_call, other_call, attribute_name, parted, convention_gap, earlier, sides
+        )
     if ours is not None and theirs is not None and not _close(ours, theirs, tolerance):
-        return Attribution("conventions differ", _conventions_text(reference.runner, reference_call, other.runner, other_call), sides,
-                           predicted_gap=convention_gap)
+        return Attribution(
+            "conventions differ",
+            _conventions_text(reference.runner, reference_call, other.runner, other_call),
+            sides,
+            predicted_gap=convention_gap,
+        )
     return _precision("both follow their specs, which agree here: " + "; ".join(side.describe() for side in sides), sides, verdict)
 
 
@@ -316,16 +353,20 @@ def _crossed(reference_call: BNCall, other_call: BNCall) -> BNCall:
     """The reference's input and state, computed by the other side's spec with its parameters."""
     return dataclasses.replace(
         reference_call,
-        semantics=other_call.semantics, eps=other_call.eps, momentum=other_call.momentum,
-        uses_batch_stats=other_call.uses_batch_stats, updates_running_stats=other_call.updates_running_stats,
+        semantics=other_call.semantics,
+        eps=other_call.eps,
+        momentum=other_call.momentum,
+        uses_batch_stats=other_call.uses_batch_stats,
+        updates_running_stats=other_call.updates_running_stats,
         running_var_reported=other_call.running_var_reported,
         # A Keras side normalises with the variance it stores; on the reference's state that is the reference's own.
         stored_var_before=None,
     )
 
 
-def _parted_attribution(case, reference, other, verdict, reference_call, other_call, attribute_name, parted,
-                        convention_gap, earlier, sides) -> Attribution:
+def _parted_attribution(
+    case, reference, other, verdict, reference_call, other_call, attribute_name, parted, convention_gap, earlier, sides
+) -> Attribution:
     """The states the formula uses had parted before this step: name the earlier cause, and how much
     of the gap the state and the conventions each explain."""
     observed_gap = verdict.max_abs_diff if verdict.max_abs_diff is not None else float("nan")
@@ -334,22 +375,27 @@ def _parted_attribution(case, reference, other, verdict, reference_call, other_c
     state_gap = _gap(_pick(oracle(reference_call), attribute_name), _pick(oracle(on_their_state), attribute_name))
     shares = f"of the gap {observed_gap:.3g}, the state before the step explains {state_gap:.3g}"
     if convention_gap > 0:
-        shares += f" and the conventions {convention_gap:.3g} ({_conventions_text(reference.runner, reference_call, other.runner, other_call)})"
+        shares += (
+            f" and the conventions {convention_gap:.3g} ({_conventions_text(reference.runner, reference_call, other.runner, other_call)})"
+        )
     differing = ", ".join(f"{name} by up to {gap:.3g}" for name, gap in sorted(parted.items()))
     what = f"their states before this step differ ({differing}); {shares}"
-    causes = [(v, found) for v, found in earlier if v.step < verdict.step and found.kind != "unattributed"
-              and not v.field.startswith(MODULE + ".")]
+    causes = [
+        (v, found)
+        for v, found in earlier
+        if v.step < verdict.step and found.kind != "unattributed" and not v.field.startswith(MODULE + ".")
+    ]
     # The divergence that parted this very state: the latest earlier one of the same BatchNorm's
     # statistic that differs (the variance it normalises with is its running_var).
     bn_prefix = verdict.field.removeprefix(MODULE + ".").rpartition(".")[0]
     statistics = {"running_var" if name == "normalising_variance" else name for name in parted}
-    related = [(v, found) for v, found in causes if v.field.rpartition(".")[0] == bn_prefix
-               and v.field.rpartition(".")[2] in statistics]
+    related = [(v, found) for v, found in causes if v.field.rpartition(".")[0] == bn_prefix and v.field.rpartition(".")[2] in statistics]
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if related or (causes and not stored):
         cause, found = (related or causes)[-1]  # the nearest: it names the first cause it follows from
-        return Attribution(found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides,
-                           derived=True)
+        return Attribution(
+            found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True
+        )
     if stored:
         return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=state_gap)
     return Attribution("unattributed", what, sides)
@@ -362,14 +408,15 @@ def _stored_convention(other: RunResult, other_call: BNCall, reference_call: BNC
     if other_call.stored_var_before is None or other_call.running_var_reported == "as_stored":
         return ""
     spec = SPECS[other_call.semantics]
-    return (f"{other.runner} follows {spec.name} ({spec.running_var_convention}): it normalises with the variance it "
-            f"stores, {_gap(other_call.stored_var_before, _normalising_variance(reference_call)):.3g} from the one "
-            f"{verdict.reference} normalises with, although the running_var it reports (re-expressed in PyTorch's "
-            "convention) agrees; it follows from the variance stored at the train steps before")
+    return (
+        f"{other.runner} follows {spec.name} ({spec.running_var_convention}): it normalises with the variance it "
+        f"stores, {_gap(other_call.stored_var_before, _normalising_variance(reference_call)):.3g} from the one "
+        f"{verdict.reference} normalises with, although the running_var it reports (re-expressed in PyTorch's "
+        "convention) agrees; it follows from the variance stored at the train steps before"
+    )
 
 
-def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str,
-          tolerance: Tolerance) -> SideCheck:
+def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str, tolerance: Tolerance) -> SideCheck:
     expected = _pick(oracle(call), attribute_name)
     observed_record = run.observations[(verdict.step, verdict.field)]
     observed = np.asarray(observed_record.value, dtype=np.float64)
@@ -387,8 +434,12 @@ def _rounding_floor(call: BNCall, attribute_name: str, dtype: str) -> float:
     numpy_dtype = np.float16 if dtype == "float16" else np.float32  # bfloat16: float32 arithmetic, rounded below
     as_dtype = lambda values: None if values is None else np.asarray(values, dtype=numpy_dtype)  # noqa: E731
     low = dataclasses.replace(
-        call, input=as_dtype(call.input), weight=as_dtype(call.weight), bias=as_dtype(call.bias),
-        running_mean_before=as_dtype(call.running_mean_before), running_var_before=as_dtype(call.running_var_before),
+        call,
+        input=as_dtype(call.input),
+        weight=as_dtype(call.weight),
+        bias=as_dtype(call.bias),
+        running_mean_before=as_dtype(call.running_mean_before),
+        running_var_before=as_dtype(call.running_var_before),
         stored_var_before=as_dtype(call.stored_var_before),
     )
     exact, approximate = _pick(oracle(call), attribute_name), _pick(oracle(low), attribute_name)
@@ -437,8 +488,14 @@ def _reads(call: BNCall, attribute_name: str) -> set[str]:
 
 
 def _state_values(call: BNCall) -> dict[str, np.ndarray | None]:
-    return {"input": call.input, "weight": call.weight, "bias": call.bias, "running_mean": call.running_mean_before,
-            "running_var": call.running_var_before, "normalising_variance": _normalising_variance(call)}
+    return {
+        "input": call.input,
+        "weight": call.weight,
+        "bias": call.bias,
+        "running_mean": call.running_mean_before,
+        "running_var": call.running_var_before,
+        "normalising_variance": _normalising_variance(call),
+    }
 
 
 def _parted_state(a: BNCall, b: BNCall, attribute_name: str, tolerance: Tolerance) -> dict[str, float]:
@@ -474,8 +531,7 @@ def _conventions_text(reference: str, reference_call: BNCall, other: str, other_
         reported = ", variance read back in PyTorch's unbiased convention" if call.running_var_reported == "unbiased" else ""
         if call.uses_batch_stats and not call.updates_running_stats and call.running_mean_before is not None:
             mode += " whose updated running statistics are not kept"
-        return (f"{runner} follows {spec.name} ({spec.running_var_convention}{reported}; "
-                f"{mode}, eps={call.eps:g}, {momentum}{axis})")
+        return f"{runner} follows {spec.name} ({spec.running_var_convention}{reported}; {mode}, eps={call.eps:g}, {momentum}{axis})"
 
     return f"{follows(reference, reference_call)}; {follows(other, other_call)}"
 
@@ -497,23 +553,29 @@ def _export_mechanism(run: RunResult, what: str) -> str:
     if not run.details.get("exporter", {}).get("dynamo"):
         return EXPORT_CONTRACT
     if what == "the user's torch module":
-        return ("torch.onnx.export(dynamo=True) captures the module with torch.export, which traces it "
-                "without running it: the user's module should come out unchanged")
+        return (
+            "torch.onnx.export(dynamo=True) captures the module with torch.export, which traces it "
+            "without running it: the user's module should come out unchanged"
+        )
     return DYNAMO_EXPORT_MECHANISM
 
 
-def _follows_from_earlier(case: Case, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]], why: str,
-                          same_step: bool = False) -> Attribution:
+def _follows_from_earlier(
+    case: Case, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]], why: str, same_step: bool = False
+) -> Attribution:
     """A divergence whose cause lies at an earlier step (or, for a field no oracle reaches, in a
     BatchNorm at the same step) takes that cause's class and says so."""
-    causes = [(v, found) for v, found in earlier
-              if (v.step < verdict.step or (same_step and v.step == verdict.step))
-              and not v.field.startswith(MODULE + ".") and found.kind != "unattributed"]
+    causes = [
+        (v, found)
+        for v, found in earlier
+        if (v.step < verdict.step or (same_step and v.step == verdict.step))
+        and not v.field.startswith(MODULE + ".")
+        and found.kind != "unattributed"
+    ]
     if not causes:
         return Attribution("unattributed", why)
     cause, found = causes[0]
-    return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides,
-                       derived=True)
+    return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True)
 
 
 def _bn_path_of(case: Case, field: str) -> str | None:
@@ -523,7 +585,6 @@ def _bn_path_of(case: Case, field: str) -> str | None:
         return "" if spec.batchnorm_paths == ("",) else None
     for path in spec.batchnorm_paths:
         prefix = f"{path}." if path else ""
-        if field.startswith(prefix) and "." not in field[len(prefix):]:
+        if field.startswith(prefix) and "." not in field[len(prefix) :]:
             return path
     return None
-

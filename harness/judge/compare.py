@@ -52,15 +52,27 @@ def compare_observed(
         close = _same_scalar(reference.value, other.value)
         verb = "agree" if close else "differ"
         text = f"{what} {verb}: {reference.value!r} ({reference_name}), {other.value!r} ({other_name})"
-        return Verdict(close=close, text=text, mismatched=0 if close else 1, reference_value=_scalar(reference.value),
-                       other_value=_scalar(other.value), **common)
+        return Verdict(
+            close=close,
+            text=text,
+            mismatched=0 if close else 1,
+            reference_value=_scalar(reference.value),
+            other_value=_scalar(other.value),
+            **common,
+        )
     tolerance = tolerance_for([reference.dtype, other.dtype], case.tolerance if case else None)
     tolerance_fields = dict(dtype=tolerance.dtype, rtol=tolerance.rtol, atol=tolerance.atol, tolerance_source=tolerance.source)
     expected, actual = reference.value, other.value
     if expected.shape != actual.shape:
         text = f"{what} have different shapes: {expected.shape} ({reference_name}), {actual.shape} ({other_name})"
-        return Verdict(close=False, text=text, mismatched=max(expected.size, actual.size), total=max(expected.size, actual.size),
-                       **tolerance_fields, **common)
+        return Verdict(
+            close=False,
+            text=text,
+            mismatched=max(expected.size, actual.size),
+            total=max(expected.size, actual.size),
+            **tolerance_fields,
+            **common,
+        )
     return _compare_arrays(what, expected, actual, tolerance, reference_name, other_name, common, tolerance_fields)
 
 
@@ -80,8 +92,16 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
     if mismatched == 0:
         worst = float(np.nanmax(np.where(both_nan, 0.0, abs_diff))) if total else 0.0
         text = f"{what} are close (greatest absolute difference {worst:.3g}; {tolerance.describe()})"
-        return Verdict(close=True, text=text, total=total, max_abs_diff=worst, min_atol_to_pass=min_atol,
-                       min_rtol_to_pass=min_rtol, **tolerance_fields, **common)
+        return Verdict(
+            close=True,
+            text=text,
+            total=total,
+            max_abs_diff=worst,
+            min_atol_to_pass=min_atol,
+            min_rtol_to_pass=min_rtol,
+            **tolerance_fields,
+            **common,
+        )
     # Maxima over the mismatches only; a NaN difference counts as the greatest.
     abs_over = np.where(mismatch, np.nan_to_num(abs_diff, nan=np.inf), -1.0)
     rel_over = np.where(mismatch, np.nan_to_num(rel_diff, nan=np.inf), -1.0)

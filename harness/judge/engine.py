@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.judge.attribution import attribute_all
 from harness.core.case import Case, GraphCase
-from harness.judge.compare import compare_runs
 from harness.core.errors import RunnerError
-from harness.judge.expected import Classification, classify
 from harness.core.results import RunResult, Verdict
 from harness.core.runner_table import GRAPH_REFERENCES, REFERENCE_RUNNER, SPEC_RUNNER, graph_runner_names, runner_names
+from harness.judge.attribution import attribute_all
+from harness.judge.compare import compare_runs
+from harness.judge.expected import Classification, classify
 
 MAX_VERDICTS_SHOWN = 8
 
@@ -83,22 +83,32 @@ def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
     reference = runs[0]
     steps = tuple(case.step_label(index) for index in range(len(case.steps)))
     if reference.status == "skipped":
-        return CaseResult(case.case_id, case.path, "skipped", case.description, steps, runs,
-                          error=f"{reference.runner} skipped: {reference.reason}")
+        return CaseResult(
+            case.case_id, case.path, "skipped", case.description, steps, runs, error=f"{reference.runner} skipped: {reference.reason}"
+        )
     spec = next((run for run in runs if run.runner == SPEC_RUNNER), None)
     verdicts = tuple(
-        verdict
-        for other in runs[1:]
-        for verdict in attribute_all(case, reference, other, list(compare_runs(case, reference, other)), spec)
+        verdict for other in runs[1:] for verdict in attribute_all(case, reference, other, list(compare_runs(case, reference, other)), spec)
     )
     classification = classify(case, runs, verdicts)
     outcome = "passed" if classification.passed else "failed"
-    broken = [f"{verdict.field} after {verdict.step_label}, {verdict.other}: {verdict.invariant_violation}"
-              for verdict in verdicts if verdict.invariant_violation]
+    broken = [
+        f"{verdict.field} after {verdict.step_label}, {verdict.other}: {verdict.invariant_violation}"
+        for verdict in verdicts
+        if verdict.invariant_violation
+    ]
     if broken:  # the judgement contradicts itself: the harness's error, with everything it computed kept
-        return CaseResult(case.case_id, case.path, "error", case.description, steps, runs, verdicts, classification,
-                          error="harness invariant broken (a bug in the attribution, not a framework's divergence):\n"
-                                + "\n".join(broken))
+        return CaseResult(
+            case.case_id,
+            case.path,
+            "error",
+            case.description,
+            steps,
+            runs,
+            verdicts,
+            classification,
+            error="harness invariant broken (a bug in the attribution, not a framework's divergence):\n" + "\n".join(broken),
+        )
     return CaseResult(case.case_id, case.path, outcome, case.description, steps, runs, verdicts, classification)
 
 
@@ -147,6 +157,11 @@ def _expect_snippet(new: Sequence[Verdict]) -> str:
     lines = []
     for (runner, field), steps in steps_by_key.items():
         step = str(steps[0]) if len(steps) == 1 else "[" + ", ".join(map(str, sorted(set(steps)))) + "]"
-        lines += [f"  - field: {field}", f"    step: {step}", f"    runners: [{runner}]",
-                  "    reason: <why, in one sentence>", "    link: <upstream issue or doc line>"]
+        lines += [
+            f"  - field: {field}",
+            f"    step: {step}",
+            f"    runners: [{runner}]",
+            "    reason: <why, in one sentence>",
+            "    link: <upstream issue or doc line>",
+        ]
     return "\n".join(lines)

@@ -101,9 +101,7 @@ def classify(case: Case, runs: Sequence[RunResult], verdicts: Sequence[Verdict])
     return Classification(tuple(known), tuple(new), tuple(vanished), statuses, tuple(unverified))
 
 
-def _vanished_fields(
-    expectation: Expectation, runner: str, divergences: Sequence[Verdict], verdicts: Sequence[Verdict]
-) -> list[Vanished]:
+def _vanished_fields(expectation: Expectation, runner: str, divergences: Sequence[Verdict], verdicts: Sequence[Verdict]) -> list[Vanished]:
     steps: Sequence[int | None] = expectation.steps if expectation.steps is not None else [None]
     missing = []
     for step in steps:

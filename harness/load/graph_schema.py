@@ -14,8 +14,8 @@ from typing import Any
 from harness.core.case import GraphCase, GraphNodeSpec
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import GRAPH_OUTPUT_FIELDS, field_matches
-from harness.load.loader import LoadedDocument, format_path
 from harness.core.runner_table import GRAPH_REFERENCES, graph_runner_names
+from harness.load.loader import LoadedDocument, format_path
 
 GRAPH_FIELDS = GRAPH_OUTPUT_FIELDS
 GRAPH_KEYS = ("onnx_graph", "onnx_backend_test")

@@ -26,9 +26,13 @@ from harness.core.errors import CaseError, CaseProblem
 from harness.load.loader import LoadedDocument, PathKey
 
 MAX_GRID_POINTS = 256  # a file is a readable unit; a larger sweep belongs in several files
-_GRID_KEY = re.compile(r"^(?:(?:bn|input|keras|onnx_graph)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding|graph_state)|model|mode|model_seed)$")
-ALLOWED_KEYS = ("bn.<field>, input.<field>, keras.<field>, onnx_graph.<field>, export.opset, export.training, "
-                "export.dynamic_batch, export.constant_folding, export.graph_state, model, mode, model_seed")
+_GRID_KEY = re.compile(
+    r"^(?:(?:bn|input|keras|onnx_graph)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding|graph_state)|model|mode|model_seed)$"
+)
+ALLOWED_KEYS = (
+    "bn.<field>, input.<field>, keras.<field>, onnx_graph.<field>, export.opset, export.training, "
+    "export.dynamic_batch, export.constant_folding, export.graph_state, model, mode, model_seed"
+)
 
 
 def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[str, LoadedDocument]]:
@@ -101,8 +105,12 @@ def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]
         if len(fields) > 1:
             for index, value in enumerate(values):
                 if not isinstance(value, list) or len(value) != len(fields):
-                    yield CaseProblem(document.line_of(("grid", key, index)), f"grid.{key}[{index}]",
-                                      f"must list one value for each of the {len(fields)} fields", f"[{', '.join(fields)}]")
+                    yield CaseProblem(
+                        document.line_of(("grid", key, index)),
+                        f"grid.{key}[{index}]",
+                        f"must list one value for each of the {len(fields)} fields",
+                        f"[{', '.join(fields)}]",
+                    )
                     bad = True
         size *= len(values)
     if size > MAX_GRID_POINTS:
@@ -112,7 +120,8 @@ def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]
     data = document.data
     steps = data.get("steps")
     if any(field.startswith("export.") for field in seen) and not (
-            isinstance(steps, list) and any(step_kind(step) == "export" for step in steps)):
+        isinstance(steps, list) and any(step_kind(step) == "export" for step in steps)
+    ):
         yield CaseProblem(line, "grid", "sweeps an export option, but the case has no export step")
     columns = _columns(grid)
     for index, expectation in enumerate(data.get("expect") or []):
@@ -128,28 +137,41 @@ def _where_problems(document: LoadedDocument, index: int, where: Any, grid: dict
         return
     for key, wanted in where.items():
         if key not in grid:
-            yield CaseProblem(document.line_of(("expect", index, "where", key)), f"{field}.{key}", "is not a field of the grid",
-                              ", ".join(map(str, grid)))
+            yield CaseProblem(
+                document.line_of(("expect", index, "where", key)), f"{field}.{key}", "is not a field of the grid", ", ".join(map(str, grid))
+            )
             continue
         for value in _wanted_values(wanted, grid[key]):
             if not _is_value_of(value, grid[key]):
-                yield CaseProblem(document.line_of(("expect", index, "where", key)), f"{field}.{key}",
-                                  f"{value!r} is not one of the grid's values", ", ".join(map(repr, grid[key])))
+                yield CaseProblem(
+                    document.line_of(("expect", index, "where", key)),
+                    f"{field}.{key}",
+                    f"{value!r} is not one of the grid's values",
+                    ", ".join(map(repr, grid[key])),
+                )
 
 
 def _refuse_where_without_grid(document: LoadedDocument, source: str) -> None:
     data = document.data
     if not isinstance(data, dict) or not isinstance(data.get("expect"), list):
         return
-    problems = [CaseProblem(document.line_of(("expect", index, "where")), f"expect[{index}].where",
-                            "selects grid points, but the case has no grid", "a grid: section, or no where")
-                for index, expectation in enumerate(data["expect"]) if isinstance(expectation, dict) and "where" in expectation]
+    problems = [
+        CaseProblem(
+            document.line_of(("expect", index, "where")),
+            f"expect[{index}].where",
+            "selects grid points, but the case has no grid",
+            "a grid: section, or no where",
+        )
+        for index, expectation in enumerate(data["expect"])
+        if isinstance(expectation, dict) and "where" in expectation
+    ]
     if problems:
         raise CaseError(source, problems)
 
 
-def _point_document(document: LoadedDocument, values: dict[str, Any], origins: dict[str, PathKey],
-                    columns: dict[str, list[Any]]) -> LoadedDocument:
+def _point_document(
+    document: LoadedDocument, values: dict[str, Any], origins: dict[str, PathKey], columns: dict[str, list[Any]]
+) -> LoadedDocument:
     """The document at one point: the grid's values written in, the expectations that hold there,
     and the line of each written value pointing at the value in the grid."""
     data = copy.deepcopy(document.data)
@@ -159,11 +181,11 @@ def _point_document(document: LoadedDocument, values: dict[str, Any], origins: d
         grid_path = origins[key]
         for target in _targets(data, key):
             _write(data, target, copy.deepcopy(value))
-            for path in [path for path in lines if path[:len(target)] == target]:
+            for path in [path for path in lines if path[: len(target)] == target]:
                 del lines[path]
             for path, line in document.lines.items():
-                if path[:len(grid_path)] == grid_path:
-                    lines[target + path[len(grid_path):]] = line
+                if path[: len(grid_path)] == grid_path:
+                    lines[target + path[len(grid_path) :]] = line
             lines.setdefault(target, document.line_of(grid_path) or 0)
     if isinstance(data.get("expect"), list):
         kept = []
@@ -172,8 +194,12 @@ def _point_document(document: LoadedDocument, values: dict[str, Any], origins: d
                 continue
             kept.append((index, expectation))
         data["expect"] = [expectation for _, expectation in kept]
-        moved = {("expect", new) + path[2:]: line for new, (old, _) in enumerate(kept)
-                 for path, line in document.lines.items() if path[:2] == ("expect", old)}
+        moved = {
+            ("expect", new) + path[2:]: line
+            for new, (old, _) in enumerate(kept)
+            for path, line in document.lines.items()
+            if path[:2] == ("expect", old)
+        }
         lines = {path: line for path, line in lines.items() if path[:1] != ("expect",)} | moved
         if not data["expect"]:
             del data["expect"]

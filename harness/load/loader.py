@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -106,8 +106,10 @@ def load_yaml(text: str, source: str) -> LoadedDocument:
         raise CaseError(source, [CaseProblem(line, "", f"invalid YAML: {reason}")]) from None
     except yaml.reader.ReaderError as error:  # a character YAML does not allow (NUL, control characters)
         character = f"#x{error.character:04x}" if isinstance(error.character, int) else repr(error.character)
-        raise CaseError(source, [CaseProblem(text.count("\n", 0, error.position) + 1, "",
-                                             f"invalid YAML: character {character} is not allowed in YAML text")]) from None
+        raise CaseError(
+            source,
+            [CaseProblem(text.count("\n", 0, error.position) + 1, "", f"invalid YAML: character {character} is not allowed in YAML text")],
+        ) from None
     except yaml.YAMLError as error:
         raise CaseError(source, [CaseProblem(None, "", f"invalid YAML: {error}")]) from None
     except RecursionError:  # block nesting deep enough to exhaust the parser before the depth check

@@ -28,11 +28,11 @@ from harness.core.case import (
 )
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
+from harness.core.models import MODEL_SPECS, ModelSpec
+from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.graph_schema import graph_case_from_document, is_graph_case
 from harness.load.grid import expand_grid, step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml
-from harness.core.models import MODEL_SPECS, ModelSpec
-from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.schema_errors import explain_schema_error
 
 # A case may not ask for more input than this (elements of one batch).
@@ -70,8 +70,7 @@ def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | Grap
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})",
-                                             "a UTF-8 text file")]) from None
+        raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})", "a UTF-8 text file")]) from None
     document = load_yaml(text, source)
     cases = []
     for case_id, point in expand_grid(document, path.stem, source):
@@ -90,8 +89,9 @@ def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
     """
     cases = load_cases(path, display_path)
     if len(cases) != 1:
-        raise CaseError(display_path or str(path), [CaseProblem(None, "grid", f"the file is a grid of {len(cases)} cases",
-                                                               "load it with load_cases")])
+        raise CaseError(
+            display_path or str(path), [CaseProblem(None, "grid", f"the file is a grid of {len(cases)} cases", "load it with load_cases")]
+        )
     return cases[0]
 
 
@@ -129,8 +129,11 @@ def cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
         if isinstance(raw, dict) and "set_mode" in raw:
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
         if step_kind(raw) == "train_step" and "values" in data["input"]:
-            yield checks.problem(("steps", index), "train_step draws new seeded batches, but the input is literal values",
-                                 "forward steps, or a seeded distribution under input")
+            yield checks.problem(
+                ("steps", index),
+                "train_step draws new seeded batches, but the input is literal values",
+                "forward steps, or a seeded distribution under input",
+            )
     for index, raw in enumerate(data.get("expect", [])):
         yield from checks.expectation(("expect", index), raw, len(steps))
     axis = data.get("keras", {}).get("axis")
@@ -166,12 +169,16 @@ class _CrossFieldChecks:
                 yield self.problem(("input", name), f"{len(values)} values for {channels} channels", f"{channels} values")
         for index, entry in enumerate(self.data["input"].get("constant_channels", [])):
             if entry["channel"] >= channels:
-                yield self.problem(("input", "constant_channels", index, "channel"), f"channel {entry['channel']} out of range", f"0..{channels - 1}")
+                yield self.problem(
+                    ("input", "constant_channels", index, "channel"), f"channel {entry['channel']} out of range", f"0..{channels - 1}"
+                )
         values = self.data["input"].get("values")
         if values is not None:
             found = _nested_shape(values)
             if found != tuple(shape):
-                yield self.problem(("input", "values"), f"nested lists of shape {found or 'ragged/non-numeric'}", f"numbers of shape {tuple(shape)}")
+                yield self.problem(
+                    ("input", "values"), f"nested lists of shape {found or 'ragged/non-numeric'}", f"numbers of shape {tuple(shape)}"
+                )
 
     def bn_vectors(self) -> Iterator[CaseProblem]:
         num_features = self.data["bn"]["num_features"]
@@ -204,8 +211,11 @@ class _CrossFieldChecks:
             yield self.problem((*path, "step"), "a status expectation has no step", "field / fields with step")
         if has_fields and REFERENCE_RUNNER in raw["runners"]:
             others = ", ".join(name for name in runner_names() if name != REFERENCE_RUNNER)
-            yield self.problem((*path, "runners"), f"{REFERENCE_RUNNER} is the reference every other runner is compared with",
-                               f"the runner(s) that differ from it: {others}")
+            yield self.problem(
+                (*path, "runners"),
+                f"{REFERENCE_RUNNER} is the reference every other runner is compared with",
+                f"the runner(s) that differ from it: {others}",
+            )
         fields = known_fields(self.spec)
         patterns = [raw["field"]] if "field" in raw else raw.get("fields", [])
         for index, pattern in enumerate(patterns):
@@ -215,7 +225,9 @@ class _CrossFieldChecks:
         steps = raw.get("step")
         for step in [steps] if isinstance(steps, int) else steps or []:
             if step >= step_count:
-                yield self.problem((*path, "step"), f"step {step} does not exist", f"0..{step_count - 1} (train_step repeats count one step each)")
+                yield self.problem(
+                    (*path, "step"), f"step {step} does not exist", f"0..{step_count - 1} (train_step repeats count one step each)"
+                )
 
 
 def _nested_shape(values: Any) -> tuple[int, ...] | None:

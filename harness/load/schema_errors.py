@@ -22,8 +22,7 @@ def explain_schema_error(document: LoadedDocument, error: ValidationError) -> It
     if all(len(sub.absolute_path) == depth and sub.validator in ("enum", "type") for sub in branch_errors):
         # The value itself fits none of the alternatives: list them all.
         path = tuple(error.absolute_path)
-        yield CaseProblem(document.line_of(path), format_path(path), f"{error.instance!r} is not allowed",
-                          _alternatives_text(error))
+        yield CaseProblem(document.line_of(path), format_path(path), f"{error.instance!r} is not allowed", _alternatives_text(error))
         return
     for sub in branch_errors:
         yield from explain_schema_error(document, sub)
@@ -120,7 +119,14 @@ def _type_name(instance: Any) -> str:
 
 
 def _allowed_types(value: str | list[str]) -> str:
-    names = {"object": "a mapping", "array": "a list", "number": "a number", "integer": "an integer",
-             "string": "a string", "boolean": "true or false", "null": "null"}
+    names = {
+        "object": "a mapping",
+        "array": "a list",
+        "number": "a number",
+        "integer": "an integer",
+        "string": "a string",
+        "boolean": "true or false",
+        "null": "null",
+    }
     types = [value] if isinstance(value, str) else value
     return " or ".join(names.get(name, name) for name in types)

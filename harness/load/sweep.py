@@ -26,8 +26,9 @@ from harness.load.loader import LoadedDocument
 from harness.load.schema import case_from_document
 
 # Each sweep family takes the reference and one group of the runner table.
-FAMILY_RUNNERS = {family: [REFERENCE_RUNNER, *runner_names(group)] for family, group in
-                  (("onnx", "onnx"), ("keras", "keras"), ("compile", "compile"))}
+FAMILY_RUNNERS = {
+    family: [REFERENCE_RUNNER, *runner_names(group)] for family, group in (("onnx", "onnx"), ("keras", "keras"), ("compile", "compile"))
+}
 FAMILIES = ("onnx", "keras", "compile")
 
 
@@ -85,20 +86,29 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
         "model": model,
         "model_seed": int(rng.integers(0, 1000)),
         "bn": bn,
-        "input": {"shape": shape, "seed": int(rng.integers(0, 1000)),
-                  "channel_offset": [float(v) for v in rng.uniform(-2, 2, channels)],
-                  "channel_scale": [float(v) for v in rng.uniform(0.5, 2, channels)]},
+        "input": {
+            "shape": shape,
+            "seed": int(rng.integers(0, 1000)),
+            "channel_offset": [float(v) for v in rng.uniform(-2, 2, channels)],
+            "channel_scale": [float(v) for v in rng.uniform(0.5, 2, channels)],
+        },
     }
     if family == "onnx":
-        data.update(mode="eval", runners=FAMILY_RUNNERS["onnx"],
-                    steps=["forward", {"export": {"training": "eval", "opset": int(rng.choice([15, 17, 18]))}}, "forward"])
+        data.update(
+            mode="eval",
+            runners=FAMILY_RUNNERS["onnx"],
+            steps=["forward", {"export": {"training": "eval", "opset": int(rng.choice([15, 17, 18]))}}, "forward"],
+        )
     elif family == "keras":
         train = bool(rng.random() < 0.7)
         steps: list[Any] = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}] if train else ["forward", "forward"]
         data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["keras"], keras={"running_var": "unbiased"}, steps=steps)
     else:  # compile: train steps, then eval (a recompilation on the guard on `training`)
         train = bool(rng.random() < 0.7)
-        steps = ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}, {"set_mode": "eval"}, "forward"] if train \
+        steps = (
+            ["forward", {"train_step": {"repeat": int(rng.integers(1, 3))}}, {"set_mode": "eval"}, "forward"]
+            if train
             else ["forward", "forward"]
+        )
         data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["compile"], steps=steps)
     return data

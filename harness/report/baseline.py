@@ -93,16 +93,18 @@ def baseline_from(results: Mapping[str, Any]) -> dict[str, Any]:
                 "file": case.get("file"),
                 "outcome": case["outcome"],
                 "runners": {name: {"status": runner.get("status")} for name, runner in case.get("runners", {}).items()},
-                "comparisons": [{key: comparison.get(key) for key in BASELINE_COMPARISON_KEYS}
-                                for comparison in case.get("comparisons", []) if comparison.get("classification") != "agree"],
+                "comparisons": [
+                    {key: comparison.get(key) for key in BASELINE_COMPARISON_KEYS}
+                    for comparison in case.get("comparisons", [])
+                    if comparison.get("classification") != "agree"
+                ],
             }
             for case in results.get("cases", [])
         ],
     }
 
 
-def compare_results(baseline: Mapping[str, Any], new: Mapping[str, Any],
-                    factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
+def compare_results(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
     """What changed from `baseline` to `new` (both results.json documents)."""
     if factor <= 1:
         raise HarnessError(f"the magnitude factor must be above 1; got {factor}")
@@ -124,8 +126,11 @@ def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float)
     old_cases, new_cases = _by_id(baseline), _by_id(new)
     not_run = _runners_not_run(old_cases, new_cases)
     for runner, (reason, entries) in sorted(not_run.items()):
-        yield Change("runner not run", f"{runner} ran in the baseline and was skipped in every case here ({reason}); "
-                                       f"its {entries} divergence(s) in the baseline not compared")
+        yield Change(
+            "runner not run",
+            f"{runner} ran in the baseline and was skipped in every case here ({reason}); "
+            f"its {entries} divergence(s) in the baseline not compared",
+        )
     old_cases = {case_id: _without(case, not_run) for case_id, case in old_cases.items()}
     new_cases = {case_id: _without(case, not_run) for case_id, case in new_cases.items()}
     for case_id in sorted(set(old_cases) | set(new_cases)):
@@ -142,8 +147,7 @@ def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float)
 def _runners_not_run(old_cases: Mapping[str, Any], new_cases: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
     """Runners that ran in some baseline case and were skipped in every new case that has them:
     runner -> (the first skip reason, how many baseline divergences that leaves uncompared)."""
-    ran_before = {name for case in old_cases.values() for name, run in case.get("runners", {}).items()
-                  if run.get("status") != "skipped"}
+    ran_before = {name for case in old_cases.values() for name, run in case.get("runners", {}).items() if run.get("status") != "skipped"}
     found: dict[str, tuple[str, int]] = {}
     for runner in sorted(ran_before):
         new_runs = [case["runners"][runner] for case in new_cases.values() if runner in case.get("runners", {})]
@@ -157,8 +161,11 @@ def _without(case: Mapping[str, Any], runners: Mapping[str, Any]) -> Mapping[str
     """The case with `runners` left out of its statuses and comparisons."""
     if not runners:
         return case
-    return {**case, "runners": {name: run for name, run in case.get("runners", {}).items() if name not in runners},
-            "comparisons": [c for c in case.get("comparisons", []) if c.get("other") not in runners]}
+    return {
+        **case,
+        "runners": {name: run for name, run in case.get("runners", {}).items() if name not in runners},
+        "comparisons": [c for c in case.get("comparisons", []) if c.get("other") not in runners],
+    }
 
 
 def _by_id(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

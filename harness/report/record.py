@@ -20,8 +20,22 @@ from harness.judge.engine import CaseResult
 
 SCHEMA_VERSION = 1
 # Every framework a runner may use (None where not installed), and what the harness itself reads with.
-FRAMEWORK_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib",
-                      "ml_dtypes", "numpy", "jsonschema", "PyYAML", "pytest")
+FRAMEWORK_PACKAGES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "keras",
+    "tensorflow",
+    "tensorflow-cpu",
+    "jax",
+    "jaxlib",
+    "ml_dtypes",
+    "numpy",
+    "jsonschema",
+    "PyYAML",
+    "pytest",
+)
 
 
 def environment() -> dict[str, Any]:
@@ -84,7 +98,7 @@ def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
     """The whole record: schema version, environment, time, and every case."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "cases": [case_record(result) for result in results],
     }

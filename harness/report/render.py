@@ -35,20 +35,25 @@ def render_report(results: Mapping[str, Any]) -> str:
     cases = [_case_view(case) for case in results.get("cases", [])]
     runners = list(dict.fromkeys(runner for case in results.get("cases", []) for runner in case.get("runners", {})))
     for case in cases:
-        case["cells"] = [(case["cell_status"].get(runner, ""), case["cell_text"].get(runner, case["cell_status"].get(runner, "")))
-                         for runner in runners]
+        case["cells"] = [
+            (case["cell_status"].get(runner, ""), case["cell_text"].get(runner, case["cell_status"].get(runner, ""))) for runner in runners
+        ]
     counts = Counter(case["status"] for case in cases)
     classes = Counter(d["attribution"] for case in cases for d in case["divergences"] if d["attribution"])
-    return _environment().get_template("report.html.j2").render(
-        environment=results.get("environment", {}),
-        created=results.get("created"),
-        schema_version=results.get("schema_version"),
-        cases=cases,
-        runners=runners,
-        counts={status: counts.get(status, 0) for status in SEVERITY},
-        outcomes=Counter(case["outcome"] for case in cases),
-        classes=sorted(classes.items()),
-        statuses=SEVERITY,
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            environment=results.get("environment", {}),
+            created=results.get("created"),
+            schema_version=results.get("schema_version"),
+            cases=cases,
+            runners=runners,
+            counts={status: counts.get(status, 0) for status in SEVERITY},
+            outcomes=Counter(case["outcome"] for case in cases),
+            classes=sorted(classes.items()),
+            statuses=SEVERITY,
+        )
     )
 
 
@@ -115,6 +120,7 @@ def _repro_command(case: Mapping[str, Any], diverging: set[str]) -> str | None:
     import shlex
 
     from harness.judge.engine import case_location
+
     graph_case = SPEC_RUNNER in case.get("runners", {})
     if case.get("file") and (graph_case and diverging or diverging & {*repro_runner_names("export"), *repro_runner_names("keras")}):
         # a grid point by its id, quoted: its brackets are shell patterns

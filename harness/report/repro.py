@@ -18,21 +18,25 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import Case, GraphCase
-from harness.judge.engine import CaseResult
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch
 from harness.core.models import MODEL_SPECS
 from harness.core.runner_table import SPEC_RUNNER, repro_runner_names, runner_record
+from harness.judge.engine import CaseResult
 
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
-
 
 
 def bundle_runners(result: CaseResult) -> list[str]:
     """The runners of a case result that a bundle can reproduce: exporters and Keras ports that diverged."""
     diverged = {verdict.other for verdict in result.verdicts if not verdict}
-    return [run.runner for run in result.runs if run.runner in diverged and run.status == "ok"
-            and ((run.runner in repro_runner_names("export") and run.artifacts) or run.runner in repro_runner_names("keras"))]
+    return [
+        run.runner
+        for run in result.runs
+        if run.runner in diverged
+        and run.status == "ok"
+        and ((run.runner in repro_runner_names("export") and run.artifacts) or run.runner in repro_runner_names("keras"))
+    ]
 
 
 def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -> Path:
@@ -47,8 +51,10 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
         return _write_keras_bundle(case, runner, directory / case.case_id / runner)
     runs = {run.runner: run for run in result.runs}
     if runner not in repro_runner_names("export") or runner not in runs or "model.onnx" not in runs[runner].artifacts:
-        raise HarnessError(f"{case.path}: no repro bundle for {runner}: bundles cover the ONNX exporter runners "
-                           f"that exported a model ({', '.join(repro_runner_names('export'))}) and the Keras runners")
+        raise HarnessError(
+            f"{case.path}: no repro bundle for {runner}: bundles cover the ONNX exporter runners "
+            f"that exported a model ({', '.join(repro_runner_names('export'))}) and the Keras runners"
+        )
     from onnx import numpy_helper
 
     bundle = directory / case.case_id / runner
@@ -66,8 +72,9 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
         expected = np.asarray(reference.observations[(forward_after, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
         (data / "input_0.pb").write_bytes(numpy_helper.from_array(batch).SerializeToString())
         (data / "output_0.pb").write_bytes(numpy_helper.from_array(expected).SerializeToString())
-    observed = {f"{field}@{step}": _plain(value.value) for (step, field), value in reference.observations.items()
-                if field.startswith("module.")}
+    observed = {
+        f"{field}@{step}": _plain(value.value) for (step, field), value in reference.observations.items() if field.startswith("module.")
+    }
     (bundle / "reference.json").write_text(json.dumps({"runner": reference.runner, "observations": observed}, indent=1))
     (bundle / "repro.py").write_text(_script(case, runner))
     return bundle
@@ -94,9 +101,18 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
     _write_batches(case, bundle)
     spec = MODEL_SPECS[case.model]
     port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
-    (bundle / "repro.py").write_text(_render(
-        "keras_repro.py.j2", case, runner=runner, backend=runner_record(runner).keras_backend, port_source=port_source,
-        settings=repr(port_settings(mapping)), mapping=mapping.summary(), submodule_paths=repr(spec.submodule_paths)))
+    (bundle / "repro.py").write_text(
+        _render(
+            "keras_repro.py.j2",
+            case,
+            runner=runner,
+            backend=runner_record(runner).keras_backend,
+            port_source=port_source,
+            settings=repr(port_settings(mapping)),
+            mapping=mapping.summary(),
+            submodule_paths=repr(spec.submodule_paths),
+        )
+    )
     return bundle
 
 
@@ -122,8 +138,9 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     # The graph's own dtype, as the spec run saw it (a backend test brings it with its data).
     dtype = next((observed.dtype for observed in spec.observations.values() if observed.dtype), case.dtype)
-    (bundle / "repro.py").write_text(environment.get_template("graph_repro.py.j2").render(
-        case=case, tolerance=tolerance_for([dtype], case.tolerance)))
+    (bundle / "repro.py").write_text(
+        environment.get_template("graph_repro.py.j2").render(case=case, tolerance=tolerance_for([dtype], case.tolerance))
+    )
     return bundle
 
 
@@ -140,21 +157,39 @@ def _render(template: str, case: Case, **values: Any) -> str:
     _torch_model.py.j2) and `values`."""
     import jinja2
 
-    from harness.run.runners import torch_models
     from harness.judge.tolerance import tolerance_for
+    from harness.run.runners import torch_models
 
-    sources = [inspect.getsource(item) for item in (torch_models.make_batchnorm, torch_models.ConvBN, torch_models.ForumNet,
-                                                     torch_models.Head, torch_models.NestedTwoBN)]
+    sources = [
+        inspect.getsource(item)
+        for item in (torch_models.make_batchnorm, torch_models.ConvBN, torch_models.ForumNet, torch_models.Head, torch_models.NestedTwoBN)
+    ]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
-    steps = [{"kind": step.kind, "label": step.label(), "export": None if step.export is None else
-              {"training": step.export.training, "opset": step.export.opset, "dynamic_batch": step.export.dynamic_batch,
-               "constant_folding": step.export.constant_folding},
-              "mode": None if step.mode is None else [list(item) for item in step.mode.assignments]} for step in case.steps]
+    steps = [
+        {
+            "kind": step.kind,
+            "label": step.label(),
+            "export": None
+            if step.export is None
+            else {
+                "training": step.export.training,
+                "opset": step.export.opset,
+                "dynamic_batch": step.export.dynamic_batch,
+                "constant_folding": step.export.constant_folding,
+            },
+            "mode": None if step.mode is None else [list(item) for item in step.mode.assignments],
+        }
+        for step in case.steps
+    ]
     return environment.get_template(template).render(
-        case=case, sources="\n\n".join(sources), **values,
+        case=case,
+        sources="\n\n".join(sources),
+        **values,
         # Python literals (repr), not JSON: the script is Python.
         bn=repr({key: getattr(case.bn, key) for key in case.bn.__slots__}),
-        steps=repr(steps), mode=repr([list(item) for item in case.mode.assignments]),
-        bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)), shape=repr(list(case.input.shape)),
+        steps=repr(steps),
+        mode=repr([list(item) for item in case.mode.assignments]),
+        bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)),
+        shape=repr(list(case.input.shape)),
         tolerance=tolerance_for([case.dtype], case.tolerance),
     )

@@ -42,8 +42,13 @@ from harness.run.runners import instantiate
 # environment wins): `jobs` is then the number of cores a run uses, no result depends on it, and
 # idle threads spinning in one worker do not slow another (torch's OpenMP threads did: a fifth
 # more CPU time with two workers). onnxruntime's sessions are set alike (`open_executor`).
-ONE_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
-                          "TF_NUM_INTEROP_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+ONE_THREAD_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
 # The workers of the families that use torch (runner table: forks_from_server) fork from a server
 # that imported these once, on one thread (harness.run.fork_server), instead of each spawned worker
 # importing them itself: 2.8 s per worker, paid again by a second torch worker and by each worker
@@ -183,8 +188,9 @@ class Executor:
         with self._lock:
             self._pending.update(families)
             if family not in self._dispatchers:
-                self._dispatchers[family] = ThreadPoolExecutor(max_workers=self._workers_of(family),
-                                                               thread_name_prefix=f"bn-harness-{family}")
+                self._dispatchers[family] = ThreadPoolExecutor(
+                    max_workers=self._workers_of(family), thread_name_prefix=f"bn-harness-{family}"
+                )
             future = self._dispatchers[family].submit(function, *args)
         future.add_done_callback(lambda _: self._finished(families))
         return future
@@ -210,8 +216,9 @@ class Executor:
         if _ports_torch_weights(family, case):
             weights = self._torch_weights(case)
             if isinstance(weights, RunResult):  # building the torch model failed: say so as this runner
-                return RunResult(name, weights.status, f"building the torch weights for the Keras port: {weights.reason}",
-                                 details=weights.details)
+                return RunResult(
+                    name, weights.status, f"building the torch weights for the Keras port: {weights.reason}", details=weights.details
+                )
             inputs["torch_weights"] = weights
         return self._call(name, family, execute_runner, (runner_record(name), case, inputs), self.timeout_for(case))
 
@@ -248,15 +255,23 @@ class Executor:
                 return RunResult(name, "timed_out", f"no result within {timeout_s:g} s; the {family} worker was stopped and replaced")
             except pebble.ProcessExpired as expired:
                 tail = self._output_tail(expired.pid)
-                return RunResult(name, "crashed", f"the {family} worker process died: {_describe_exit(expired.exitcode)}"
-                                 + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
-                                 details={"exitcode": expired.exitcode, "worker_output_tail": tail})
+                return RunResult(
+                    name,
+                    "crashed",
+                    f"the {family} worker process died: {_describe_exit(expired.exitcode)}"
+                    + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
+                    details={"exitcode": expired.exitcode, "worker_output_tail": tail},
+                )
             except Exception as error:  # a harness bug inside the worker: this runner's result, not the run's end
                 import traceback
 
                 text = "".join(traceback.format_exception(error))
-                return RunResult(name, "crashed", f"{type(error).__name__} in the {family} worker: {error}",
-                                 details={"traceback": text[-OUTPUT_TAIL_CHARS:]})
+                return RunResult(
+                    name,
+                    "crashed",
+                    f"{type(error).__name__} in the {family} worker: {error}",
+                    details={"traceback": text[-OUTPUT_TAIL_CHARS:]},
+                )
 
     def _workers_of(self, family: str) -> int:
         """How many workers a family may start: `jobs` for torch and onnxruntime, which do most of
@@ -268,8 +283,11 @@ class Executor:
         with self._lock:
             if family not in self._pools:
                 self._pools[family] = pebble.ProcessPool(
-                    max_workers=self._workers_of(family), initializer=prepare_worker, initargs=(family, self._output_directory),
-                    context=_worker_context(family))
+                    max_workers=self._workers_of(family),
+                    initializer=prepare_worker,
+                    initargs=(family, self._output_directory),
+                    context=_worker_context(family),
+                )
             return self._pools[family]
 
     def _output_tail(self, pid: int | None) -> str:

@@ -9,8 +9,8 @@ from harness.core.runner_table import (
     GRAPH_REFERENCES,
     REFERENCE_RUNNER,
     RUNNERS,
-    RunnerRecord,
     TORCH_FAMILY,
+    RunnerRecord,
     graph_runner_names,
     register_runner,
     runner_family,
@@ -23,8 +23,19 @@ from harness.core.runner_table import (
 from harness.run.runners.base import Runner
 
 __all__ = [
-    "GRAPH_REFERENCES", "REFERENCE_RUNNER", "RUNNERS", "TORCH_FAMILY", "create_runner", "graph_runner_names", "instantiate",
-    "register_runner", "runner_family", "runner_names", "runner_target", "shared_walks", "unregister_runner",
+    "GRAPH_REFERENCES",
+    "REFERENCE_RUNNER",
+    "RUNNERS",
+    "TORCH_FAMILY",
+    "create_runner",
+    "graph_runner_names",
+    "instantiate",
+    "register_runner",
+    "runner_family",
+    "runner_names",
+    "runner_target",
+    "shared_walks",
+    "unregister_runner",
 ]
 
 

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import Case
-from harness.core.runner_table import RunnerRecord
 from harness.core.results import BNCall, Observed, RunResult, Scalar, StepField
-
+from harness.core.runner_table import RunnerRecord
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 MAX_REASON_CHARS = 2000
@@ -84,8 +83,17 @@ class ObservationLog:
 
     def result(self, status: str = "ok", reason: str | None = None) -> RunResult:
         """The RunResult of everything logged so far."""
-        return RunResult(self.runner, status, reason, dict(self.observations), dict(self.details), tuple(self.notes),
-                         dict(self.bn_calls), dict(self.artifacts), dict(self.model_oracle))
+        return RunResult(
+            self.runner,
+            status,
+            reason,
+            dict(self.observations),
+            dict(self.details),
+            tuple(self.notes),
+            dict(self.bn_calls),
+            dict(self.artifacts),
+            dict(self.model_oracle),
+        )
 
 
 def skipped(runner: str, reason: str) -> RunResult:

@@ -73,8 +73,10 @@ def build_node_graph(case: GraphCase) -> GraphSource:
             attributes["training_mode"] = 1
     node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs, **attributes)
     vector = lambda values, default: np.asarray(values if values is not None else [default] * features, dtype=dtype)  # noqa: E731
-    initializers = [numpy_helper.from_array(vector(node_spec.scale, 1.0), "scale"),
-                    numpy_helper.from_array(vector(node_spec.bias, 0.0), "bias")]
+    initializers = [
+        numpy_helper.from_array(vector(node_spec.scale, 1.0), "scale"),
+        numpy_helper.from_array(vector(node_spec.bias, 0.0), "bias"),
+    ]
     inputs = [helper.make_tensor_value_info("x", element, list(case.input.shape))]
     state = {"mean": vector(node_spec.mean, 0.0), "var": vector(node_spec.var, 1.0)}
     stored = node_spec.statistics == "initializers"
@@ -231,8 +233,8 @@ class OnnxSpecRunner(Runner):
             return skipped(self.name, str(missing))
         from onnx import numpy_helper
 
-        from harness.run.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, spec_refusal, stored_values
         from harness.core.semantics import oracle
+        from harness.run.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, spec_refusal, stored_values
 
         source = load_source(case)
         nodes = list(source.model.graph.node)
@@ -259,11 +261,17 @@ class OnnxSpecRunner(Runner):
                 return log.result("run_failed", f"the ONNX spec does not define this node: {refusal}")
             data, scale, bias, mean, var = arrays
             call = BNCall(
-                semantics="onnx", input=data.astype(np.float64), channel_axis=1,
-                uses_batch_stats=node.training, updates_running_stats=node.training,
-                eps=node.epsilon, momentum=node.momentum,
-                weight=scale.astype(np.float64), bias=bias.astype(np.float64),
-                running_mean_before=mean.astype(np.float64), running_var_before=var.astype(np.float64),
+                semantics="onnx",
+                input=data.astype(np.float64),
+                channel_axis=1,
+                uses_batch_stats=node.training,
+                updates_running_stats=node.training,
+                eps=node.epsilon,
+                momentum=node.momentum,
+                weight=scale.astype(np.float64),
+                bias=bias.astype(np.float64),
+                running_mean_before=mean.astype(np.float64),
+                running_var_before=var.astype(np.float64),
                 per_activation=node.per_activation,
             )
             log.bn_calls[(step, "")] = call
@@ -283,7 +291,9 @@ class OnnxSpecRunner(Runner):
                     log.array(step, OUTPUT_FIELDS[position], array.astype(np.float64), str(array.dtype))
             # This step as a backend-test data set: what was fed, and what the spec says comes out.
             for position, name in enumerate(input_names):
-                log.artifacts[f"test_data_set_{step}/input_{position}.pb"] = numpy_helper.from_array(np.asarray(feeds[name])).SerializeToString()
+                log.artifacts[f"test_data_set_{step}/input_{position}.pb"] = numpy_helper.from_array(
+                    np.asarray(feeds[name])
+                ).SerializeToString()
             for position, array in enumerate(outputs):
                 log.artifacts[f"test_data_set_{step}/output_{position}.pb"] = numpy_helper.from_array(array).SerializeToString()
             if source.state_inputs:

@@ -55,8 +55,10 @@ class KerasRunner(Runner):
             if isinstance(torch_weights, RunResult):
                 return skipped(self.name, f"the port copies the torch model's weights: {torch_weights.reason}")
         if os.environ.get("KERAS_BACKEND", "tensorflow") != self.backend:
-            raise RuntimeError(f"{self.name} runs in a process whose KERAS_BACKEND is {self.backend} "
-                               "(harness.run.execution's worker for it), not in this one")
+            raise RuntimeError(
+                f"{self.name} runs in a process whose KERAS_BACKEND is {self.backend} "
+                "(harness.run.execution's worker for it), not in this one"
+            )
         from harness.run.runners.keras_worker import run_case_in_worker
 
         return run_case_in_worker(self.name, self.backend, case, mapping, torch_weights)

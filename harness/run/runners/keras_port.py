@@ -22,9 +22,20 @@ class KerasPort:
     ("unbiased": re-expressed in torch's convention; "as_stored": biased, as Keras stores it).
     """
 
-    def __init__(self, keras: Any, model: str, shape: tuple[int, ...], num_features: int, dtype: str,
-                 settings: dict[str, Any], submodule_paths: tuple[str, ...], batchnorm_paths: tuple[str, ...],
-                 weights: dict[str, np.ndarray], mode: list[tuple[str, bool]], input_dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        keras: Any,
+        model: str,
+        shape: tuple[int, ...],
+        num_features: int,
+        dtype: str,
+        settings: dict[str, Any],
+        submodule_paths: tuple[str, ...],
+        batchnorm_paths: tuple[str, ...],
+        weights: dict[str, np.ndarray],
+        mode: list[tuple[str, bool]],
+        input_dtype: str | None = None,
+    ) -> None:
         self.keras, self.model, self.shape, self.num_features = keras, model, tuple(shape), num_features
         self.dtype, self.settings = dtype, dict(settings)
         self.input_dtype = input_dtype or dtype  # the data is fed as torch gets it; Keras casts it to the layers' dtype
@@ -83,8 +94,12 @@ class KerasPort:
     def _add_bn(self, path: str, input_shape, weights: dict[str, np.ndarray]) -> None:
         settings = self.settings
         layer = self.keras.layers.BatchNormalization(
-            axis=settings["axis"], momentum=settings["momentum"], epsilon=settings["epsilon"],
-            center=settings["center"], scale=settings["scale"], dtype=self.dtype,
+            axis=settings["axis"],
+            momentum=settings["momentum"],
+            epsilon=settings["epsilon"],
+            center=settings["center"],
+            scale=settings["scale"],
+            dtype=self.dtype,
         )
         layer.build(input_shape)
         layer.trainable = settings["trainable"]

@@ -14,8 +14,7 @@ from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason, skipped, version_of
 
 
-def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping,
-                       weights: dict[str, np.ndarray]) -> RunResult:
+def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]) -> RunResult:
     """Build the Keras port and walk the case's steps; an export step changes nothing."""
     try:
         import keras
@@ -57,9 +56,19 @@ def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.nd
     from harness.run.runners.keras_port import KerasPort
 
     spec = MODEL_SPECS[case.model]
-    return KerasPort(keras, case.model, case.input.shape, case.bn.num_features, case.bn.dtype, port_settings(mapping),
-                     spec.submodule_paths, spec.batchnorm_paths, weights, list(case.mode.assignments),
-                     input_dtype=case.input.dtype)
+    return KerasPort(
+        keras,
+        case.model,
+        case.input.shape,
+        case.bn.num_features,
+        case.bn.dtype,
+        port_settings(mapping),
+        spec.submodule_paths,
+        spec.batchnorm_paths,
+        weights,
+        list(case.mode.assignments),
+        input_dtype=case.input.dtype,
+    )
 
 
 def record_state(port, case: Case, step: int, log: ObservationLog) -> None:

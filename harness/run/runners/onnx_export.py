@@ -50,8 +50,11 @@ class OnnxExportRunner(Runner):
 
 def _frameworks(record: RunnerRecord) -> tuple[str, ...]:
     """What an export runner imports: torch and onnx, onnxscript for dynamo, onnxruntime to run."""
-    return ("torch", "onnx") + (("onnxscript",) if record.exporter == "dynamo" else ()) + \
-        (("onnxruntime",) if record.executor != "reference" else ())
+    return (
+        ("torch", "onnx")
+        + (("onnxscript",) if record.exporter == "dynamo" else ())
+        + (("onnxruntime",) if record.executor != "reference" else ())
+    )
 
 
 def run_sharing_exports(case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
@@ -119,8 +122,7 @@ class _GraphExporter:
             "graph_outputs": graph_outputs,
             "graph_state": step.export.graph_state,
             "batchnorm": {
-                path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}),
-                                   graph_outputs)
+                path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}), graph_outputs)
                 for path in bn_paths
             },
             "warnings": export_warnings,
@@ -175,9 +177,14 @@ class _GraphExporter:
 def _graph_facts(node, initializers, buffers_before, buffers_after, graph_outputs) -> dict[str, Any]:
     if node is None:
         return {"kept": False, "note": "no BatchNormalization node: folded into a neighbour or constants"}
-    facts: dict[str, Any] = {"kept": True, "training_mode": node.training, "stored_stats": node.stored_stats,
-                             "epsilon": node.epsilon, "momentum": node.momentum,
-                             "stats_stored_in": {"running_mean": node.mean_source, "running_var": node.var_source}}
+    facts: dict[str, Any] = {
+        "kept": True,
+        "training_mode": node.training,
+        "stored_stats": node.stored_stats,
+        "epsilon": node.epsilon,
+        "momentum": node.momentum,
+        "stats_stored_in": {"running_mean": node.mean_source, "running_var": node.var_source},
+    }
     # Which of the node's outputs (Y, running mean and var, saved mean and var) the exporter made
     # graph outputs, and which it computed but dropped (a training graph that exposes only Y).
     names = ("Y", "running_mean", "running_var", "saved_mean", "saved_var")
@@ -196,8 +203,9 @@ class ExportedGraph:
     """One export step's graph, what it holds, and what the export did; each runner sharing the
     export deploys it in its own executor."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any],
-                 feed_back: bool = False) -> None:
+    def __init__(
+        self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any], feed_back: bool = False
+    ) -> None:
         # initializers: every stored tensor by the name nodes read it under (Identity copies included)
         self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
         self.feed_back = feed_back
@@ -208,13 +216,12 @@ class ExportedGraph:
         log.details.setdefault("exports", []).append(self.facts)
 
     def deploy(self, executor: str) -> GraphDeployed:
-        from harness.run.runners.torch_steps import StepFailed
-
         import onnx
 
+        from harness.run.runners.torch_steps import StepFailed
+
         try:  # each executor gets its own copy: deploying rewires a training graph's state in place
-            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor,
-                                 self.feed_back)
+            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor, self.feed_back)
         except Exception as error:  # the runtime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
@@ -223,8 +230,7 @@ class GraphDeployed:
     """The exported graph in its executor: as exported (its running statistics are the stored
     ones at every forward), or with each training BN's state fed back (`feed_back`)."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str,
-                 feed_back: bool = False) -> None:
+    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str, feed_back: bool = False) -> None:
         from harness.run.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
@@ -243,8 +249,9 @@ class GraphDeployed:
         from harness.run.runners.torch_steps import StepFailed
 
         feeds = {self.input_name: _feed_array(batch)}
-        self.last_calls = {path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items()
-                           if node.data_input == self.input_name}
+        self.last_calls = {
+            path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items() if node.data_input == self.input_name
+        }
         for path, wiring in self.state_wiring.items():
             feeds[wiring.mean_input] = self.state[path]["running_mean"]
             feeds[wiring.var_input] = self.state[path]["running_var"]

@@ -194,8 +194,9 @@ def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode])
             else:
                 value = stored[name][1]
                 own = f"{name}.fed_state"
-                model.graph.input.append(helper.make_tensor_value_info(
-                    own, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+                model.graph.input.append(
+                    helper.make_tensor_value_info(own, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+                )
                 graph_inputs.add(own)
                 graph_node.input[slot] = own
                 name = own

@@ -24,8 +24,9 @@ _BATCHNORM_BY_RANK = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5
 
 def make_batchnorm(kind: type[nn.Module], config: BNConfig) -> nn.Module:
     """A BatchNorm with the case's configuration and initial values."""
-    bn = kind(config.num_features, eps=config.eps, momentum=config.momentum, affine=config.affine,
-              track_running_stats=config.track_running_stats)
+    bn = kind(
+        config.num_features, eps=config.eps, momentum=config.momentum, affine=config.affine, track_running_stats=config.track_running_stats
+    )
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             values, target = getattr(config, name), getattr(bn, name)

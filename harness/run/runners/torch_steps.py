@@ -88,8 +88,9 @@ class Lane:
         return self.log.result(self.failure.status, self.failure.reason)
 
 
-def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None,
-              compile_model: Callable[[nn.Module], Callable] | None = None) -> list[RunResult]:
+def run_steps(
+    case: Case, lanes: Sequence[Lane], export: Exporter | None = None, compile_model: Callable[[nn.Module], Callable] | None = None
+) -> list[RunResult]:
     """Build the model, walk every step for every lane, and return each lane's result (up to the
     step that failed it). With `compile_model`, forwards call what it returns (torch.compile)."""
     model = build_model(case)
@@ -149,8 +150,15 @@ def run_steps(case: Case, lanes: Sequence[Lane], export: Exporter | None = None,
     return [lane.result() for lane in lanes]
 
 
-def _forward_lane(lane: Lane, case: Case, index: int, batch: torch.Tensor, module_output: np.ndarray,
-                  module_calls: dict[str, BNCall], bn_outputs: dict[str, np.ndarray]) -> None:
+def _forward_lane(
+    lane: Lane,
+    case: Case,
+    index: int,
+    batch: torch.Tensor,
+    module_output: np.ndarray,
+    module_calls: dict[str, BNCall],
+    bn_outputs: dict[str, np.ndarray],
+) -> None:
     """Log one forward step for one lane: the module's output, and the deployed artifact's."""
     log = lane.log
     log.array(index, module_field("", OUTPUT), module_output, case.input.dtype)
@@ -179,8 +187,9 @@ class _BatchNormTaps:
         for path, bn in self.bns.items():
             self.handles.append(bn.register_forward_pre_hook(_recorder(path, self.calls)))
             if path:  # a bare BatchNorm's output is the model's
-                self.handles.append(bn.register_forward_hook(
-                    lambda _, __, output, path=path: self.outputs.__setitem__(path, to_numpy(output))))
+                self.handles.append(
+                    bn.register_forward_hook(lambda _, __, output, path=path: self.outputs.__setitem__(path, to_numpy(output)))
+                )
 
     def detach(self) -> None:
         for handle in self.handles:
