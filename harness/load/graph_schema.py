@@ -3,19 +3,17 @@ from the shared parts of the case schema, and the cross-field rules."""
 
 from __future__ import annotations
 
-import copy
-import functools
-import json
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from harness.core.case import GraphCase, GraphNodeSpec
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import GRAPH_OUTPUT_FIELDS, field_matches
-from harness.core.runner_table import GRAPH_REFERENCES, graph_runner_names
+from harness.core.runner_table import GRAPH_REFERENCES
+from harness.load.build import build_expectations, build_input, build_tolerance, expand_steps, schema_problems
 from harness.load.loader import LoadedDocument, format_path
+from harness.load.schemas import graph_case_schema
 
 GRAPH_FIELDS = GRAPH_OUTPUT_FIELDS
 GRAPH_KEYS = ("onnx_graph", "onnx_backend_test")
@@ -26,37 +24,12 @@ def is_graph_case(data: Any) -> bool:
     return isinstance(data, dict) and any(key in data for key in GRAPH_KEYS)
 
 
-@functools.cache
-def graph_case_schema() -> dict[str, Any]:
-    """The graph case schema with the shared definitions of the case schema."""
-    from harness.load.schema import case_schema
-
-    base = case_schema()
-    schema = json.loads(resources.files("harness.load").joinpath("graph_case.schema.json").read_text())
-    schema["$defs"] = copy.deepcopy(base["$defs"])
-    schema["properties"]["input"] = copy.deepcopy(base["properties"]["input"])
-    schema["properties"]["tolerance"] = copy.deepcopy(base["properties"]["tolerance"])
-    # A graph case's steps are forwards only: the case schema's step, without export and set_mode.
-    step = copy.deepcopy(base["$defs"]["step"])
-    step["anyOf"][0]["enum"] = ["forward", "train_step"]
-    for kind in ("export", "set_mode"):
-        del step["anyOf"][1]["properties"][kind]
-    schema["$defs"]["graph_step"] = step
-    schema["properties"]["steps"]["items"] = {"$ref": "#/$defs/graph_step"}
-    names = list(graph_runner_names())
-    schema["properties"]["runners"]["items"]["enum"] = names
-    schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
-    return schema
-
-
 def graph_case_from_document(document: LoadedDocument, case_id: str, source: str) -> GraphCase:
     """Validate a graph case and build it.
 
     Raises:
         CaseError: with every problem found.
     """
-    from harness.load.schema import build_expectations, build_input, build_tolerance, expand_steps, schema_problems
-
     problems = list(schema_problems(document, graph_case_schema()))
     if not problems:
         problems = sorted(_cross_field_problems(document), key=lambda problem: problem.line or 0)
@@ -127,6 +100,4 @@ def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
 
 
 def _expanded(data: dict[str, Any]):
-    from harness.load.schema import expand_steps
-
     return expand_steps(data.get("steps", []), data.get("input", {}).get("seed", 0))

@@ -10,6 +10,7 @@ from jsonschema.exceptions import ValidationError
 
 from harness.core.errors import CaseProblem
 from harness.load.loader import LoadedDocument, PathKey, format_path
+from harness.load.schemas import case_schema
 
 
 def explain_schema_error(document: LoadedDocument, error: ValidationError) -> Iterator[CaseProblem]:
@@ -81,8 +82,6 @@ def _alternatives_text(error: ValidationError) -> str | None:
 
 
 def _resolve(branch: dict[str, Any]) -> dict[str, Any]:
-    from harness.load.schema import case_schema
-
     reference = branch.get("$ref", "")
     if reference.startswith("#/$defs/"):  # graph cases share the case schema's definitions
         return case_schema()["$defs"][reference.removeprefix("#/$defs/")]
