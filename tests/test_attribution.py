@@ -125,7 +125,10 @@ def test_a_field_no_oracle_reaches_follows_from_the_batchnorm_divergence_before_
         "torch-eager", "ok", observations={(1, "bn.uses_batch_stats"): Observed(True), (2, "output"): Observed(np.zeros(3), "float32")}
     )
     other = RunResult(
-        "onnx-dynamo-ort", "ok", observations={(1, "bn.uses_batch_stats"): Observed(False), (2, "output"): Observed(np.ones(3), "float32")}
+        "onnx-dynamo-ort",
+        "ok",
+        observations={(1, "bn.uses_batch_stats"): Observed(False), (2, "output"): Observed(np.ones(3), "float32")},
+        details={"exporter": {"dynamo": True, "executor": "ort"}},
     )
     mode, output = [v for v in attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other))) if not v]
     assert mode.attribution == output.attribution == "state changed by a step"
@@ -216,6 +219,7 @@ def test_states_parted_by_an_earlier_step_name_that_cause_and_the_shares_of_the_
             **observed(2, running_var=(oracle(stepped).running_var, "float32")),
         },
         bn_calls={(2, ""): stepped},
+        details={"exporter": {"dynamo": False, "executor": "ort"}},
     )
     exported, later = judged(reference, other)
     assert exported.attribution == later.attribution == "state changed by a step"
@@ -310,17 +314,55 @@ def test_a_broken_invariant_fails_the_case_as_an_error_and_keeps_what_was_comput
 
 def test_a_model_output_no_batchnorm_oracle_reaches_is_judged_against_the_model_in_float64():
     conv_case = dataclasses.replace(CASE, model="forum_net")
-    exact = np.array([0.5, 1.25, 2.0])
-    float32 = exact + 1e-5  # the reference's own rounding of this model: the floor
-    reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(float32, "float32")}, model_oracle={0: exact})
-    for offset, expected in ((0.5, "implementation deviates"), (-0.8e-5, None)):
+    exact = np.array([1000.0, -1000.0, 500.0])  # outputs of a BN scale of 1e3: an ulp of float32 is 6e-5 here
+    float32 = exact + 9e-4  # the reference's own rounding of this model (15 ulps): the floor
+
+    def judged_against(offset):
+        reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(float32, "float32")}, model_oracle={0: exact})
         other = RunResult("onnx-dynamo-ort", "ok", observations={(0, "output"): Observed(exact + offset, "float32")})
         (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
-        if expected is None:  # beyond atol, within both sides' floors of this model on this data
-            assert verdict.close and "agree within the float32 rounding floor" in verdict.text, verdict.text
-        else:
-            assert verdict.attribution == expected
-            assert verdict.attribution_text.startswith("onnx-dynamo-ort vs the case's model computed in float64: error 0.5")
+        return verdict
+
+    far = judged_against(0.5)
+    assert far.attribution == "implementation deviates"
+    assert far.attribution_text.startswith("onnx-dynamo-ort vs the case's model computed in float64: error 0.5")
+    near = judged_against(-9e-4)  # beyond the tolerance, within both sides' floors of this model on this data
+    assert near.close and "agree within the float32 rounding floor" in near.text, near.text
+
+
+def test_the_reference_is_judged_by_the_float64_model_too():
+    # Its own error is the floor only while it is rounding: a reference 0.5 off is no floor for anyone.
+    conv_case = dataclasses.replace(CASE, model="forum_net")
+    exact = np.array([0.5, 1.25, 2.0])
+    reference = RunResult("torch-eager", "ok", observations={(0, "output"): Observed(exact + 0.5, "float32")}, model_oracle={0: exact})
+    other = RunResult("onnx-dynamo-ort", "ok", observations={(0, "output"): Observed(exact, "float32")})
+    (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
+    assert not verdict.close and verdict.attribution == "implementation deviates"
+    assert verdict.attribution_text.startswith("torch-eager vs the case's model computed in float64: error 0.5")
+
+
+def test_an_agreement_within_the_floors_is_no_cause_of_what_follows():
+    # bn.output agrees within the floors; the model's output, 0.5 off, is the other side's own.
+    conv_case = dataclasses.replace(CASE, model="forum_net")
+    shifted = dataclasses.replace(TORCH_CALL, input=(X + 300.0).astype(np.float32).astype(np.float64))
+    bn_output = oracle(shifted).output
+    exact = np.array([0.5, 1.25, 2.0])
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        bn_calls={(0, "bn"): shifted},
+        model_oracle={0: exact},
+        observations={**observed(0, **{"bn.output": (bn_output, "float32")}), (0, "output"): Observed(exact, "float32")},
+    )
+    other = RunResult(
+        "onnx-dynamo-ort",
+        "ok",
+        bn_calls={(0, "bn"): dataclasses.replace(shifted, semantics="onnx", momentum=0.9)},
+        observations={**observed(0, **{"bn.output": (bn_output + 3e-5, "float32")}), (0, "output"): Observed(exact + 0.5, "float32")},
+    )
+    verdicts = {v.field: v for v in attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))}
+    assert verdicts["bn.output"].close
+    assert verdicts["output"].attribution == "implementation deviates", verdicts["output"].attribution_text
 
 
 def test_torch_runners_record_the_model_in_float64_where_layers_besides_batchnorm_shape_the_output(tmp_path):
@@ -380,3 +422,96 @@ def test_parted_state_follows_the_divergence_that_parted_it_not_an_unrelated_ear
     first, second = [v for v in attribute_all(two_steps, reference, other, list(compare_runs(two_steps, reference, other))) if not v]
     assert first.attribution == "implementation deviates"
     assert second.attribution == "conventions differ" and "normalises with the variance it stores" in second.attribution_text
+
+
+def test_the_stored_convention_predicts_the_whole_gap_eps_included():
+    # Keras with its own eps normalising with its stored biased variance: the prediction is each
+    # side's oracle on its own state (it left out the eps share and broke the invariant).
+    eval_torch = dataclasses.replace(
+        TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=np.array([0.012, 0.008])
+    )
+    keras = dataclasses.replace(
+        eval_torch,
+        semantics="keras",
+        momentum=0.99,
+        eps=1e-3,
+        running_var_reported="unbiased",
+        stored_var_before=np.array([0.012, 0.008]) * 3 / 4,
+        num_batches_tracked_before=None,
+    )
+    reference = RunResult(
+        "torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")), bn_calls={(0, ""): eval_torch}
+    )
+    other = RunResult(
+        "keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")), bn_calls={(0, ""): keras}
+    )
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "conventions differ" and verdict.invariant_violation is None
+
+
+def test_running_statistics_the_reference_does_not_keep_are_a_convention_not_a_crash():
+    no_stats = dataclasses.replace(
+        TORCH_CALL, uses_batch_stats=True, updates_running_stats=False, running_mean_before=None, running_var_before=None
+    )
+    keras_eval = dataclasses.replace(
+        TORCH_CALL, semantics="keras", momentum=0.99, uses_batch_stats=False, updates_running_stats=False, num_batches_tracked_before=None
+    )
+    reference = RunResult(
+        "torch-eager", "ok", observations=observed(0, output=(oracle(no_stats).output, "float32")), bn_calls={(0, ""): no_stats}
+    )
+    other = RunResult(
+        "keras-numpy", "ok", observations=observed(0, output=(oracle(keras_eval).output, "float32")), bn_calls={(0, ""): keras_eval}
+    )
+    (verdict,) = judged(reference, other)
+    assert verdict.attribution == "conventions differ" and "keeps no running statistics" in verdict.attribution_text
+
+
+def test_an_input_parted_by_an_upstream_batchnorm_follows_from_it_at_the_same_step():
+    nested = dataclasses.replace(CASE, model="nested_two_bn", steps=(Step("forward", seed=0),))
+    stem_torch, stem_onnx = (
+        TORCH_CALL,
+        dataclasses.replace(TORCH_CALL, semantics="onnx", momentum=0.9, eps=1e-1, num_batches_tracked_before=None),
+    )
+    head = dict(uses_batch_stats=False, updates_running_stats=False)
+    head_torch = dataclasses.replace(TORCH_CALL, input=oracle(stem_torch).output * 2 + 1, **head)
+    head_onnx = dataclasses.replace(stem_onnx, eps=1e-5, input=oracle(stem_onnx).output * 2 + 1, **head)
+
+    def run_of(name, stem, head_call):
+        observations = {
+            (0, f"{path}.output"): Observed(np.asarray(oracle(call).output, np.float32).astype(np.float64), "float32")
+            for path, call in (("stem.bn", stem), ("head.block.bn", head_call))
+        }
+        return RunResult(name, "ok", observations=observations, bn_calls={(0, "stem.bn"): stem, (0, "head.block.bn"): head_call})
+
+    reference, other = run_of("torch-eager", stem_torch, head_torch), run_of("onnx-torchscript-ort", stem_onnx, head_onnx)
+    verdicts = {v.field: v for v in attribute_all(nested, reference, other, list(compare_runs(nested, reference, other)))}
+    assert verdicts["stem.bn.output"].attribution == "conventions differ"
+    head_verdict = verdicts["head.block.bn.output"]
+    assert head_verdict.attribution == "conventions differ"
+    assert "follows from stem.bn.output after step 0 (forward)" in head_verdict.attribution_text
+
+
+def test_the_cumulative_average_reads_num_batches_tracked():
+    # momentum=None weighs the batch by 1 / (num_batches_tracked + 1): differing counters part the state.
+    cumulative = dataclasses.replace(TORCH_CALL, momentum=None, num_batches_tracked_before=0)
+    later = dataclasses.replace(cumulative, num_batches_tracked_before=5)
+    reference = RunResult(
+        "torch-eager",
+        "ok",
+        observations=observed(0, running_mean=(oracle(cumulative).running_mean, "float32")),
+        bn_calls={(0, ""): cumulative},
+    )
+    other = RunResult(
+        "torch-compile", "ok", observations=observed(0, running_mean=(oracle(later).running_mean, "float32")), bn_calls={(0, ""): later}
+    )
+    (verdict,) = judged(reference, other)
+    assert "num_batches_tracked by up to 5" in verdict.attribution_text and verdict.invariant_violation is None
+
+
+def test_an_export_step_is_not_blamed_on_a_runner_that_makes_no_export():
+    export_first = dataclasses.replace(CASE, steps=(Step("export", export=ExportOptions()), Step("forward", seed=0)))
+    reference = RunResult("torch-eager", "ok", observations=observed(0, running_var=(np.ones(2), "float32")))
+    keras = RunResult("keras-tensorflow", "ok", observations=observed(0, running_var=(np.full(2, 2.0), "float32")))
+    (verdict,) = [v for v in attribute_all(export_first, reference, keras, list(compare_runs(export_first, reference, keras))) if not v]
+    assert verdict.attribution != "state changed by a step"
+    assert "keras-tensorflow makes no export" in verdict.attribution_text

@@ -302,3 +302,15 @@ def test_a_hand_built_node_can_store_its_statistics_as_initializers(tmp_path, tr
         spec = next(run for run in result.runs if run.runner == "onnx-spec")
         first, last = spec.bn_calls[(0, "")], spec.bn_calls[(2, "")]
         np.testing.assert_array_equal(first.running_var_before, last.running_var_before)
+
+
+def test_spatial_0_follows_its_opset_and_is_attributed_without_crashing(tmp_path):
+    per_activation = [np.ones((3, 4), np.float32), np.zeros((3, 4), np.float32), np.zeros((3, 4), np.float32), np.ones((3, 4), np.float32)]
+    _, at_6 = spec_of(tmp_path, "bn6s", 6, X_NCL, UNIT, [X_NCL], outputs=5, spatial=0, is_test=0)
+    assert at_6.status == "run_failed" and "spatial=0 with parameters of size C" in at_6.reason
+    _, at_8 = spec_of(tmp_path, "bn8s", 8, X_NCL, per_activation, [X_NCL], outputs=5, spatial=0)
+    assert at_8.status == "ok", "BatchNormalization-7 still applies at opset 8"
+    case, _ = spec_of(tmp_path, "bn7s", 7, X_NCL, per_activation, [X_NCL], outputs=1, spatial=0)
+    result = run_case(case)  # the stored output (X itself) is wrong: judged, not a crash
+    wrong = [v for v in result.verdicts if not v and v.other == "onnx-spec"]
+    assert wrong and wrong[0].attribution == "implementation deviates"

@@ -205,3 +205,13 @@ def test_the_float64_twin_never_changes_the_users_module():
     plain = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2)).train()
     assert _float64_output(plain, torch.randn(4, 2, 3, 3)).dtype == np.float64
     assert int(plain[1].num_batches_tracked) == 0
+
+
+def test_a_nan_in_the_users_state_does_not_cost_the_float64_oracle():
+    import torch
+
+    from harness.run.runners.torch_steps import _float64_output
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)).train()
+    model[1].running_var[0] = float("nan")
+    assert _float64_output(model, torch.randn(4, 2, 5, 5)) is not None

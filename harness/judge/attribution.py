@@ -27,6 +27,9 @@ from harness.judge.tolerance import Tolerance
 # A runner is within its spec when its error is within the dtype's tolerance or this many times
 # the rounding floor: how far the same formula, evaluated in that dtype, lands from float64.
 ROUNDING_FLOOR_FACTOR = 4.0
+# The float64 whole-model oracle takes the reference's own error as the rounding floor of a model
+# output only up to this many units of roundoff of the output's magnitude.
+MODEL_FLOOR_ULPS = 16.0
 # What each exporter documents or does about the module's mode, cited where an export step is blamed.
 EXPORT_CONTRACT = (
     "torch.onnx.export sets the training mode only temporarily and resets it afterwards "
@@ -98,8 +101,17 @@ def attribute_all(
     divergent = [verdict for verdict in verdicts if not verdict]
     attributed: dict[int, Verdict] = {}
     made: list[tuple[Verdict, Attribution]] = []  # in step order: what a later divergence may follow from
-    # Within a step, the BatchNorms' own fields first: the model's output may follow from them.
-    order = sorted(range(len(verdicts)), key=lambda i: (verdicts[i].step, verdicts[i].field == OUTPUT))
+    # Within a step, the BatchNorms' own fields first, in the model's order (an upstream BatchNorm's
+    # output is a downstream one's input), then the model's output, which may follow from them.
+    bn_order = MODEL_SPECS[case.model].batchnorm_paths if isinstance(case, Case) else ("",)
+
+    def position_in_model(field: str) -> int:
+        field = field.removeprefix(MODULE + ".")
+        return next((i for i, path in reversed(list(enumerate(bn_order))) if not path or field.startswith(path + ".")), len(bn_order))
+
+    order = sorted(
+        range(len(verdicts)), key=lambda i: (verdicts[i].step, verdicts[i].field == OUTPUT, position_in_model(verdicts[i].field))
+    )
     for position in order:
         verdict = verdicts[position]
         if verdict:
@@ -109,10 +121,10 @@ def attribute_all(
             found = _attribute_on_graph(case, reference, other, verdict, spec_run)
         else:
             found = attribute(case, reference, other, verdict, divergent, made)
-        made.append((verdict, found))
-        if found.floor is not None:
+        if found.floor is not None:  # an agreement, not a divergence: nothing later follows from it
             attributed[position] = _agrees_within_floor(verdict, found)
             continue
+        made.append((verdict, found))
         attributed[position] = dataclasses.replace(
             verdict,
             text=f"{verdict.text}\nAttribution: {found.kind}: {found.text}",
@@ -204,18 +216,11 @@ def attribute(
             )
     bn_path = _bn_path_of(case, field)
     if bn_path is None:
-        found = _follows_from_earlier(
-            case,
-            verdict,
-            earlier,
-            f"no oracle for {verdict.field}: it passes through layers the BatchNorm oracles do not model",
-            same_step=True,
-        )
-        if found.kind == "unattributed" and verdict.step in reference.model_oracle:
-            # No BatchNorm divergence explains it, so both ran the same state: the model in float64 is the spec.
-            return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
-        return found
+        return _attribute_model_output(case, reference, other, verdict, earlier)
     deployed = [v for v in divergent if not v.field.startswith(MODULE + ".")]
+    if step_kind == "export" and not other.details.get("exporter") and not _changed_at(other, verdict):
+        # torch-compile and the Keras ports make no export: a step that changed nothing in them is no cause.
+        return _follows_from_earlier(case, verdict, earlier, f"{other.runner} makes no export at {case.step_label(verdict.step)}")
     if step_kind == "export":
         return _state_changed(case, other, verdict, deployed, "the deployed artifact")
     if field.endswith("uses_batch_stats"):
@@ -225,7 +230,7 @@ def attribute(
             "conventions differ",
             f"{verdict.reference} normalises with "
             f"{'batch' if verdict.reference_value else 'running'} statistics, {verdict.other} with "
-            f"{'batch' if verdict.other_value else 'running'} statistics, with no export before this step",
+            f"{'batch' if verdict.other_value else 'running'} statistics, a mode no export step set",
         )
     calls = reference.bn_calls.get((verdict.step, bn_path)), other.bn_calls.get((verdict.step, bn_path))
     if step_kind == "set_mode" or None in calls:
@@ -233,6 +238,14 @@ def attribute(
         why = "no forward at this step" if step_kind == "set_mode" else f"no record of the BatchNorm's input in {', '.join(missing)}"
         return _follows_from_earlier(case, verdict, earlier, why)
     return _judge(case, reference, other, verdict, calls[0], calls[1], earlier, field)
+
+
+def _changed_at(run: RunResult, verdict: Verdict) -> bool:
+    """Whether the step of `verdict` changed `run`'s value of its field (False at the first step)."""
+    before, now = (verdict.step - 1, verdict.field), (verdict.step, verdict.field)
+    if verdict.step == 0 or before not in run.observations or now not in run.observations:
+        return False
+    return not _same_value(run.observations[before].value, run.observations[now].value)
 
 
 CARRIED = "carried unchanged through "
@@ -267,6 +280,34 @@ def _same_value(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _attribute_model_output(
+    case: Case, reference: RunResult, other: RunResult, verdict: Verdict, earlier: Sequence[tuple[Verdict, Attribution]]
+) -> Attribution:
+    """A model output that passes through layers the BatchNorm oracles do not model: it follows from
+    a BatchNorm whose output diverged at this step; if every BatchNorm's output agreed at this step,
+    the layers around them are judged, against the model computed in float64; else from the
+    nearest earlier divergence."""
+    same_step = [(v, found) for v, found in earlier if v.step == verdict.step and v.field.endswith("." + OUTPUT)]
+    if same_step:
+        cause, found = same_step[0]
+        return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True)
+    bn_outputs = [(verdict.step, f"{path}.{OUTPUT}") for path in MODEL_SPECS[case.model].batchnorm_paths if path]
+    every_bn_agreed = bool(bn_outputs) and all(key in run.observations for key in bn_outputs for run in (reference, other))
+    if every_bn_agreed and verdict.step in reference.model_oracle:
+        return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
+    found = _follows_from_earlier(
+        case,
+        verdict,
+        earlier,
+        f"no oracle for {verdict.field}: it passes through layers the BatchNorm oracles do not model",
+        same_step=True,
+    )
+    if found.kind == "unattributed" and verdict.step in reference.model_oracle:
+        # No BatchNorm divergence explains it, so both ran the same state: the model in float64 is the spec.
+        return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
+    return found
+
+
 def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, expected: np.ndarray) -> Attribution:
     """Both sides against the model computed in float64; the floor is the reference's own distance
     from it (one evaluation of this model, on this data, in the reference's dtype)."""
@@ -275,8 +316,18 @@ def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, ex
     for run in (reference, other):
         observed = np.asarray(run.observations[(verdict.step, verdict.field)].value, dtype=np.float64)
         errors.append(float(np.max(np.abs(observed - expected))) if observed.shape == expected.shape else float("inf"))
-    floor = errors[0] if np.isfinite(errors[0]) else 0.0
-    allowed = tolerance.atol + tolerance.rtol * (float(np.max(np.abs(expected))) if expected.size else 0.0)
+    magnitude = float(np.max(np.abs(expected))) if expected.size else 0.0
+    # The reference's own distance from the float64 model is this data's floor, as long as it is
+    # rounding: within MODEL_FLOOR_ULPS units of roundoff of the output's magnitude. Beyond that,
+    # the floor is that bound, and the reference is judged against it like any side.
+    dtype = reference.observations[(verdict.step, verdict.field)].dtype or "float32"
+    bound = MODEL_FLOOR_ULPS * float(np.finfo(np.float16 if dtype == "float16" else np.float32).eps) * magnitude
+    if dtype == "float64":
+        bound = MODEL_FLOOR_ULPS * float(np.finfo(np.float64).eps) * magnitude
+    elif dtype == "bfloat16":
+        bound = MODEL_FLOOR_ULPS * 2.0**-8 * magnitude
+    floor = errors[0] if np.isfinite(errors[0]) and errors[0] <= bound else bound
+    allowed = tolerance.atol + tolerance.rtol * magnitude
     sides = tuple(SideCheck(run.runner, "model-float64", error, allowed, floor) for run, error in zip((reference, other), errors))
     deviating = [side for side in sides if not side.within_spec]
     if deviating:
@@ -324,7 +375,7 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
         return Attribution("implementation deviates", "; ".join(side.describe() for side in deviating), sides)
     if reference_call.uses_batch_stats != other_call.uses_batch_stats:
         # A mode that an earlier step changed (an export's inference graph) is not a convention.
-        mode_changes = [(v, found) for v, found in earlier if v.field.endswith("uses_batch_stats")]
+        mode_changes = [(v, found) for v, found in earlier if v.field.endswith("uses_batch_stats") and v.step < verdict.step]
         if mode_changes:
             return _follows_from_earlier(case, verdict, mode_changes, "")
     # The state that matters is the state the formula uses: what each side normalises with, and
@@ -333,6 +384,15 @@ def _judge(case, reference, other, verdict, reference_call: BNCall, other_call: 
     ours = _pick(oracle(reference_call), attribute_name)
     # The other side's spec, parameters and mode, applied to the reference's own input and state.
     crossed = _crossed(reference_call, other_call)
+    if not crossed.uses_batch_stats and (crossed.running_mean_before is None or _normalising_variance(crossed) is None):
+        # The other side normalises with running statistics the reference does not keep (torch's
+        # track_running_stats=False): a mode the reference cannot have, a convention.
+        return Attribution(
+            "conventions differ",
+            _conventions_text(reference.runner, reference_call, other.runner, other_call)
+            + f"; {reference.runner} keeps no running statistics to normalise with",
+            sides,
+        )
     theirs = _pick(oracle(crossed), attribute_name)
     convention_gap = _gap(ours, theirs)
     if parted:
@@ -390,6 +450,14 @@ def _parted_attribution(
     bn_prefix = verdict.field.removeprefix(MODULE + ".").rpartition(".")[0]
     statistics = {"running_var" if name == "normalising_variance" else name for name in parted}
     related = [(v, found) for v, found in causes if v.field.rpartition(".")[0] == bn_prefix and v.field.rpartition(".")[2] in statistics]
+    if "input" in parted:  # what an upstream BatchNorm returned at this step is this one's input
+        related += [
+            (v, found)
+            for v, found in earlier
+            if v.step == verdict.step
+            and v.field.endswith("." + OUTPUT)
+            and v.field.removeprefix(MODULE + ".").rpartition(".")[0] != bn_prefix
+        ]
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if related or (causes and not stored):
         cause, found = (related or causes)[-1]  # the nearest: it names the first cause it follows from
@@ -397,7 +465,8 @@ def _parted_attribution(
             found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True
         )
     if stored:
-        return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=state_gap)
+        predicted = _gap(_pick(oracle(reference_call), attribute_name), _pick(oracle(other_call), attribute_name))
+        return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=predicted)
     return Attribution("unattributed", what, sides)
 
 
@@ -457,7 +526,7 @@ def _rounding_floor(call: BNCall, attribute_name: str, dtype: str) -> float:
 
 def _largest_scaled_input(call: BNCall) -> float:
     """max |x| * |scale| / sqrt(var + eps), with the variance the call normalises with."""
-    axes = tuple(i for i in range(call.input.ndim) if i != call.channel_axis % call.input.ndim)
+    axes = (0,) if call.per_activation else tuple(i for i in range(call.input.ndim) if i != call.channel_axis % call.input.ndim)
     if call.uses_batch_stats:
         variance = call.input.var(axis=axes)
     else:
@@ -483,7 +552,8 @@ def _normalising_variance(call: BNCall) -> np.ndarray | None:
 def _reads(call: BNCall, attribute_name: str) -> set[str]:
     """What the documented formula reads to compute `attribute_name` at this call."""
     if attribute_name != OUTPUT:  # a running statistic: the value it starts from (and the batch)
-        return {"input", attribute_name}
+        # PyTorch's cumulative average (momentum=None) weighs the batch by 1 / (num_batches_tracked + 1).
+        return {"input", attribute_name} | ({"num_batches_tracked"} if call.momentum is None and call.semantics == "pytorch" else set())
     return {"input", "weight", "bias"} | (set() if call.uses_batch_stats else {"running_mean", "normalising_variance"})
 
 
@@ -495,6 +565,7 @@ def _state_values(call: BNCall) -> dict[str, np.ndarray | None]:
         "running_mean": call.running_mean_before,
         "running_var": call.running_var_before,
         "normalising_variance": _normalising_variance(call),
+        "num_batches_tracked": None if call.num_batches_tracked_before is None else np.asarray(float(call.num_batches_tracked_before)),
     }
 
 

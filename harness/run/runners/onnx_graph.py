@@ -49,7 +49,11 @@ def spec_refusal(node: BatchNormNode, shapes: Sequence[tuple[int, ...]]) -> str 
         return f"{version}: X has shape {x_shape}; the spec wants (N x C x D1 x ... x Dn)"
     if node.opset < 6 and len(x_shape) != 4:
         return f"{version}: X has shape {x_shape}; 'The input 4-dimensional tensor of shape NCHW'"
-    if node.per_activation and node.opset == 7:
+    if node.per_activation and node.opset < 7:
+        # BN-6 keeps its parameters and statistics 'of size C' while spatial=0 asks for statistics
+        # per activation: the spec does not say how the two combine.
+        return f"{version}: spatial=0 with parameters of size C; the spec defines no per-activation statistics for them"
+    if node.per_activation:  # opsets 7 and 8 (BatchNormalization-7)
         wanted, text = tuple(x_shape[1:]), "If spatial is false, the dimensions of scale are (C x D1 x ... x Dn)"
     else:
         wanted, text = (x_shape[1],), "tensor of shape (C)"
@@ -127,12 +131,24 @@ def stored_tensors(model: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray]]:
     stored = {init.name: (init.name, numpy_helper.to_array(init)) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and len(node.output) == 1:
-            value = next((attribute.t for attribute in node.attribute if attribute.name == "value"), None)
+            value = _constant_value(node)
             if value is not None:
-                stored[node.output[0]] = (f"Constant {node.name or node.output[0]}", numpy_helper.to_array(value))
+                stored[node.output[0]] = (f"Constant {node.name or node.output[0]}", value)
         elif node.op_type == "Identity" and node.input[0] in stored:
             stored[node.output[0]] = stored[node.input[0]]
     return stored
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """A Constant node's value (`value`, or the list and scalar forms), None for forms not read here."""
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name in ("value_floats", "value_float"):
+            return np.asarray(helper.get_attribute_value(attribute), dtype=np.float32)
+        if attribute.name in ("value_ints", "value_int"):
+            return np.asarray(helper.get_attribute_value(attribute), dtype=np.int64)
+    return None
 
 
 def stored_sources(model: onnx.ModelProto) -> dict[str, str]:
@@ -193,7 +209,7 @@ def expose_running_stats(model: onnx.ModelProto, nodes: Sequence[BatchNormNode])
                 moved.add(name)
             else:
                 value = stored[name][1]
-                own = f"{name}.fed_state"
+                own = f"{node.module_path or node.node_name}.{'running_mean' if slot == 3 else 'running_var'}.fed_state"
                 model.graph.input.append(
                     helper.make_tensor_value_info(own, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
                 )
