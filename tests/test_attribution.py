@@ -172,19 +172,17 @@ def test_batch_statistics_outputs_are_not_judged_by_running_state_they_do_not_re
     assert verdict.attribution == "precision", verdict.attribution_text
 
 
-def test_a_variance_stored_in_another_convention_than_reported_is_a_convention_not_precision():
-    # Keras normalises with the biased moving variance it stores; the harness reports it
-    # re-expressed in PyTorch's convention, which agrees with torch (defect 4).
-    eval_torch = dataclasses.replace(
-        TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=np.array([1.2, 0.8])
-    )
+def keras_storing_biased_variance(running_var: np.ndarray, **keras_parameters) -> tuple[RunResult, RunResult]:
+    """An eval forward after training: torch normalises with its running_var; Keras with the biased
+    variance it stores (3/4 of it for 4 values per channel), reported re-expressed in PyTorch's."""
+    eval_torch = dataclasses.replace(TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=running_var)
     keras = dataclasses.replace(
         eval_torch,
         semantics="keras",
-        momentum=0.9,
         running_var_reported="unbiased",
-        stored_var_before=np.array([1.2, 0.8]) * 3 / 4,
+        stored_var_before=running_var * 3 / 4,
         num_batches_tracked_before=None,
+        **{"momentum": 0.9, **keras_parameters},
     )
     reference = RunResult(
         "torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")), bn_calls={(0, ""): eval_torch}
@@ -192,6 +190,13 @@ def test_a_variance_stored_in_another_convention_than_reported_is_a_convention_n
     other = RunResult(
         "keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")), bn_calls={(0, ""): keras}
     )
+    return reference, other
+
+
+def test_a_variance_stored_in_another_convention_than_reported_is_a_convention_not_precision():
+    # Keras normalises with the biased moving variance it stores; the harness reports it
+    # re-expressed in PyTorch's convention, which agrees with torch (defect 4).
+    reference, other = keras_storing_biased_variance(np.array([1.2, 0.8]))
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "conventions differ", verdict.attribution_text
     assert "normalises with the variance it stores" in verdict.attribution_text
@@ -427,24 +432,7 @@ def test_parted_state_follows_the_divergence_that_parted_it_not_an_unrelated_ear
 def test_the_stored_convention_predicts_the_whole_gap_eps_included():
     # Keras with its own eps normalising with its stored biased variance: the prediction is each
     # side's oracle on its own state (it left out the eps share and broke the invariant).
-    eval_torch = dataclasses.replace(
-        TORCH_CALL, uses_batch_stats=False, updates_running_stats=False, running_var_before=np.array([0.012, 0.008])
-    )
-    keras = dataclasses.replace(
-        eval_torch,
-        semantics="keras",
-        momentum=0.99,
-        eps=1e-3,
-        running_var_reported="unbiased",
-        stored_var_before=np.array([0.012, 0.008]) * 3 / 4,
-        num_batches_tracked_before=None,
-    )
-    reference = RunResult(
-        "torch-eager", "ok", observations=observed(0, output=(oracle(eval_torch).output, "float32")), bn_calls={(0, ""): eval_torch}
-    )
-    other = RunResult(
-        "keras-tensorflow", "ok", observations=observed(0, output=(oracle(keras).output, "float32")), bn_calls={(0, ""): keras}
-    )
+    reference, other = keras_storing_biased_variance(np.array([0.012, 0.008]), momentum=0.99, eps=1e-3)
     (verdict,) = judged(reference, other)
     assert verdict.attribution == "conventions differ" and verdict.invariant_violation is None
 
