@@ -30,6 +30,13 @@ ROUNDING_FLOOR_FACTOR = 4.0
 # The float64 whole-model oracle takes the reference's own error as the rounding floor of a model
 # output only up to this many units of roundoff of the output's magnitude.
 MODEL_FLOOR_ULPS = 16.0
+# The spacing of floats near 1 in each dtype (numpy's eps; bfloat16 keeps 8 significant bits).
+UNIT_ROUNDOFF = {
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-8,
+    "float32": float(np.finfo(np.float32).eps),
+    "float64": float(np.finfo(np.float64).eps),
+}
 # What each exporter documents or does about the module's mode, cited where an export step is blamed.
 EXPORT_CONTRACT = (
     "torch.onnx.export sets the training mode only temporarily and resets it afterwards "
@@ -218,7 +225,7 @@ def attribute(
     if bn_path is None:
         return _attribute_model_output(case, reference, other, verdict, earlier)
     deployed = [v for v in divergent if not v.field.startswith(MODULE + ".")]
-    if step_kind == "export" and not other.details.get("exporter") and not _changed_at(other, verdict):
+    if step_kind == "export" and not other.details.get("exporter") and _kept_at(other, verdict) is not False:
         # torch-compile and the Keras ports make no export: a step that changed nothing in them is no cause.
         return _follows_from_earlier(case, verdict, earlier, f"{other.runner} makes no export at {case.step_label(verdict.step)}")
     if step_kind == "export":
@@ -240,12 +247,18 @@ def attribute(
     return _judge(case, reference, other, verdict, calls[0], calls[1], earlier, field)
 
 
-def _changed_at(run: RunResult, verdict: Verdict) -> bool:
-    """Whether the step of `verdict` changed `run`'s value of its field (False at the first step)."""
+def _kept_at(run: RunResult, verdict: Verdict) -> bool | None:
+    """Whether the step of `verdict` left `run`'s value of its field as the step before had it
+    (None: no value before, or none now)."""
     before, now = (verdict.step - 1, verdict.field), (verdict.step, verdict.field)
     if verdict.step == 0 or before not in run.observations or now not in run.observations:
-        return False
-    return not _same_value(run.observations[before].value, run.observations[now].value)
+        return None
+    return _same_value(run.observations[before].value, run.observations[now].value)
+
+
+def _following(cause: Verdict, found: Attribution, prefix: str = "") -> Attribution:
+    """`found`'s class for a divergence that follows from `cause`, saying so."""
+    return Attribution(found.kind, f"{prefix}follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True)
 
 
 CARRIED = "carried unchanged through "
@@ -257,21 +270,15 @@ def _carried(
     """The same divergence as at the step before, which this step changed on neither side (an
     export that leaves the statistics alone, a flag kept): it keeps the earlier cause. None when
     the step changed either side's value or the field did not diverge before."""
-    if verdict.step == 0:
+    if not all(_kept_at(run, verdict) for run in (reference, other)):
         return None
-    before, now = (verdict.step - 1, verdict.field), (verdict.step, verdict.field)
-    for run in (reference, other):
-        if before not in run.observations or not _same_value(run.observations[before].value, run.observations[now].value):
-            return None
     cause = next(((v, found) for v, found in reversed(earlier) if v.field == verdict.field and v.step == verdict.step - 1), None)
     if cause is None or cause[1].kind == "unattributed":
         return None
     (cause_verdict, found), label = cause, case.step_label(verdict.step)
     if found.text.startswith(CARRIED):  # keep the first cause, not a chain of carries
-        root = found.text.split("; ", 1)[1]
-    else:
-        root = f"follows from {cause_verdict.field} after {cause_verdict.step_label}: {found.text}"
-    return Attribution(found.kind, f"{CARRIED}{label}; {root}", found.sides, derived=True)
+        return Attribution(found.kind, f"{CARRIED}{label}; {found.text.split('; ', 1)[1]}", found.sides, derived=True)
+    return _following(cause_verdict, found, prefix=f"{CARRIED}{label}; ")
 
 
 def _same_value(a, b) -> bool:
@@ -289,8 +296,7 @@ def _attribute_model_output(
     nearest earlier divergence."""
     same_step = [(v, found) for v, found in earlier if v.step == verdict.step and v.field.endswith("." + OUTPUT)]
     if same_step:
-        cause, found = same_step[0]
-        return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True)
+        return _following(*same_step[0])
     bn_outputs = [(verdict.step, f"{path}.{OUTPUT}") for path in MODEL_SPECS[case.model].batchnorm_paths if path]
     every_bn_agreed = bool(bn_outputs) and all(key in run.observations for key in bn_outputs for run in (reference, other))
     if every_bn_agreed and verdict.step in reference.model_oracle:
@@ -320,12 +326,7 @@ def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, ex
     # The reference's own distance from the float64 model is this data's floor, as long as it is
     # rounding: within MODEL_FLOOR_ULPS units of roundoff of the output's magnitude. Beyond that,
     # the floor is that bound, and the reference is judged against it like any side.
-    dtype = reference.observations[(verdict.step, verdict.field)].dtype or "float32"
-    bound = MODEL_FLOOR_ULPS * float(np.finfo(np.float16 if dtype == "float16" else np.float32).eps) * magnitude
-    if dtype == "float64":
-        bound = MODEL_FLOOR_ULPS * float(np.finfo(np.float64).eps) * magnitude
-    elif dtype == "bfloat16":
-        bound = MODEL_FLOOR_ULPS * 2.0**-8 * magnitude
+    bound = MODEL_FLOOR_ULPS * UNIT_ROUNDOFF[reference.observations[(verdict.step, verdict.field)].dtype or "float32"] * magnitude
     floor = errors[0] if np.isfinite(errors[0]) and errors[0] <= bound else bound
     allowed = tolerance.atol + tolerance.rtol * magnitude
     sides = tuple(SideCheck(run.runner, "model-float64", error, allowed, floor) for run, error in zip((reference, other), errors))
@@ -460,10 +461,7 @@ def _parted_attribution(
         ]
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if related or (causes and not stored):
-        cause, found = (related or causes)[-1]  # the nearest: it names the first cause it follows from
-        return Attribution(
-            found.kind, f"{what}; follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True
-        )
+        return _following(*(related or causes)[-1], prefix=f"{what}; ")  # the nearest: it names the first cause
     if stored:
         predicted = _gap(_pick(oracle(reference_call), attribute_name), _pick(oracle(other_call), attribute_name))
         return Attribution("conventions differ", f"{stored}; {what}", sides, predicted_gap=predicted)
@@ -518,9 +516,9 @@ def _rounding_floor(call: BNCall, attribute_name: str, dtype: str) -> float:
     if attribute_name == OUTPUT:
         # Forming x * inv (as TensorFlow and JAX do: x * inv + (beta - mean * inv)) costs a unit
         # roundoff of |x| * inv, which no float implementation of that shape avoids.
-        floor += float(np.finfo(numpy_dtype).eps) * _largest_scaled_input(call)
+        floor += UNIT_ROUNDOFF["float16" if dtype == "float16" else "float32"] * _largest_scaled_input(call)
     if dtype == "bfloat16":
-        floor += float(np.max(np.abs(exact))) * 2.0**-8  # bfloat16 keeps 8 significant bits
+        floor += float(np.max(np.abs(exact))) * UNIT_ROUNDOFF["bfloat16"]  # bfloat16 keeps 8 significant bits
     return floor
 
 
@@ -645,8 +643,7 @@ def _follows_from_earlier(
     ]
     if not causes:
         return Attribution("unattributed", why)
-    cause, found = causes[0]
-    return Attribution(found.kind, f"follows from {cause.field} after {cause.step_label}: {found.text}", found.sides, derived=True)
+    return _following(*causes[0])
 
 
 def _bn_path_of(case: Case, field: str) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -36,7 +37,7 @@ import pebble
 from harness.core.case import Case, GraphCase
 from harness.core.results import RunResult
 from harness.core.runner_table import TORCH_FAMILY, RunnerRecord, family_record, runner_family, runner_record, shared_walks
-from harness.run.runners import instantiate
+from harness.run.runners import instantiate, resolve
 
 # One compute thread per worker, set before any framework is imported (a value already in the
 # environment wins): `jobs` is then the number of cores a run uses, no result depends on it, and
@@ -82,8 +83,6 @@ def compute_on_one_thread() -> None:
 
 def import_quietly(modules: Sequence[str]) -> None:
     """In a worker: import what its runners will need (a missing one is their skip reason, later)."""
-    import importlib
-
     for module in modules:
         try:
             importlib.import_module(module)
@@ -98,14 +97,7 @@ def execute_runner(record: RunnerRecord, case: Case | GraphCase, inputs: dict[st
 
 def execute_shared_walk(target: str, case: Case, names: tuple[str, ...]) -> tuple[RunResult, ...]:
     """In a worker: run the runners `names` on one walk with the function `module:function`."""
-    return _resolve(target)(case, names)
-
-
-def _resolve(target: str) -> Any:
-    import importlib
-
-    module_name, attribute = target.split(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    return resolve(target)(case, names)
 
 
 class Executor:
@@ -129,7 +121,6 @@ class Executor:
     def warm(self, names: Sequence[str]) -> None:
         """Start the workers of these runners' families now, importing their frameworks, so that
         the families' imports overlap instead of coming one after another at their first case."""
-
         families = list(dict.fromkeys(runner_family(name) for name in names))
         forked = [family for family in families if _forks_from_server(family)]
         if forked:
@@ -143,8 +134,7 @@ class Executor:
 
     def submit(self, case: Case | GraphCase, names: Sequence[str]) -> list[Future]:
         """Schedule each runner of `names` on `case`; each future gives its RunResult. Runners that
-        can share a walk (harness.run.runners.SHARED_WALKS) run as one, exporting once."""
-
+        share an exporter (the runner table's `shared_walks`) run as one walk, exporting once."""
         futures: dict[str, Future] = {}
         for members, target in shared_walks(names):
             family = runner_family(members[0])
@@ -183,7 +173,6 @@ class Executor:
     def _dispatch(self, family: str, case: Case | GraphCase, function: Callable, *args: Any) -> Future:
         """Run `function(*args)` on one of the family's dispatch threads; count it as the family's
         pending work (and the torch family's, which builds a Keras runner's weights) until done."""
-
         families = (family, TORCH_FAMILY) if _ports_torch_weights(family, case) else (family,)
         with self._lock:
             self._pending.update(families)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from harness.core.runner_table import (
     GRAPH_REFERENCES,
@@ -31,6 +32,7 @@ __all__ = [
     "graph_runner_names",
     "instantiate",
     "register_runner",
+    "resolve",
     "runner_family",
     "runner_names",
     "runner_target",
@@ -51,7 +53,12 @@ def create_runner(name: str) -> Runner:
 def instantiate(record: RunnerRecord) -> Runner:
     """The runner a record names, with its name and record (a worker gets the record itself: a
     runner registered in the main process is not in the worker's table)."""
-    module_name, class_name = record.target.split(":")
-    runner = getattr(importlib.import_module(module_name), class_name)()
+    runner = resolve(record.target)()
     runner.name, runner.record = record.name, record
     return runner
+
+
+def resolve(target: str) -> Any:
+    """What a `module:name` target names, its module imported now."""
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
