@@ -115,6 +115,7 @@ def bench_floor(case_dir: Path) -> None:
 
     from harness.core.inputs import make_batch
     from harness.core.keras_mapping import Unmappable, keras_mapping
+    from harness.core.models import MODEL_SPECS
     from harness.core.runner_table import REFERENCE_RUNNER, RUNNERS, runner_record
     from harness.frontends.cli import case_files
     from harness.load.schema import load_cases
@@ -198,7 +199,7 @@ def bench_floor(case_dir: Path) -> None:
         if "keras-tensorflow" in wanted:
             try:  # the bare port here is a lone BatchNorm; other models' Keras runs are left out
                 keras_mapping(case)
-                simple = case.model.startswith("batchnorm") and len(case.mode.assignments) == 1
+                simple = MODEL_SPECS[case.model].is_bare_batchnorm and len(case.mode.assignments) == 1
             except Unmappable:
                 simple = False
             if not simple:

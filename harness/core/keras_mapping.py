@@ -67,7 +67,7 @@ class KerasMapping:
 def channel_axis(case: Case) -> int:
     """The Keras axis that holds PyTorch's channels: 1 for bare BatchNorms (the harness keeps the
     NC... layout), -1 for convolutional models (the harness feeds Keras NHWC, as Conv2D wants)."""
-    return 1 if MODEL_SPECS[case.model].channels_must_equal_num_features else -1
+    return 1 if MODEL_SPECS[case.model].is_bare_batchnorm else -1
 
 
 def keras_mapping(case: Case) -> KerasMapping:

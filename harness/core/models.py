@@ -1,49 +1,115 @@
-"""The registry of model builders a case may name: what each one is, without importing torch.
+"""The table of models a case may name: each model as plain data, which every port reads.
 
-The torch code that builds them lives in `harness.run.runners.torch_models`; this module only
-describes them, so that a case can be validated (submodule paths, input rank) before any
-framework is imported.
+A model is a tree of layers. A layer is a plain dict (JSON-able, so that a repro script carries
+the table as a literal): `kind` is one of LAYER_KINDS; a layer with a `name` is a submodule (its
+path is its parents' names joined by dots), one without is a functional op. The torch builder
+(`harness.run.runners.torch_models`), the Keras port (`harness.run.runners.keras_port`) and the
+repro templates interpret this table and nothing else; this module imports no framework, so that
+a case is validated (submodule paths, input rank, spatial size) before any framework loads.
+
+Layer kinds:
+- `batchnorm`: a BatchNorm of the case's `bn:` configuration, 1d/2d/3d by its input's rank.
+- `conv2d`: a Conv2d to `bn.num_features` channels; `kernel`, `padding`, `bias`.
+- `linear`: a Linear to `out_features`; `bias`.
+- `relu`, `flatten` (from dimension 1): functional ops.
+- `block`: a submodule running its `layers` in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Layer = Mapping[str, Any]
+LAYER_KINDS = ("batchnorm", "conv2d", "linear", "relu", "flatten", "block")
+
+
+def _conv(name: str, padding: int, bias: bool = True) -> Layer:
+    return {"kind": "conv2d", "name": name, "kernel": 3, "padding": padding, "bias": bias}
+
+
+def _block(name: str | None, *layers: Layer) -> Layer:
+    return {"kind": "block", "name": name, "layers": list(layers)}
+
+
+_BN: Layer = {"kind": "batchnorm", "name": "bn"}
+_RELU: Layer = {"kind": "relu"}
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """What a registered model looks like from outside: its submodules and the inputs it takes."""
+    """One model of the table: its layers, and what follows from them for validation."""
 
     name: str
     summary: str
-    submodule_paths: tuple[str, ...]  # every module path, "" being the model itself
-    batchnorm_paths: tuple[str, ...]
+    root: Layer  # a `batchnorm` (the model is one BatchNorm) or a `block`
     input_ranks: tuple[int, ...]
-    channels_must_equal_num_features: bool
+    submodule_paths: tuple[str, ...] = field(init=False)  # every module path, "" being the model itself
+    batchnorm_paths: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        paths = list(_module_paths(self.root, ""))
+        object.__setattr__(self, "submodule_paths", tuple(path for path, _ in paths))
+        object.__setattr__(self, "batchnorm_paths", tuple(path for path, layer in paths if layer["kind"] == "batchnorm"))
+
+    @property
+    def is_bare_batchnorm(self) -> bool:
+        """The model is one BatchNorm: its input's channels are the BatchNorm's features, and its
+        layout is torch's (no convolution to run channels-last)."""
+        return bool(self.root["kind"] == "batchnorm")
+
+    @property
+    def spatial_shrink(self) -> int:
+        """By how much the convolutions shrink each spatial size (valid convolutions in sequence)."""
+        return sum(layer["kernel"] - 1 - 2 * layer["padding"] for layer in _layers(self.root) if layer["kind"] == "conv2d")
+
+
+def _layers(layer: Layer) -> Iterator[Layer]:
+    yield layer
+    for child in layer.get("layers", ()):
+        yield from _layers(child)
+
+
+def _module_paths(layer: Layer, path: str) -> Iterator[tuple[str, Layer]]:
+    """(path, layer) of every submodule, in torch's `named_modules()` order."""
+    yield path, layer
+    for child in layer.get("layers", ()):
+        if child.get("name"):
+            yield from _module_paths(child, f"{path}.{child['name']}" if path else child["name"])
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("batchnorm1d", "a bare torch.nn.BatchNorm1d", ("",), ("",), (2, 3), True),
-        ModelSpec("batchnorm2d", "a bare torch.nn.BatchNorm2d", ("",), ("",), (4,), True),
-        ModelSpec("batchnorm3d", "a bare torch.nn.BatchNorm3d", ("",), ("",), (5,), True),
-        ModelSpec("conv_bn", "Conv2d(k=3) -> BatchNorm2d", ("", "conv", "bn"), ("bn",), (4,), False),
+        ModelSpec("batchnorm1d", "a bare torch.nn.BatchNorm1d", {"kind": "batchnorm"}, (2, 3)),
+        ModelSpec("batchnorm2d", "a bare torch.nn.BatchNorm2d", {"kind": "batchnorm"}, (4,)),
+        ModelSpec("batchnorm3d", "a bare torch.nn.BatchNorm3d", {"kind": "batchnorm"}, (5,)),
+        ModelSpec("conv_bn", "Conv2d(k=3) -> BatchNorm2d", _block(None, _conv("conv", padding=0), _BN), (4,)),
         ModelSpec(
             "forum_net",
             "the forum thread's net: conv1(k=3, no bias) -> bn -> relu -> flatten -> fc1(10, no bias)",
-            ("", "conv1", "bn", "fc1"),
-            ("bn",),
+            _block(
+                None,
+                _conv("conv1", padding=0, bias=False),
+                _BN,
+                _RELU,
+                {"kind": "flatten"},
+                {"kind": "linear", "name": "fc1", "out_features": 10, "bias": False},
+                _RELU,
+            ),
             (4,),
-            False,
         ),
         ModelSpec(
             "nested_two_bn",
             "two BatchNorm2d children at different depths: stem.{conv,bn} -> head.block.{conv,bn}",
-            ("", "stem", "stem.conv", "stem.bn", "head", "head.block", "head.block.conv", "head.block.bn"),
-            ("stem.bn", "head.block.bn"),
+            _block(
+                None,
+                _block("stem", _conv("conv", padding=1), _BN),
+                _RELU,
+                _block("head", _block("block", _conv("conv", padding=1), _BN)),
+            ),
             (4,),
-            False,
         ),
     )
 }

@@ -124,10 +124,13 @@ class _CrossFieldChecks:
         elements = math.prod(shape)
         if elements > MAX_INPUT_ELEMENTS:
             yield self.problem(("input", "shape"), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
-        if self.spec.channels_must_equal_num_features and shape[1] != num_features:
+        if self.spec.is_bare_batchnorm and shape[1] != num_features:
             yield self.problem(("input", "shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
-        if self.spec.name in ("conv_bn", "forum_net") and min(shape[2:]) < 3:
-            yield self.problem(("input", "shape"), "the 3x3 convolution has no padding", "height and width >= 3")
+        shrink = self.spec.spatial_shrink
+        if shrink and min(shape[2:]) <= shrink:
+            yield self.problem(
+                ("input", "shape"), f"the model's convolutions shrink each spatial size by {shrink}", f"spatial sizes >= {shrink + 1}"
+            )
         channels = shape[1]
         for name in ("channel_offset", "channel_scale"):
             values = self.data["input"].get(name)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import Case
+from harness.core.models import MODEL_SPECS
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.loader import LoadedDocument
 from harness.load.schema import case_from_document
@@ -41,16 +42,15 @@ def sweep_case(family: str, index: int, seed: int = 0) -> Case:
 
 
 def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
-    model = str(rng.choice(["batchnorm1d", "batchnorm2d", "batchnorm3d", "conv_bn", "forum_net", "nested_two_bn"]))
+    model = str(rng.choice(list(MODEL_SPECS)))
+    spec = MODEL_SPECS[model]
     features = int(rng.integers(1, 7))
     batch = int(rng.integers(2, 9))
-    if model == "batchnorm1d":
-        shape = [batch, features] + ([int(rng.integers(2, 7))] if rng.random() < 0.5 else [])
-    elif model in ("batchnorm2d", "batchnorm3d"):
-        spatial = 2 if model == "batchnorm2d" else 3
-        shape = [batch, features] + [int(rng.integers(2, 6)) for _ in range(spatial)]
-    else:
-        shape = [batch, int(rng.integers(1, 5)), int(rng.integers(3, 7)), int(rng.integers(3, 7))]
+    ranks = spec.input_ranks
+    rank = ranks[-1] if len(ranks) == 1 or rng.random() < 0.5 else ranks[0]
+    channels = features if spec.is_bare_batchnorm else int(rng.integers(1, 5))
+    smallest = max(2, spec.spatial_shrink + 1)  # what the convolutions leave at least 1 of
+    shape = [batch, channels] + [int(rng.integers(smallest, smallest + 4)) for _ in range(rank - 2)]
     if family == "keras":
         # Keras's torch and numpy backends compute the batch variance in one pass, E[x^2] - E[x]^2
         # (keras-team/keras#18795; the case 11_precision/keras_backends_moment_stress shows it),
@@ -60,7 +60,7 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
         per_channel = int(np.prod(shape)) // (shape[0] * shape[1])
         shape[0] = max(shape[0], -(-8 // per_channel))
     # float64 only where every runtime of the family has the kernels (onnxruntime has no double Conv).
-    float64_ok = family == "compile" or (family == "onnx" and model.startswith("batchnorm"))
+    float64_ok = family == "compile" or (family == "onnx" and spec.is_bare_batchnorm)
     dtype = "float64" if float64_ok and rng.random() < 0.3 else "float32"
     affine = bool(rng.random() < 0.8)
     bn: dict[str, Any] = {

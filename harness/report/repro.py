@@ -162,7 +162,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
 
     sources = [
         inspect.getsource(item)
-        for item in (torch_models.make_batchnorm, torch_models.ConvBN, torch_models.ForumNet, torch_models.Head, torch_models.NestedTwoBN)
+        for item in (torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, torch_models.layer_output_shape)
     ]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     steps = [
@@ -190,6 +190,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
         steps=repr(steps),
         mode=repr([list(item) for item in case.mode.assignments]),
         bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)),
+        layers=repr(MODEL_SPECS[case.model].root),
         shape=repr(list(case.input.shape)),
         tolerance=tolerance_for([case.dtype], case.tolerance),
     )

@@ -15,7 +15,7 @@ BN_WEIGHT_ORDER = ("weight", "bias", "running_mean", "running_var")  # Keras: ga
 
 
 class KerasPort:
-    """Keras layers standing for the torch submodules.
+    """Keras layers standing for the torch submodules, built from the model table's entry (`layers`).
 
     `settings` holds the Keras parameters (axis, momentum, epsilon, center, scale, trainable), how
     `training=` is passed ("explicit" or "omitted") and how the running variance is reported
@@ -25,7 +25,7 @@ class KerasPort:
     def __init__(
         self,
         keras: Any,
-        model: str,
+        layers: dict[str, Any],
         shape: tuple[int, ...],
         num_features: int,
         dtype: str,
@@ -36,7 +36,10 @@ class KerasPort:
         mode: list[tuple[str, bool]],
         input_dtype: str | None = None,
     ) -> None:
-        self.keras, self.model, self.shape, self.num_features = keras, model, tuple(shape), num_features
+        self.keras, self.root, self.shape, self.num_features = keras, layers, tuple(shape), num_features
+        # A bare BatchNorm keeps torch's layout; a model with convolutions runs channels-last, as Conv2D wants.
+        self.channels_last = layers["kind"] != "batchnorm"
+        self._nhwc = self.channels_last  # whether the tensor flowing through the port is channels-last
         self.dtype, self.settings = dtype, dict(settings)
         self.input_dtype = input_dtype or dtype  # the data is fed as torch gets it; Keras casts it to the layers' dtype
         self.training = dict.fromkeys(submodule_paths, False)
@@ -62,33 +65,39 @@ class KerasPort:
 
     def _build(self, weights: dict[str, np.ndarray]) -> None:
         shape = self.shape
-        if self.model.startswith("batchnorm"):
-            self._add_bn("", shape, weights)
-            return
-        nhwc = (shape[0], shape[2], shape[3], shape[1])
-        features = self.num_features
-        if self.model == "conv_bn":
-            self._add_conv("conv", nhwc, weights, padding="valid", bias=True)
-            self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
-        elif self.model == "forum_net":
-            self._add_conv("conv1", nhwc, weights, padding="valid", bias=False)
-            self._add_bn("bn", (shape[0], shape[2] - 2, shape[3] - 2, features), weights)
-            dense = self.keras.layers.Dense(10, use_bias=False, dtype=self.dtype)
-            dense.build((shape[0], features * (shape[2] - 2) * (shape[3] - 2)))
-            dense.set_weights([weights["fc1.weight"].T])
-            self.layers["fc1"] = dense
-        else:
-            inner = (shape[0], shape[2], shape[3], features)
-            self._add_conv("stem.conv", nhwc, weights, padding="same", bias=True)
-            self._add_bn("stem.bn", inner, weights)
-            self._add_conv("head.block.conv", inner, weights, padding="same", bias=True)
-            self._add_bn("head.block.bn", inner, weights)
+        if self.channels_last:
+            shape = (shape[0], *shape[2:], shape[1])
+        self._build_layer(self.root, "", shape, weights)
 
-    def _add_conv(self, path: str, input_shape, weights, padding: str, bias: bool) -> None:
+    def _build_layer(self, layer: dict[str, Any], path: str, shape: tuple, weights: dict[str, np.ndarray]) -> tuple:
+        """Build the Keras layer standing for `layer` at `path`; the shape it returns."""
+        kind = layer["kind"]
+        if kind == "block":
+            for child in layer["layers"]:
+                name = child.get("name")
+                shape = self._build_layer(child, f"{path}.{name}" if path and name else name or path, shape, weights)
+            return shape
+        if kind == "batchnorm":
+            self._add_bn(path, shape, weights)
+        elif kind == "conv2d":
+            self._add_conv(path, layer, shape, weights)
+        elif kind == "linear":
+            dense = self.keras.layers.Dense(layer["out_features"], use_bias=layer["bias"], dtype=self.dtype)
+            dense.build(shape)
+            dense.set_weights([weights[f"{path}.weight"].T] + ([weights[f"{path}.bias"]] if layer["bias"] else []))
+            self.layers[path] = dense
+        elif kind == "flatten":
+            return (shape[0], int(np.prod(shape[1:])))
+        else:  # relu
+            return shape
+        return tuple(self.layers[path].compute_output_shape(shape))
+
+    def _add_conv(self, path: str, layer: dict[str, Any], input_shape, weights) -> None:
         kernel = weights[f"{path}.weight"].transpose(2, 3, 1, 0)  # torch OIHW -> Keras HWIO
-        conv = self.keras.layers.Conv2D(kernel.shape[-1], 3, padding=padding, use_bias=bias, dtype=self.dtype)
+        padding = {0: "valid", (layer["kernel"] - 1) // 2: "same"}[layer["padding"]]  # the paddings Keras has
+        conv = self.keras.layers.Conv2D(kernel.shape[-1], layer["kernel"], padding=padding, use_bias=layer["bias"], dtype=self.dtype)
         conv.build(input_shape)
-        conv.set_weights([kernel] + ([weights[f"{path}.bias"]] if bias else []))
+        conv.set_weights([kernel] + ([weights[f"{path}.bias"]] if layer["bias"] else []))
         self.layers[path] = conv
 
     def _add_bn(self, path: str, input_shape, weights: dict[str, np.ndarray]) -> None:
@@ -118,22 +127,30 @@ class KerasPort:
         ops = self.keras.ops
         self.updated = set()
         x = ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype)))
-        if self.model.startswith("batchnorm"):
-            y = self._bn("", x)
-        else:
-            h = ops.transpose(x, (0, 2, 3, 1))
-            if self.model == "conv_bn":
-                h = self._bn("bn", self.layers["conv"](h))
-            elif self.model == "forum_net":
-                h = ops.relu(self._bn("bn", self.layers["conv1"](h)))
-            else:
-                h = ops.relu(self._bn("stem.bn", self.layers["stem.conv"](h)))
-                h = self._bn("head.block.bn", self.layers["head.block.conv"](h))
-            y = ops.transpose(h, (0, 3, 1, 2))
-            if self.model == "forum_net":
-                y = ops.relu(self.layers["fc1"](ops.reshape(y, (y.shape[0], -1))))
+        self._nhwc = self.channels_last
+        y = self._run(self.root, "", ops.transpose(x, (0, 2, 3, 1)) if self.channels_last else x)
+        if self._nhwc:
+            y = ops.transpose(y, (0, 3, 1, 2))
         self.output_dtype = self.keras.backend.standardize_dtype(y.dtype)
         return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
+
+    def _run(self, layer: dict[str, Any], path: str, h):
+        """`layer` of the model table applied to `h`, as the torch module runs it."""
+        kind, ops = layer["kind"], self.keras.ops
+        if kind == "block":
+            for child in layer["layers"]:
+                name = child.get("name")
+                h = self._run(child, f"{path}.{name}" if path and name else name or path, h)
+            return h
+        if kind == "batchnorm":
+            return self._bn(path, h)
+        if kind == "relu":
+            return ops.relu(h)
+        if kind == "flatten":
+            if self._nhwc:  # torch flattens channels first
+                h, self._nhwc = ops.transpose(h, (0, 3, 1, 2)), False
+            return ops.reshape(h, (h.shape[0], -1))
+        return self.layers[path](h)
 
     def _bn(self, path: str, h):
         layer = self.layers[path]
@@ -162,7 +179,7 @@ class KerasPort:
         convention = self.settings["running_var"]
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
         values = np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64)
-        if values.ndim == 4 and not self.model.startswith("batchnorm"):
+        if values.ndim == 4 and self.channels_last:
             # In torch's layout, as the port reports the BatchNorm's output: NHWC axis -> NCHW axis.
             values, axis = self._nchw(values), (0, 2, 3, 1)[axis % 4]
         return {

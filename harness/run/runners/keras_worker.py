@@ -58,7 +58,7 @@ def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.nd
     spec = MODEL_SPECS[case.model]
     return KerasPort(
         keras,
-        case.model,
+        spec.root,
         case.input.shape,
         case.bn.num_features,
         case.bn.dtype,

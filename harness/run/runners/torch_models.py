@@ -1,7 +1,8 @@
-"""Build a case's torch model from the registry, set modes as a user would, snapshot its state."""
+"""Build a case's torch model from the model table, set modes as a user would, snapshot its state."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,11 @@ TORCH_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
-_BATCHNORM_BY_RANK = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
 
-def make_batchnorm(kind: type[nn.Module], config: BNConfig) -> nn.Module:
-    """A BatchNorm with the case's configuration and initial values."""
+def make_batchnorm(rank: int, config: BNConfig) -> nn.Module:
+    """A BatchNorm for inputs of `rank` with the case's configuration and initial values."""
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
     bn = kind(
         config.num_features, eps=config.eps, momentum=config.momentum, affine=config.affine, track_running_stats=config.track_running_stats
     )
@@ -35,63 +36,67 @@ def make_batchnorm(kind: type[nn.Module], config: BNConfig) -> nn.Module:
     return bn
 
 
-class ConvBN(nn.Module):
-    def __init__(self, in_channels: int, config: BNConfig, padding: int = 0) -> None:
+class Block(nn.Module):
+    """A `block` of the model table: its named layers are submodules, built in order (so that the
+    seeded initialisation draws as a hand-written module would), the others functional ops."""
+
+    def __init__(self, layers: list[dict[str, Any]], shape: list[int], config: BNConfig) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, config.num_features, kernel_size=3, padding=padding)
-        self.bn = make_batchnorm(nn.BatchNorm2d, config)
+        self.sequence: list[tuple[str, str | None]] = []
+        for layer in layers:
+            name = layer.get("name")
+            if name:
+                self.add_module(name, build_layer(layer, shape, config))
+            self.sequence.append((layer["kind"], name))
+            shape = layer_output_shape(layer, shape, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        for kind, name in self.sequence:
+            if name:
+                x = getattr(self, name)(x)
+            elif kind == "relu":
+                x = torch.relu(x)
+            else:  # flatten
+                x = x.flatten(1)
+        return x
 
 
-class ForumNet(nn.Module):
-    """The net of the forum thread that started the project."""
-
-    def __init__(self, in_channels: int, height: int, width: int, config: BNConfig) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, config.num_features, kernel_size=3, bias=False)
-        self.bn = make_batchnorm(nn.BatchNorm2d, config)
-        self.fc1 = nn.Linear(config.num_features * (height - 2) * (width - 2), 10, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn(self.conv1(x)))
-        return torch.relu(self.fc1(x.flatten(1)))
-
-
-class Head(nn.Module):
-    def __init__(self, config: BNConfig) -> None:
-        super().__init__()
-        self.block = ConvBN(config.num_features, config, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+def build_layer(layer: dict[str, Any], shape: list[int], config: BNConfig) -> nn.Module:
+    """The torch module of one layer of the model table, for an input of `shape`."""
+    kind = layer["kind"]
+    if kind == "block":
+        return Block(layer["layers"], shape, config)
+    if kind == "batchnorm":
+        return make_batchnorm(len(shape), config)
+    if kind == "conv2d":
+        return nn.Conv2d(shape[1], config.num_features, kernel_size=layer["kernel"], padding=layer["padding"], bias=layer["bias"])
+    if kind == "linear":
+        return nn.Linear(shape[1], layer["out_features"], bias=layer["bias"])
+    raise ValueError(f"layer kind {kind!r} is no module")
 
 
-class NestedTwoBN(nn.Module):
-    def __init__(self, in_channels: int, config: BNConfig) -> None:
-        super().__init__()
-        self.stem = ConvBN(in_channels, config, padding=1)
-        self.head = Head(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.stem(x)))
+def layer_output_shape(layer: dict[str, Any], shape: list[int], config: BNConfig) -> list[int]:
+    """The shape a layer of the model table returns for an input of `shape`."""
+    kind = layer["kind"]
+    if kind == "block":
+        for child in layer["layers"]:
+            shape = layer_output_shape(child, shape, config)
+        return shape
+    if kind == "conv2d":
+        return [shape[0], config.num_features] + [size + 2 * layer["padding"] - layer["kernel"] + 1 for size in shape[2:]]
+    if kind == "linear":
+        return [shape[0], layer["out_features"]]
+    if kind == "flatten":
+        return [shape[0], math.prod(shape[1:])]
+    return list(shape)
 
 
 def build_model(case: Case) -> nn.Module:
     """The case's model, seeded, in the case's dtype, with the case's modes set."""
-    shape = case.input.shape
     torch.manual_seed(case.model_seed)
-    if case.model.startswith("batchnorm"):
-        model: nn.Module = make_batchnorm(_BATCHNORM_BY_RANK[len(shape)], case.bn)
-    elif case.model == "conv_bn":
-        model = ConvBN(shape[1], case.bn)
-    elif case.model == "forum_net":
-        model = ForumNet(shape[1], shape[2], shape[3], case.bn)
-    else:
-        model = NestedTwoBN(shape[1], case.bn)
-    expected_paths = MODEL_SPECS[case.model].submodule_paths
-    assert tuple(name for name, _ in model.named_modules()) == expected_paths, "registry out of date"
+    spec = MODEL_SPECS[case.model]
+    model = build_layer(dict(spec.root), list(case.input.shape), case.bn)
+    assert tuple(name for name, _ in model.named_modules()) == spec.submodule_paths, "the torch builder disagrees with the model table"
     model = model.to(TORCH_DTYPES[case.bn.dtype])
     apply_mode(model, case.mode)
     return model
