@@ -1,57 +1,47 @@
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import replace
 
 import pytest
 
 from harness.core.errors import HarnessError
+from harness.core.records import RunnerRecord
 from harness.frontends import cli
 from harness.report.baseline import compare_results, load_results
+from tests import records
 from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 
 def divergence(runner="onnx-torchscript-ort", field="module.bn.training", step=1, size=None, kind="state changed by a step"):
-    return {"other": runner, "field": field, "step": step, "classification": "known", "attribution": kind, "max_abs_diff": size}
+    return records.comparison(runner, field, step, "known", attribution=kind, max_abs_diff=size)
 
 
-BASELINE = {
-    "schema_version": 1,
-    "environment": {"python": "3.11.7", "platform": "linux", "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
-    "cases": [
-        {
-            "id": "forum",
-            "outcome": "passed",
-            "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
-            "comparisons": [
-                divergence(),
-                divergence(field="module.output", step=2, size=0.5),
-                {"other": "onnx-torchscript-ort", "field": "output", "step": 2, "classification": "agree"},
-            ],
-        }
-    ],
-}
+AGREEING_OUTPUT = records.comparison("onnx-torchscript-ort", "output", 2, "agree")
 
 
-def changed(**edits):
-    document = copy.deepcopy(BASELINE)
-    for path, value in edits.items():
-        target = document
-        *parents, last = path.split("/")
-        for key in parents:
-            target = target[int(key)] if key.isdigit() else target[key]
-        target[int(last) if last.isdigit() else last] = value
-    return document
+def forum(comparisons=None, **fields):
+    if comparisons is None:
+        comparisons = [divergence(), divergence(field="module.output", step=2, size=0.5), AGREEING_OUTPUT]
+    return records.case("forum", comparisons=comparisons, **fields)
+
+
+BASELINE = records.written(records.document(forum()))
+
+
+def changed(*cases, **fields):
+    """The baseline with other cases, or another environment, written and read as a run does."""
+    return records.written(replace(BASELINE, cases=cases or BASELINE.cases, **fields))
 
 
 def test_an_identical_run_has_no_change():
-    comparison = compare_results(BASELINE, copy.deepcopy(BASELINE))
+    comparison = compare_results(BASELINE, records.written(records.document(forum())))
     assert not comparison.regressed and comparison.report() == "no change against the baseline"
 
 
 def test_new_and_vanished_divergences():
     vanished = changed(
-        **{"cases/0/comparisons/0": {"other": "onnx-torchscript-ort", "field": "module.bn.training", "step": 1, "classification": "agree"}}
+        forum([records.comparison("onnx-torchscript-ort", "module.bn.training", 1, "agree"), *BASELINE.cases[0].comparisons[1:]])
     )
     assert compare_results(BASELINE, vanished).report().splitlines()[0] == (
         "vanished divergence: onnx-torchscript-ort module.bn.training after step 1 in forum"
@@ -62,47 +52,48 @@ def test_new_and_vanished_divergences():
 
 
 def test_class_changes_and_magnitudes_beyond_the_factor():
-    moved = changed(**{"cases/0/comparisons/1/max_abs_diff": 1.5, "cases/0/comparisons/0/attribution": "precision"})
+    def with_output(size, kind="state changed by a step"):
+        return forum([divergence(kind=kind), divergence(field="module.output", step=2, size=size), AGREEING_OUTPUT])
+
+    moved = changed(with_output(1.5, kind="precision"))
     assert [change.describe() for change in compare_results(BASELINE, moved).changes] == [
         "class changed: onnx-torchscript-ort module.bn.training after step 1 in forum: state changed by a step -> precision",
         "magnitude moved: onnx-torchscript-ort module.output after step 2 in forum: 0.5 -> 1.5",
     ]
-    assert not compare_results(BASELINE, changed(**{"cases/0/comparisons/1/max_abs_diff": 0.9})).regressed, "within 2x"
-    assert compare_results(BASELINE, changed(**{"cases/0/comparisons/1/max_abs_diff": "nan"})).regressed
-    both_nan = changed(**{"cases/0/comparisons/1/max_abs_diff": "nan"})
-    assert not compare_results(both_nan, copy.deepcopy(both_nan)).regressed, "a NaN output both times has not moved"
+    assert not compare_results(BASELINE, changed(with_output(0.9))).regressed, "within 2x"
+    assert compare_results(BASELINE, changed(with_output(float("nan")))).regressed
+    both_nan = changed(with_output(float("nan")))
+    assert not compare_results(both_nan, records.written(both_nan)).regressed, "a NaN output both times has not moved"
 
 
 def test_statuses_outcomes_and_cases():
-    document = changed(**{"cases/0/runners/onnx-torchscript-ort/status": "crashed", "cases/0/outcome": "failed"})
+    document = changed(forum(outcome="failed", runners={"torch-eager": "ok", "onnx-torchscript-ort": "crashed"}))
     assert [change.describe() for change in compare_results(BASELINE, document).changes] == [
         "outcome changed: forum: passed -> failed",
         "status changed: onnx-torchscript-ort in forum: ok -> crashed",
     ]
-    assert compare_results(BASELINE, changed(**{"cases/0/id": "renamed"})).report().splitlines()[:2] == [
+    assert compare_results(BASELINE, changed(replace(BASELINE.cases[0], case_id="renamed"))).report().splitlines()[:2] == [
         "case gone: forum",
         "new case: renamed",
     ]
 
 
 def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
-    skipped = {"status": "skipped", "reason": "onnxruntime is not installed"}
-    document = changed(**{"cases/0/runners/onnx-torchscript-ort": skipped, "cases/0/comparisons": []})
-    assert [change.describe() for change in compare_results(BASELINE, document).changes] == [
+    skipped = RunnerRecord("skipped", "onnxruntime is not installed")
+    alone = forum([], runners={"torch-eager": "ok", "onnx-torchscript-ort": skipped})
+    assert [change.describe() for change in compare_results(BASELINE, changed(alone)).changes] == [
         "runner not run: onnx-torchscript-ort ran in the baseline and was skipped in every case here "
         "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"
     ]
-    second = copy.deepcopy(document["cases"][0]) | {"id": "other"}
-    second["runners"]["onnx-torchscript-ort"] = {"status": "ok"}
-    assert (
-        "status changed: onnx-torchscript-ort in forum: ok -> skipped"
-        in compare_results(BASELINE, document | {"cases": [document["cases"][0], second]}).report()
-    ), "skipped in one case only: per case"
+    second = replace(alone, case_id="other", runners={"torch-eager": RunnerRecord("ok"), "onnx-torchscript-ort": RunnerRecord("ok")})
+    assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(BASELINE, changed(alone, second)).report(), (
+        "skipped in one case only: per case"
+    )
 
 
 def test_another_environment_is_compared_all_the_same_with_versions_first():
-    other = changed(**{"environment/versions/onnxruntime": "1.33.0"})
-    comparison = compare_results(BASELINE, other)
+    versions = {**BASELINE.environment.versions, "onnxruntime": "1.33.0"}
+    comparison = compare_results(BASELINE, changed(environment=replace(BASELINE.environment, versions=versions)))
     assert not comparison.regressed
     assert comparison.report().splitlines()[:2] == ["The baseline comes from another environment:", "  onnxruntime: 1.32.0 -> 1.33.0"]
 
@@ -113,11 +104,14 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(HarnessError, match="not a results record"):
         load_results(tmp_path / "bad.json")
+    (tmp_path / "future.json").write_text(records.written_json(BASELINE).replace('"schema_version": 1', '"schema_version": 2'))
+    with pytest.raises(HarnessError, match="schema version 2; this harness reads version 1"):
+        load_results(tmp_path / "future.json")
 
 
 def test_the_command_exits_1_on_a_change_and_2_on_bad_input(tmp_path, capsys):
-    (tmp_path / "old.json").write_text(json.dumps(BASELINE))
-    (tmp_path / "new.json").write_text(json.dumps(changed(**{"cases/0/outcome": "failed"})))
+    (tmp_path / "old.json").write_text(records.written_json(BASELINE))
+    (tmp_path / "new.json").write_text(records.written_json(changed(forum(outcome="failed"))))
     assert cli.main(["baseline", "compare", str(tmp_path / "old.json"), str(tmp_path / "old.json")]) == 0
     assert cli.main(["baseline", "compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
     assert "outcome changed: forum: passed -> failed" in capsys.readouterr().out
@@ -141,8 +135,17 @@ def test_the_pytest_option_fails_the_session_on_a_change(pytester):
 
 
 def test_a_saved_baseline_keeps_what_comparing_needs(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps(BASELINE))
+    (tmp_path / "results.json").write_text(records.written_json(BASELINE))
     assert cli.main(["baseline", "save", str(tmp_path / "results.json"), "-o", str(tmp_path / "baseline.json")]) == 0
-    saved = json.loads((tmp_path / "baseline.json").read_text())
-    assert [c["field"] for c in saved["cases"][0]["comparisons"]] == ["module.bn.training", "module.output"], "agreements dropped"
+    saved = load_results(tmp_path / "baseline.json")
+    assert [c.verdict.field for c in saved.cases[0].comparisons] == ["module.bn.training", "module.output"], "agreements dropped"
+    assert set(json.loads((tmp_path / "baseline.json").read_text())["cases"][0]["comparisons"][0]) == {
+        "other",
+        "field",
+        "step",
+        "classification",
+        "attribution",
+        "max_abs_diff",
+        "dtype",
+    }, "a baseline keeps the keys comparing reads, and no verdict text"
     assert not compare_results(saved, BASELINE).regressed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness.frontends import cli
+from harness.frontends import cli, session
 from tests.tiny_cases import EVAL_BN2D, write_case
 
 pytest.importorskip("torch")
@@ -27,14 +27,14 @@ def test_run_writes_results_for_good_and_bad_cases_and_fails_on_the_bad_one(tmp_
 def test_a_harness_bug_in_one_case_keeps_its_traceback_and_the_other_results(tmp_path, capsys, monkeypatch):
     write_case(tmp_path / "cases", "a_first", EVAL_BN2D)
     write_case(tmp_path / "cases", "b_second", EVAL_BN2D)
-    real_judge = cli.judge
+    real_judge = session.judge
 
     def judge_with_a_bug(case, runs):
         if case.case_id == "a_first":
             raise ZeroDivisionError("a bug in the harness")
         return real_judge(case, runs)
 
-    monkeypatch.setattr(cli, "judge", judge_with_a_bug)
+    monkeypatch.setattr(session, "judge", judge_with_a_bug)
     results = tmp_path / "results.json"
     assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 1
     assert "ZeroDivisionError: a bug in the harness" in capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_a_harness_bug_in_one_case_keeps_its_traceback_and_the_other_results(tmp
 def test_unknown_runner_and_empty_directory_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", str(tmp_path), "--runners", "tensorrt"])
-    assert exit_info.value.code == 2 and "--runners: unknown tensorrt; allowed: torch-eager" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--runners: unknown runner(s) tensorrt; allowed: torch-eager" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["run", str(tmp_path)])
     assert "no case files (*.yaml) under" in capsys.readouterr().err

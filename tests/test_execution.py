@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harness.frontends import cli
-from harness.judge.engine import run_case
+from harness.frontends.session import run_case
 from harness.load.schema import load_case
 from harness.run.execution import ArrivalOrderSlots, Executor
 from harness.run.runners import register_runner, unregister_runner

@@ -7,7 +7,7 @@ import pytest
 
 from harness.core.case import GraphCase
 from harness.core.errors import CaseError, RunnerError
-from harness.judge.engine import run_case
+from harness.frontends.session import run_case
 from harness.load.schema import load_case
 from harness.run.runners import create_runner
 from tests.tiny_cases import write_case

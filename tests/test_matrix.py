@@ -1,35 +1,33 @@
 from __future__ import annotations
 
-import copy
-import json
+from dataclasses import replace
 
+from harness.core.records import Environment
 from harness.frontends import cli
 from harness.report.matrix import environment_labels, matrix_table
+from tests import records
 
-DOC = {
-    "schema_version": 1,
-    "environment": {"versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
-    "cases": [
-        {
-            "id": "bn15",
-            "outcome": "passed",
-            "runners": {"onnx-spec": {"status": "ok"}, "graph-ort": {"status": "ok"}, "graph-reference": {"status": "ok"}},
-            "comparisons": [
-                {"other": "graph-ort", "field": "output", "step": 0, "classification": "agree"},
-                {"other": "graph-ort", "field": "output", "step": 1, "classification": "agree"},
-                {"other": "graph-reference", "field": "output", "step": 0, "classification": "known"},
-            ],
-        }
-    ],
-}
+GRAPH_RUNNERS = ("onnx-spec", "graph-ort", "graph-reference")
 
 
-def older() -> dict:
-    document = copy.deepcopy(DOC)
-    document["environment"]["versions"]["onnxruntime"] = "1.27.0"
-    document["cases"][0]["comparisons"][1]["classification"] = "new"
-    document["cases"][0]["runners"]["graph-reference"]["status"] = "run_failed"
-    return document
+def bn15(output_step_1="agree", reference_status="ok"):
+    return records.case(
+        "bn15",
+        runners={"onnx-spec": "ok", "graph-ort": "ok", "graph-reference": reference_status},
+        comparisons=[
+            records.comparison("graph-ort", "output", 0, "agree"),
+            records.comparison("graph-ort", "output", 1, output_step_1),
+            records.comparison("graph-reference", "output", 0, "known"),
+        ],
+    )
+
+
+DOC = records.written(records.document(bn15(), environment=Environment(versions={"torch": "2.13.0", "onnxruntime": "1.32.0"})))
+
+
+def older():
+    environment = Environment(versions={"torch": "2.13.0", "onnxruntime": "1.27.0"})
+    return records.written(replace(DOC, cases=(bn15("new", "run_failed"),), environment=environment))
 
 
 def test_labels_name_the_versions_that_differ():
@@ -51,7 +49,7 @@ def test_only_rows_that_differ_are_shown_by_default():
 
 
 def test_the_command(tmp_path, capsys):
-    (tmp_path / "a.json").write_text(json.dumps(DOC))
-    (tmp_path / "b.json").write_text(json.dumps(DOC))
+    (tmp_path / "a.json").write_text(records.written_json(DOC))
+    (tmp_path / "b.json").write_text(records.written_json(DOC))
     assert cli.main(["matrix", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert "every row is the same in every environment" in capsys.readouterr().out

@@ -47,7 +47,7 @@ def test_known_divergences_pass_and_are_summarised(pytester):
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
     result = pytester.runpytest_subprocess("cases", FAST)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["passed   cases/forum.yaml: known divergences: onnx-torchscript-ort 6"])
+    result.stdout.fnmatch_lines(["passed   cases/forum.yaml  known divergences 6 (onnx-torchscript-ort 6), agreeing comparisons *"])
 
 
 def test_an_unlisted_divergence_fails_with_the_verdict_and_a_snippet(pytester):
@@ -126,7 +126,7 @@ def test_pytest_xdist_gives_the_results_of_a_serial_run(pytester):
     parallel = pytester.runpytest_subprocess("cases", FAST, "--harness-results=parallel.json", "-n", "2", "-p", "no:cacheprovider")
     serial.assert_outcomes(passed=2, failed=2)  # d_train: the train-mode export's divergences are not listed
     parallel.assert_outcomes(passed=2, failed=2)
-    parallel.stdout.fnmatch_lines(["passed   cases/a_forum.yaml: known divergences: onnx-torchscript-ort 6"])
+    parallel.stdout.fnmatch_lines(["passed   cases/a_forum.yaml  known divergences 6 (onnx-torchscript-ort 6), agreeing comparisons *"])
     serial_cases = json.loads((pytester.path / "serial.json").read_text())["cases"]
     parallel_cases = json.loads((pytester.path / "parallel.json").read_text())["cases"]
     assert [case["id"] for case in parallel_cases] == ["a_forum", "b_eval", "c_broken", "d_train"]
@@ -139,7 +139,7 @@ def test_expectations_whose_runners_did_not_run_are_counted(pytester):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "passed   cases/forum.yaml: known divergences: none; * expectation(s) not checked (onnx-torchscript-ort not selected*",
+            "passed   cases/forum.yaml  known divergences 0, agreeing comparisons *; * expectation(s) not checked (onnx-torchscript-ort not selected*",
             "* expectation(s) not checked (their runners were not selected or skipped)",
         ]
     )

@@ -7,71 +7,57 @@ import shutil
 
 import pytest
 
+from harness.core.records import CaseRecord, RunnerRecord, StatusRecord
 from harness.report.render import render_report, write_report
+from tests import records
 
 CHANNEL_DIFFS = [0.0, 0.17, 0.03]
-RESULTS = {
-    "schema_version": 1,
-    "created": "2026-11-24T00:00:00+00:00",
-    "environment": {"python": "3.11.7", "platform": "linux", "versions": {"torch": "2.13.0", "onnxruntime": "1.32.0"}},
-    "cases": [
-        {
-            "id": "calm",
-            "file": "cases/calm.yaml",
-            "description": "all agree",
-            "outcome": "passed",
-            "steps": ["step 0 (forward)"],
-            "runners": {"torch-eager": {"status": "ok"}, "onnx-torchscript-ort": {"status": "ok"}},
-            "comparisons": [{"field": "output", "step": 0, "other": "onnx-torchscript-ort", "classification": "agree"}],
-        },
-        {
-            "id": "flip",
-            "file": "cases/flip.yaml",
-            "description": "<script>alert(1)</script> export flips bn",
-            "outcome": "passed",
-            "steps": ["step 0 (forward)", "step 1 (export(training=eval))"],
-            "runners": {
-                "torch-eager": {"status": "ok"},
-                "onnx-torchscript-ort": {"status": "ok"},
-                "onnx-dynamo-ort": {"status": "export_failed", "reason": "TorchExportError: boom"},
-            },
-            "statuses": [{"runner": "onnx-dynamo-ort", "status": "export_failed", "expected": True}],
-            "comparisons": [
-                {
-                    "field": "module.bn.training",
-                    "step": 1,
-                    "other": "onnx-torchscript-ort",
-                    "classification": "known",
-                    "reference_value": False,
-                    "other_value": True,
-                    "text": "module.bn.training after step 1 ... differ",
-                    "attribution": "state changed by a step",
-                    "step_label": "step 1 (export(training=eval))",
-                    "expectation": {"reason": "recursive model.train()", "link": "https://github.com/pytorch/pytorch/issues/52867"},
-                },
-                {
-                    "field": "module.bn.running_var",
-                    "step": 1,
-                    "other": "onnx-torchscript-ort",
-                    "classification": "known",
-                    "text": "module.bn.running_var ... not close!",
-                    "attribution": "state changed by a step",
-                    "channel_abs_diff": CHANNEL_DIFFS,
-                    "atol": 1e-05,
-                    "expectation": {"reason": "stepped"},
-                },
-                {
-                    "field": "module.bn.training",
-                    "step": 0,
-                    "other": "onnx-torchscript-ort",
-                    "classification": "agree",
-                    "reference_value": False,
-                    "other_value": False,
-                },
-            ],
-        },
+FLIPPED = records.comparison(
+    "onnx-torchscript-ort",
+    "module.bn.training",
+    1,
+    "known",
+    records.expectation("recursive model.train()", "https://github.com/pytorch/pytorch/issues/52867"),
+    reference_value=False,
+    other_value=True,
+    text="module.bn.training after step 1 ... differ",
+    attribution="state changed by a step",
+    step_label="step 1 (export(training=eval))",
+)
+STEPPED = records.comparison(
+    "onnx-torchscript-ort",
+    "module.bn.running_var",
+    1,
+    "known",
+    records.expectation("stepped"),
+    text="module.bn.running_var ... not close!",
+    attribution="state changed by a step",
+    channel_abs_diff=tuple(CHANNEL_DIFFS),
+    atol=1e-05,
+)
+FLIP = records.case(
+    "flip",
+    description="<script>alert(1)</script> export flips bn",
+    steps=("step 0 (forward)", "step 1 (export(training=eval))"),
+    runners={
+        "torch-eager": "ok",
+        "onnx-torchscript-ort": "ok",
+        "onnx-dynamo-ort": RunnerRecord("export_failed", "TorchExportError: boom"),
+    },
+    statuses=(StatusRecord("onnx-dynamo-ort", "export_failed", "TorchExportError: boom", True),),
+    comparisons=[
+        FLIPPED,
+        STEPPED,
+        records.comparison("onnx-torchscript-ort", "module.bn.training", 0, "agree", reference_value=False, other_value=False),
     ],
-}
+)
+CALM = records.case(
+    "calm",
+    description="all agree",
+    steps=("step 0 (forward)",),
+    comparisons=[records.comparison("onnx-torchscript-ort", "output", 0, "agree")],
+)
+RESULTS = records.written(records.document(CALM, FLIP))
 
 
 def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
@@ -93,10 +79,10 @@ def test_the_report_holds_the_matrix_filters_cases_plots_and_modes():
 def test_a_case_that_did_not_load_or_run_shows_as_such():
     """Not as a runner's run_failed: no runner ran it."""
     broken = [
-        {"id": "typo", "file": "cases/typo.yaml", "outcome": "invalid", "error": "cases/typo.yaml:3: bn.eps: ..."},
-        {"id": "bug", "file": "cases/bug.yaml", "outcome": "error", "error": "Traceback ..."},
+        CaseRecord("typo", "cases/typo.yaml", "invalid", error="cases/typo.yaml:3: bn.eps: ..."),
+        CaseRecord("bug", "cases/bug.yaml", "error", error="Traceback ..."),
     ]
-    html = render_report({**RESULTS, "cases": [*RESULTS["cases"], *broken]})
+    html = render_report(records.written(records.document(CALM, FLIP, *broken)))
     rows = re.findall(r'<tr class="case-row" data-case="(\w+)" data-status="(\w+)"', html)
     assert rows[-2:] == [("typo", "invalid"), ("bug", "error")]
     assert 'class="status-filter" value="invalid"' in html and 'class="status-filter" value="error"' in html
@@ -153,6 +139,7 @@ def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
 def test_a_grid_points_repro_command_names_the_point_quoted_for_the_shell():
     from harness.report.render import _repro_command
 
-    point = {"id": "sweep[eps=0.001]", "file": "cases/sweep.yaml", "runners": {"onnx-torchscript-ort": {}}}
+    point = records.case("sweep[eps=0.001]", file="cases/sweep.yaml")
     assert _repro_command(point, {"onnx-torchscript-ort"}) == "python -m harness repro 'cases/sweep.yaml::sweep[eps=0.001]'"
-    assert _repro_command({**point, "id": "sweep"}, {"onnx-torchscript-ort"}) == "python -m harness repro cases/sweep.yaml"
+    plain = records.case("sweep", file="cases/sweep.yaml")
+    assert _repro_command(plain, {"onnx-torchscript-ort"}) == "python -m harness repro cases/sweep.yaml"

@@ -9,7 +9,7 @@ import pytest
 
 from harness.core.errors import HarnessError
 from harness.frontends import cli
-from harness.judge.engine import run_case
+from harness.frontends.session import run_case
 from harness.load.schema import load_case
 from harness.report.repro import bundle_runners, write_bundle
 from tests.tiny_cases import FORUM_FLIP, write_case

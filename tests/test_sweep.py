@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.judge.engine import run_case
+from harness.frontends.session import run_case
 from harness.load.sweep import FAMILIES, sweep_case
 
 pytest.importorskip("torch")

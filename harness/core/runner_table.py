@@ -147,6 +147,28 @@ def graph_runner_names() -> tuple[str, ...]:
     return tuple(record.name for record in RUNNERS.values() if record.case_kind == "graph")
 
 
+def checked_runner_names(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` (a `--runners` selection), each the name of a runner of either case kind.
+
+    Raises:
+        RunnerError: none given, or an unknown name.
+    """
+    everything = (*runner_names(), *graph_runner_names())
+    unknown = [name for name in names if name not in everything]
+    if unknown or not names:
+        raise RunnerError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(everything)}")
+    return tuple(names)
+
+
+def parse_runner_names(text: str) -> tuple[str, ...]:
+    """`a, b` (a command line's comma-separated runner list) -> the checked names.
+
+    Raises:
+        RunnerError: none given, or an unknown name.
+    """
+    return checked_runner_names([name.strip() for name in text.split(",") if name.strip()])
+
+
 def repro_runner_names(kind: str) -> tuple[str, ...]:
     """The runners whose divergences get a repro bundle of `kind` (export, keras, graph)."""
     return tuple(record.name for record in RUNNERS.values() if record.repro == kind)

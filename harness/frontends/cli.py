@@ -5,28 +5,17 @@ regression check. `python -m harness matrix FILES`: the version matrix side by s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import traceback
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from harness.core.errors import CaseError, HarnessError
-from harness.core.runner_table import runner_names
-from harness.judge.engine import CaseResult, case_location, explain_known, judge, run_case, select_runners
-from harness.judge.expected import describe_unchecked
+from harness.core.errors import HarnessError
+from harness.core.runner_table import graph_runner_names, parse_runner_names, runner_names
+from harness.frontends.session import Session, split_case_id, summary_line, totals_line
+from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
-from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, baseline_from, compare_results, load_results
+from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
 from harness.run.execution import DEFAULT_TIMEOUT_S
-
-
-def split_case_id(path: Path) -> tuple[Path, str | None]:
-    """`cases/x.yaml::x[eps=0.1]` (one point of a grid, as pytest and the summary name it) ->
-    (the file, the case id); a plain path -> (the path, None)."""
-    file, separator, case_id = str(path).partition("::")
-    return (Path(file), case_id) if separator else (path, None)
 
 
 def case_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -36,58 +25,6 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
         else:
             yield path
-
-
-def run_files(paths: Sequence[Path], only: Sequence[str] | None) -> Iterator[CaseResult]:
-    """Load every case file, start the workers of the runners they use (their imports overlap),
-    schedule all runners at once (the executor runs `jobs` at a time, and stops each family's
-    workers when the family has nothing left), and yield each case's
-    result in file order as soon as it is complete. A bad file or a harness bug becomes that
-    case's result only."""
-    from harness.run.execution import default_executor
-
-    loaded: list[CaseResult | tuple[Any, tuple[str, ...]]] = []
-    for path in paths:
-        path, wanted = split_case_id(path)
-        try:
-            cases = load_cases(path, display_path=str(path))
-        except CaseError as error:
-            loaded.append(CaseResult(path.stem, str(path), "invalid", error=str(error)))
-            continue
-        if wanted is not None:
-            chosen = tuple(case for case in cases if case.case_id == wanted)
-            if not chosen:
-                loaded.append(
-                    CaseResult(
-                        wanted,
-                        str(path),
-                        "error",
-                        error=f"{path}: no case {wanted!r}; its cases: " + ", ".join(case.case_id for case in cases),
-                    )
-                )
-            cases = chosen
-        for case in cases:
-            try:
-                loaded.append((case, select_runners(case, only)))
-            except HarnessError as error:
-                loaded.append(CaseResult(case.case_id, case.path, "error", case.description, error=str(error)))
-    executor = default_executor()
-    executor.warm(list(dict.fromkeys(name for item in loaded if not isinstance(item, CaseResult) for name in item[1])))
-    scheduled = [item if isinstance(item, CaseResult) else (item[0], executor.submit(*item)) for item in loaded]
-    executor.seal()  # each family's workers stop once its part of the run is done
-    for item in scheduled:
-        if isinstance(item, CaseResult):
-            yield item
-            continue
-        case, futures = item
-        try:
-            yield judge(case, tuple(future.result() for future in futures))
-        except HarnessError as error:
-            yield CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
-        except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
-            yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
-        finally:
-            executor.forget(case)
 
 
 def journal_path(results: Path) -> Path:
@@ -105,7 +42,7 @@ def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_document(results, document)
-    print(f"{len(document['cases'])} finished case(s) from {journal}; results written to {results}")
+    print(f"{len(document.cases)} finished case(s) from {journal}; results written to {results}")
     return render_report_file(results, report)
 
 
@@ -123,20 +60,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def summary_line(result: CaseResult) -> str:
-    """`passed  cases/x.yaml  known 6, agree 120; onnx-dynamo-ort: skipped (...)`; a grid point
-    is named by its id after the file: `cases/x.yaml::x[eps=0.001]`."""
-    where = case_location(result.path, result.case_id)
-    if result.classification is None:
-        return f"{result.outcome:8} {where}"
-    known = len(result.classification.known)
-    agree = sum(1 for verdict in result.verdicts if verdict)
-    text = f"{result.outcome:8} {where}  known divergences {known}, agreeing comparisons {agree}"
-    unchecked = describe_unchecked([why for _, why in result.classification.unverified])
-    not_ok = [f"{run.runner}: {run.status}" for run in result.runs if run.status != "ok"]
-    return text + (f"; {unchecked}" if unchecked else "") + (f"; {', '.join(not_ok)}" if not_ok else "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="case files, directories, or FILE::CASE_ID for one point of a grid (default: cases)",
     )
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
-    run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join(runner_names())}")
+    run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join((*runner_names(), *graph_runner_names()))}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
     run.add_argument(
         "--report", type=Path, default=None, help="where to write the HTML report at the end (default: report.html beside --results)"
@@ -204,25 +127,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     only = None
     if args.runners:
-        only = tuple(name.strip() for name in args.runners.split(",") if name.strip())
-        unknown = [name for name in only if name not in runner_names()]
-        if unknown:
-            parser.error(f"--runners: unknown {', '.join(unknown)}; allowed: {', '.join(runner_names())}")
+        try:
+            only = parse_runner_names(args.runners)
+        except HarnessError as error:
+            parser.error(f"--runners: {error}")
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
 
-    from harness.report.record import Journal, write_results
+    from harness.report.record import Journal, case_record, write_results
     from harness.run import execution
 
     execution.configure(jobs=args.jobs, timeout_s=args.timeout)
+    session = Session(only)
     results = []
     journal = Journal(journal_path(args.results))
     try:
-        for result in run_files(files, only):
+        for result in session.run([item for path in files for item in session.load(path)]):
             results.append(result)
             journal.append(result)  # a run killed halfway keeps every finished case
-            print(summary_line(result), flush=True)
+            print(summary_line(case_record(result)), flush=True)
             if result.outcome in ("failed", "invalid", "error"):
                 print(_indent(result.explain()), flush=True)
             if args.verbose and result.classification is not None and result.classification.known:
@@ -230,12 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         journal.close()
     write_results(args.results, results)
-    counts = Counter(result.outcome for result in results)
     print(f"results written to {args.results} (journal: {journal.path})")
     render_report_file(args.results, args.report or args.results.with_name("report.html"))
-    unchecked = sum(len(result.classification.unverified) for result in results if result.classification is not None)
-    totals = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("passed", "failed", "skipped", "invalid", "error"))
-    print(totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else ""))
+    print(totals_line([case_record(result) for result in results]))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
 
 
@@ -244,12 +165,13 @@ def write_repro_bundles(path: Path, output: Path) -> int:
     from harness.core.case import Case
     from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
 
+    session = Session()
     try:
         path, wanted = split_case_id(path)
         for case in load_cases(path, display_path=str(path)):  # each point of a grid, or the one named
             if wanted is not None and case.case_id != wanted:
                 continue
-            result = run_case(case)
+            result = session.run_case(case)
             if not isinstance(case, Case):
                 print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
                 continue
@@ -294,14 +216,13 @@ def render_report_file(results: Path, output: Path) -> int:
 def save_baseline(results: Path, output: Path) -> int:
     """`python -m harness baseline save results.json -o reports/baseline.json`."""
     try:
-        record = baseline_from(load_results(results))
+        document = load_results(results)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=1) + "\n")
-    divergences = sum(len(case["comparisons"]) for case in record["cases"])
-    print(f"baseline written to {output}: {len(record['cases'])} cases, {divergences} divergences")
+    write_baseline(document, output)
+    divergences = sum(len(case.divergences) for case in document.cases)
+    print(f"baseline written to {output}: {len(document.cases)} cases, {divergences} divergences")
     return 0
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 from pathlib import Path
 
 import pytest
 
 from harness.core.errors import CaseError, HarnessError
-from harness.judge.engine import CaseResult, run_case
+from harness.frontends.session import Session
+from harness.judge.engine import CaseResult, explain_known
 from harness.load.schema import load_cases
+from harness.report.record import case_record, plain_json
 
 
 class CaseFailed(Exception):
@@ -57,15 +60,9 @@ class _HarnessItem(pytest.Item):
     def _record(self, result: CaseResult) -> None:
         """Attach the case's record to the item: its reports carry it to the plugin, also from
         pytest-xdist workers to the controller."""
-        import json
-
-        from harness.judge.engine import explain_known
-        from harness.report.record import case_record, plain_json
-
         known = explain_known(result.classification) if result.classification and result.classification.known else ""
-        self.user_properties.append(
-            (CASE_RECORD_PROPERTY, json.dumps({"record": plain_json(case_record(result)), "known": known, "position": self.position}))
-        )
+        record = plain_json(case_record(result).to_json())
+        self.user_properties.append((CASE_RECORD_PROPERTY, json.dumps({"record": record, "known": known, "position": self.position})))
 
 
 class CaseItem(_HarnessItem):
@@ -77,7 +74,7 @@ class CaseItem(_HarnessItem):
 
     def runtest(self) -> None:
         try:
-            result = run_case(self.case, self.config.stash[RUNNERS_KEY])
+            result = self.config.stash[SESSION_KEY].run_case(self.case)
         except Exception:
             self._record(CaseResult(self.case.case_id, self.case.path, "error", self.case.description, error=traceback.format_exc()))
             raise
@@ -100,6 +97,5 @@ class InvalidCaseItem(_HarnessItem):
         raise self.error
 
 
-CASE_RECORD_PROPERTY = "bn_harness_case"
-RESULTS_KEY = pytest.StashKey[list[dict]]()  # each finished case: {"record": results.json's entry, "known": text}
-RUNNERS_KEY = pytest.StashKey["tuple[str, ...] | None"]()
+CASE_RECORD_PROPERTY = "bn_harness_case"  # a user property: {"record": results.json's entry, "known": text, "position": int}
+SESSION_KEY = pytest.StashKey[Session]()

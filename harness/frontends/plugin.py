@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from harness.core.runner_table import REFERENCE_RUNNER, runner_names
-from harness.frontends.collect import CASE_RECORD_PROPERTY, RESULTS_KEY, RUNNERS_KEY, CaseFile
-from harness.judge.engine import case_location
-from harness.judge.expected import describe_unchecked
+from harness.core.errors import HarnessError
+from harness.core.records import CaseRecord
+from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
+from harness.frontends.collect import CASE_RECORD_PROPERTY, SESSION_KEY, CaseFile
+from harness.frontends.session import Session, summary_line, totals_line
+from harness.report.baseline import compare_results, load_results
+from harness.report.record import document_of, write_document
+from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
 
 BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
@@ -28,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--harness-runners",
         metavar="NAMES",
         default=None,
-        help=f"comma-separated runners to run, of: {', '.join(runner_names())}; "
+        help=f"comma-separated runners to run, of: {', '.join((*runner_names(), *graph_runner_names()))}; "
         f"{REFERENCE_RUNNER} always runs, as the reference (default: each case's own list, else all)",
     )
     group.addoption(
@@ -62,25 +67,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[RESULTS_KEY] = []
-    config.pluginmanager.register(CaseRecordCollector(config), "bn-harness-case-records")
     jobs, timeout = config.getoption("harness_jobs"), config.getoption("harness_timeout")
     if jobs < 1 or (timeout is not None and not timeout > 0):
         raise pytest.UsageError(f"--harness-jobs must be at least 1 and --harness-timeout positive; got {jobs} and {timeout}")
-    from harness.run import execution
-
-    execution.configure(jobs=jobs, timeout_s=timeout)
     raw = config.getoption("harness_runners")
-    if raw is None:
-        config.stash[RUNNERS_KEY] = None
-        return
-    names = tuple(name.strip() for name in raw.split(",") if name.strip())
-    unknown = [name for name in names if name not in runner_names()]
-    if unknown or not names:
-        raise pytest.UsageError(
-            f"--harness-runners: unknown runner(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(runner_names())}"
-        )
-    config.stash[RUNNERS_KEY] = names
+    try:
+        only = None if raw is None else parse_runner_names(raw)
+    except HarnessError as error:
+        raise pytest.UsageError(f"--harness-runners: {error}") from None
+    execution.configure(jobs=jobs, timeout_s=timeout)
+    config.stash[SESSION_KEY] = Session(only)
+    config.stash[FINISHED_KEY] = []
+    config.pluginmanager.register(CaseRecordCollector(config), "bn-harness-case-records")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile | None:
@@ -93,6 +91,15 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile |
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedCase:
+    """A case's record as its call report carried it (made here or by a pytest-xdist worker)."""
+
+    record: CaseRecord
+    known: str  # the explanation of its known divergences, shown with -v
+    position: int  # in its file: a grid's points keep the grid's order
+
+
 class CaseRecordCollector:
     """Collects each case's record from its call report, made here or sent by a pytest-xdist worker."""
 
@@ -102,34 +109,32 @@ class CaseRecordCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
-        import json
-
         for name, value in report.user_properties:
             if name == CASE_RECORD_PROPERTY:
-                self.config.stash[RESULTS_KEY].append(json.loads(value))
+                entry = json.loads(value)
+                finished = FinishedCase(CaseRecord.from_json(entry["record"]), entry["known"], entry["position"])
+                self.config.stash[FINISHED_KEY].append(finished)
 
 
-def _finished(config: pytest.Config) -> list[dict]:
+def _finished(config: pytest.Config) -> list[FinishedCase]:
     """Every finished case, in file order and a grid's points in the grid's order, whichever
     worker ran it."""
-    return sorted(config.stash.get(RESULTS_KEY, []), key=lambda entry: (entry["record"]["file"] or "", entry["position"]))
+    return sorted(config.stash.get(FINISHED_KEY, []), key=lambda entry: (entry.record.file or "", entry.position))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller writes
         return
+    records = [entry.record for entry in _finished(session.config)]
+    if not records:
+        return
+    document = document_of(records)
     target = session.config.getoption("harness_results")
-    records = [entry["record"] for entry in _finished(session.config)]
-    if target and records:
-        from harness.report.record import document_of, write_document
-
-        write_document(Path(target), document_of(records))
+    if target:
+        write_document(Path(target), document)
     baseline = session.config.getoption("harness_baseline")
-    if baseline and records:
-        from harness.report.baseline import compare_results, load_results
-        from harness.report.record import document_of, plain_json
-
-        comparison = compare_results(load_results(Path(baseline)), plain_json(document_of(records)))
+    if baseline:
+        comparison = compare_results(load_results(Path(baseline)), document)
         session.config.stash[BASELINE_KEY] = comparison
         if comparison.regressed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -141,25 +146,13 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     terminalreporter.section("BatchNorm harness")
     for entry in finished:
-        record = entry["record"]
-        if record["outcome"] in ("invalid", "error"):
-            terminalreporter.write_line(f"{record['outcome']:8} {record['file']}: see its failure above")
-            continue
-        known = Counter(c["other"] for c in record.get("comparisons", []) if c.get("classification") == "known")
-        known_text = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items())) or "none"
-        not_run = [f"{name} ({run['status']})" for name, run in record.get("runners", {}).items() if run["status"] != "ok"]
-        line = f"{record['outcome']:8} {case_location(record['file'], record['id'])}: known divergences: {known_text}"
-        unchecked = describe_unchecked([entry["why"] for entry in record.get("unverified", [])])
-        if unchecked:
-            line += f"; {unchecked}"
-        if not_run:
-            line += f"; not ok: {', '.join(not_run)}"
+        line = summary_line(entry.record)
+        if entry.record.outcome in ("invalid", "error"):
+            line += ": see its failure above"
         terminalreporter.write_line(line)
-        if config.get_verbosity() > 0 and entry["known"]:
-            terminalreporter.write_line("    " + entry["known"].replace("\n", "\n    "))
-    unchecked = sum(len(entry["record"].get("unverified", [])) for entry in finished)
-    if unchecked:
-        terminalreporter.write_line(f"{unchecked} expectation(s) not checked (their runners were not selected or skipped)")
+        if config.get_verbosity() > 0 and entry.known:
+            terminalreporter.write_line("    " + entry.known.replace("\n", "\n    "))
+    terminalreporter.write_line(totals_line([entry.record for entry in finished]))
     target = config.getoption("harness_results")
     if target:
         terminalreporter.write_line(f"results written to {target}")
@@ -167,3 +160,6 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     if comparison is not None:
         terminalreporter.section("against the baseline")
         terminalreporter.write_line(comparison.report())
+
+
+FINISHED_KEY = pytest.StashKey[list[FinishedCase]]()

@@ -9,9 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.case import Case, GraphCase
-from harness.core.errors import RunnerError
 from harness.core.results import RunResult, Verdict
-from harness.core.runner_table import GRAPH_REFERENCES, REFERENCE_RUNNER, SPEC_RUNNER, graph_runner_names, runner_names
+from harness.core.runner_table import (
+    GRAPH_REFERENCES,
+    REFERENCE_RUNNER,
+    SPEC_RUNNER,
+    checked_runner_names,
+    graph_runner_names,
+    runner_names,
+)
 from harness.judge.attribution import attribute_all
 from harness.judge.compare import compare_runs
 from harness.judge.expected import Classification, classify
@@ -61,21 +67,12 @@ def select_runners(case: Case | GraphCase, only: Sequence[str] | None = None) ->
     Raises:
         RunnerError: `only` names an unknown runner.
     """
-    everything = (*runner_names(), *graph_runner_names())
-    for name in only or ():
-        if name not in everything:
-            raise RunnerError(f"unknown runner {name!r}; allowed: {', '.join(everything)}")
+    if only is not None:
+        checked_runner_names(only)
     known = graph_runner_names() if isinstance(case, GraphCase) else runner_names()
     wanted = set(case.runners or known) & set(only or known)
     reference = reference_of(case)
     return (reference, *(name for name in known if name in wanted and name != reference))
-
-
-def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseResult:
-    """Run `case` on its runners and judge it against its expectations."""
-    from harness.run.execution import default_executor
-
-    return judge(case, default_executor().run(case, select_runners(case, only)))
 
 
 def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:

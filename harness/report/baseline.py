@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import HarnessError
+from harness.core.records import CaseRecord, ComparisonRecord, Environment, RecordError, ResultsDocument
+from harness.report.record import plain_json
 
 DEFAULT_MAGNITUDE_FACTOR = 2.0
 DivergenceKey = tuple[str, str, str, int]  # (case id, runner, field, step)
@@ -62,67 +64,46 @@ class BaselineComparison:
         return "\n".join(lines)
 
 
-def load_results(path: Path) -> dict[str, Any]:
-    """A results.json document.
+def load_results(path: Path) -> ResultsDocument:
+    """A results.json document (or a baseline).
 
     Raises:
         HarnessError: not readable, not JSON, or not a results record.
     """
     try:
-        document = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise HarnessError(f"{path}: cannot read a results record: {error}") from None
-    if not isinstance(document, dict) or "schema_version" not in document or "cases" not in document:
-        raise HarnessError(f"{path}: not a results record (no schema_version / cases)")
-    return document
+    try:
+        return ResultsDocument.from_json(data)
+    except RecordError as error:
+        raise HarnessError(f"{path}: {error}") from None
 
 
-BASELINE_COMPARISON_KEYS = ("other", "field", "step", "classification", "attribution", "max_abs_diff", "dtype")
+def write_baseline(results: ResultsDocument, path: Path) -> None:
+    """Write what a baseline keeps of a results record: environment, outcomes, runner statuses and
+    the divergences (agreeing comparisons and verdict texts are what make results.json large)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plain_json(results.to_baseline_json()), indent=1) + "\n")
 
 
-def baseline_from(results: Mapping[str, Any]) -> dict[str, Any]:
-    """What a baseline keeps of a results record: environment, outcomes, runner statuses and the
-    divergences (agreeing comparisons and verdict texts are what make results.json large)."""
-    return {
-        "schema_version": results["schema_version"],
-        "created": results.get("created"),
-        "environment": results.get("environment", {}),
-        "cases": [
-            {
-                "id": case["id"],
-                "file": case.get("file"),
-                "outcome": case["outcome"],
-                "runners": {name: {"status": runner.get("status")} for name, runner in case.get("runners", {}).items()},
-                "comparisons": [
-                    {key: comparison.get(key) for key in BASELINE_COMPARISON_KEYS}
-                    for comparison in case.get("comparisons", [])
-                    if comparison.get("classification") != "agree"
-                ],
-            }
-            for case in results.get("cases", [])
-        ],
-    }
-
-
-def compare_results(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
-    """What changed from `baseline` to `new` (both results.json documents)."""
+def compare_results(baseline: ResultsDocument, new: ResultsDocument, factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
+    """What changed from `baseline` to `new`."""
     if factor <= 1:
         raise HarnessError(f"the magnitude factor must be above 1; got {factor}")
-    return BaselineComparison(tuple(_version_differences(baseline, new)), tuple(_changes(baseline, new, factor)))
+    return BaselineComparison(tuple(_version_differences(baseline.environment, new.environment)), tuple(_changes(baseline, new, factor)))
 
 
-def _version_differences(baseline: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[str]:
-    old_env, new_env = baseline.get("environment", {}), new.get("environment", {})
+def _version_differences(old: Environment, new: Environment) -> Iterator[str]:
     for key in ("python", "platform"):
-        if old_env.get(key) != new_env.get(key):
-            yield f"{key}: {old_env.get(key)} -> {new_env.get(key)}"
-    old_versions, new_versions = old_env.get("versions", {}), new_env.get("versions", {})
-    for package in sorted(set(old_versions) | set(new_versions)):
-        if old_versions.get(package) != new_versions.get(package):
-            yield f"{package}: {old_versions.get(package)} -> {new_versions.get(package)}"
+        if getattr(old, key) != getattr(new, key):
+            yield f"{key}: {getattr(old, key)} -> {getattr(new, key)}"
+    for package in sorted(set(old.versions) | set(new.versions)):
+        if old.versions.get(package) != new.versions.get(package):
+            yield f"{package}: {old.versions.get(package)} -> {new.versions.get(package)}"
 
 
-def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float) -> Iterator[Change]:
+def _changes(baseline: ResultsDocument, new: ResultsDocument, factor: float) -> Iterator[Change]:
     old_cases, new_cases = _by_id(baseline), _by_id(new)
     not_run = _runners_not_run(old_cases, new_cases)
     for runner, (reason, entries) in sorted(not_run.items()):
@@ -138,58 +119,56 @@ def _changes(baseline: Mapping[str, Any], new: Mapping[str, Any], factor: float)
         if old is None or current is None:
             yield Change("new case" if old is None else "case gone", case_id)
             continue
-        if old["outcome"] != current["outcome"]:
-            yield Change("outcome changed", case_id, old["outcome"], current["outcome"])
+        if old.outcome != current.outcome:
+            yield Change("outcome changed", case_id, old.outcome, current.outcome)
         yield from _status_changes(case_id, old, current)
         yield from _divergence_changes(case_id, old, current, factor)
 
 
-def _runners_not_run(old_cases: Mapping[str, Any], new_cases: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+def _runners_not_run(old_cases: Mapping[str, CaseRecord], new_cases: Mapping[str, CaseRecord]) -> dict[str, tuple[str, int]]:
     """Runners that ran in some baseline case and were skipped in every new case that has them:
     runner -> (the first skip reason, how many baseline divergences that leaves uncompared)."""
-    ran_before = {name for case in old_cases.values() for name, run in case.get("runners", {}).items() if run.get("status") != "skipped"}
+    ran_before = {name for case in old_cases.values() for name, run in case.runners.items() if run.status != "skipped"}
     found: dict[str, tuple[str, int]] = {}
     for runner in sorted(ran_before):
-        new_runs = [case["runners"][runner] for case in new_cases.values() if runner in case.get("runners", {})]
-        if new_runs and all(run.get("status") == "skipped" for run in new_runs):
+        new_runs = [case.runners[runner] for case in new_cases.values() if runner in case.runners]
+        if new_runs and all(run.status == "skipped" for run in new_runs):
             entries = sum(len([key for key in _divergences(case) if key[1] == runner]) for case in old_cases.values())
-            found[runner] = (new_runs[0].get("reason") or "no reason given", entries)
+            found[runner] = (new_runs[0].reason or "no reason given", entries)
     return found
 
 
-def _without(case: Mapping[str, Any], runners: Mapping[str, Any]) -> Mapping[str, Any]:
+def _without(case: CaseRecord, runners: Mapping[str, Any]) -> CaseRecord:
     """The case with `runners` left out of its statuses and comparisons."""
     if not runners:
         return case
-    return {
-        **case,
-        "runners": {name: run for name, run in case.get("runners", {}).items() if name not in runners},
-        "comparisons": [c for c in case.get("comparisons", []) if c.get("other") not in runners],
-    }
+    return replace(
+        case,
+        runners={name: run for name, run in case.runners.items() if name not in runners},
+        comparisons=tuple(c for c in case.comparisons if c.verdict.other not in runners),
+    )
 
 
-def _by_id(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {case["id"]: case for case in document.get("cases", [])}
+def _by_id(document: ResultsDocument) -> dict[str, CaseRecord]:
+    return {case.case_id: case for case in document.cases}
 
 
-def _status_changes(case_id: str, old: Mapping[str, Any], current: Mapping[str, Any]) -> Iterator[Change]:
-    old_runners, new_runners = old.get("runners", {}), current.get("runners", {})
-    for runner in sorted(set(old_runners) | set(new_runners)):
-        before = old_runners.get(runner, {}).get("status", "absent")
-        after = new_runners.get(runner, {}).get("status", "absent")
+def _status_changes(case_id: str, old: CaseRecord, current: CaseRecord) -> Iterator[Change]:
+    for runner in sorted(set(old.runners) | set(current.runners)):
+        before = old.runners[runner].status if runner in old.runners else "absent"
+        after = current.runners[runner].status if runner in current.runners else "absent"
         if before != after:
             yield Change("status changed", f"{runner} in {case_id}", before, after)
 
 
-def _divergences(case: Mapping[str, Any]) -> dict[DivergenceKey, Mapping[str, Any]]:
+def _divergences(case: CaseRecord) -> dict[DivergenceKey, ComparisonRecord]:
     return {
-        (case["id"], comparison["other"], comparison["field"], comparison["step"]): comparison
-        for comparison in case.get("comparisons", [])
-        if comparison.get("classification") != "agree"
+        (case.case_id, comparison.verdict.other, comparison.verdict.field, comparison.verdict.step): comparison
+        for comparison in case.divergences
     }
 
 
-def _divergence_changes(case_id: str, old: Mapping[str, Any], current: Mapping[str, Any], factor: float) -> Iterator[Change]:
+def _divergence_changes(case_id: str, old: CaseRecord, current: CaseRecord, factor: float) -> Iterator[Change]:
     before, after = _divergences(old), _divergences(current)
     for key in sorted(set(before) | set(after)):
         _, runner, field, step = key
@@ -199,19 +178,12 @@ def _divergence_changes(case_id: str, old: Mapping[str, Any], current: Mapping[s
         elif key not in after:
             yield Change("vanished divergence", what)
         else:
-            old_class, new_class = before[key].get("attribution"), after[key].get("attribution")
+            old_class, new_class = before[key].verdict.attribution, after[key].verdict.attribution
             if old_class != new_class:
                 yield Change("class changed", what, old_class, new_class)
-            old_size, new_size = _magnitude(before[key]), _magnitude(after[key])
+            old_size, new_size = before[key].verdict.max_abs_diff, after[key].verdict.max_abs_diff
             if _moved(old_size, new_size, factor):
                 yield Change("magnitude moved", what, f"{old_size:.3g}", f"{new_size:.3g}")
-
-
-def _magnitude(comparison: Mapping[str, Any]) -> float | None:
-    value = comparison.get("max_abs_diff")
-    if isinstance(value, str):  # results.json writes non-finite numbers as strings
-        return float(value)
-    return None if value is None else float(value)
 
 
 def _moved(old: float | None, new: float | None, factor: float) -> bool:

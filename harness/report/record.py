@@ -13,12 +13,27 @@ import platform
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from harness.core.case import Expectation
+from harness.core.errors import HarnessError
+from harness.core.records import (
+    SCHEMA_VERSION,
+    CaseRecord,
+    ComparisonRecord,
+    Environment,
+    ExpectationRecord,
+    RecordError,
+    ResultsDocument,
+    RunnerRecord,
+    StatusRecord,
+    UnverifiedRecord,
+    VanishedRecord,
+)
 from harness.judge.engine import CaseResult
 
-SCHEMA_VERSION = 1
 # Every framework a runner may use (None where not installed), and what the harness itself reads with.
 FRAMEWORK_PACKAGES = (
     "torch",
@@ -38,7 +53,7 @@ FRAMEWORK_PACKAGES = (
 )
 
 
-def environment() -> dict[str, Any]:
+def environment() -> Environment:
     """Python, platform and installed framework versions (read from metadata, nothing imported)."""
     versions = {}
     for package in FRAMEWORK_PACKAGES:
@@ -46,76 +61,67 @@ def environment() -> dict[str, Any]:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+    return Environment(sys.version.split()[0], platform.platform(), versions)
 
 
-def case_record(result: CaseResult) -> dict[str, Any]:
-    """One case as JSON-able data."""
-    record: dict[str, Any] = {
-        "file": result.path,
-        "id": result.case_id,
-        "description": result.description,
-        "steps": list(result.steps),
-        "outcome": result.outcome,
-        "error": result.error,
-        "runners": {run.runner: {"status": run.status, "reason": run.reason, "details": run.details} for run in result.runs},
-        "comparisons": [],
-    }
+def case_record(result: CaseResult) -> CaseRecord:
+    """One case as results.json records it."""
+    runners = {run.runner: RunnerRecord(run.status, run.reason, run.details) for run in result.runs}
     found = result.classification
+    record = CaseRecord(result.case_id, result.path, result.outcome, result.description, tuple(result.steps), result.error, runners)
     if found is None:
         return record
     known = {id(verdict): expectation for verdict, expectation in found.known}
+    comparisons = []
     for verdict in result.verdicts:
-        entry = verdict.to_json()
         expectation = known.get(id(verdict))
-        entry["classification"] = "agree" if verdict else ("known" if expectation else "new")
-        if expectation is not None:
-            entry["expectation"] = _expectation_record(expectation)
-        record["comparisons"].append(entry)
-    record["vanished"] = [
-        {**_expectation_record(gone.expectation), "runner": gone.runner, "seen_instead": gone.seen_instead} for gone in found.vanished
-    ]
-    record["statuses"] = [
-        {"runner": f.runner, "status": f.status, "reason": f.reason, "expected": f.expectation is not None} for f in found.statuses
-    ]
-    record["unverified"] = [{**_expectation_record(expectation), "why": why} for expectation, why in found.unverified]
-    return record
+        classification = "agree" if verdict else ("known" if expectation else "new")
+        comparisons.append(ComparisonRecord(verdict, classification, None if expectation is None else _expectation_record(expectation)))
+    return replace(
+        record,
+        comparisons=tuple(comparisons),
+        judged=True,
+        vanished=tuple(VanishedRecord(_expectation_record(gone.expectation), gone.runner, gone.seen_instead) for gone in found.vanished),
+        statuses=tuple(StatusRecord(f.runner, f.status, f.reason, f.expectation is not None) for f in found.statuses),
+        unverified=tuple(UnverifiedRecord(_expectation_record(expectation), why) for expectation, why in found.unverified),
+    )
 
 
-def _expectation_record(expectation) -> dict[str, Any]:
-    return {
-        "fields": list(expectation.fields),
-        "steps": None if expectation.steps is None else list(expectation.steps),
-        "status": expectation.status,
-        "runners": list(expectation.runners),
-        "reason": expectation.reason,
-        "link": expectation.link,
-        "line": expectation.line,
-    }
+def _expectation_record(expectation: Expectation) -> ExpectationRecord:
+    return ExpectationRecord(
+        tuple(expectation.fields),
+        None if expectation.steps is None else tuple(expectation.steps),
+        expectation.status,
+        tuple(expectation.runners),
+        expectation.reason,
+        expectation.link,
+        expectation.line,
+    )
 
 
-def results_document(results: Sequence[CaseResult]) -> dict[str, Any]:
+def results_document(results: Sequence[CaseResult]) -> ResultsDocument:
     """The whole record: schema version, environment, time, and every case."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "environment": environment(),
-        "cases": [case_record(result) for result in results],
-    }
+    return document_of([case_record(result) for result in results])
+
+
+def document_of(records: Sequence[CaseRecord]) -> ResultsDocument:
+    """A results record around case records already made (as pytest's reports carry them)."""
+    return ResultsDocument(tuple(records), environment(), datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), SCHEMA_VERSION)
 
 
 def results_json(results: Sequence[CaseResult]) -> str:
     """results.json's text: strict JSON (no NaN), plain types only."""
-    return _document_text(results_document(results))
+    return document_text(results_document(results))
 
 
-def _document_text(document: dict[str, Any]) -> str:
+def document_text(document: ResultsDocument) -> str:
     """A results record as text: each top-level field on a line, then each case on a line of its
     own (line tools and diffs see one case per line). Each line is encoded without indentation,
     by json's C encoder: the whole library's 14 MB took 1.5 s through its indenting encoder, which
     is pure Python, at the end of every run."""
-    fields = [f" {json.dumps(key)}: {_dumps(value)}" for key, value in document.items() if key != "cases"]
-    cases = ",\n".join(f"  {_dumps(case)}" for case in document["cases"])
+    data = document.to_json()
+    fields = [f" {json.dumps(key)}: {_dumps(value)}" for key, value in data.items() if key != "cases"]
+    cases = ",\n".join(f"  {_dumps(case)}" for case in data["cases"])
     return "{\n" + ",\n".join([*fields, f' "cases": [\n{cases}\n ]']) + "\n}\n"
 
 
@@ -136,13 +142,13 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._file = path.open("w", encoding="utf-8")
-        header = results_document([])
+        header = results_document([]).to_json()
         del header["cases"]
         self._write({"journal": "bn-harness results", **header})
 
     def append(self, result: CaseResult) -> None:
         """One finished case."""
-        self._write({"case": case_record(result)})
+        self._write({"case": case_record(result).to_json()})
 
     def _write(self, entry: dict[str, Any]) -> None:
         self._file.write(_dumps(entry) + "\n")
@@ -153,15 +159,13 @@ class Journal:
         self._file.close()
 
 
-def read_journal(path: Path) -> dict[str, Any]:
+def read_journal(path: Path) -> ResultsDocument:
     """The results record a journal holds: its header and every complete case line (a line cut
     short by a kill is left out).
 
     Raises:
         HarnessError: not readable, or not a journal.
     """
-    from harness.core.errors import HarnessError
-
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
@@ -179,19 +183,15 @@ def read_journal(path: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the last line of a killed run may be incomplete
     document = {key: value for key, value in header.items() if key != "journal"}
-    return {**document, "cases": cases}
+    try:
+        return ResultsDocument.from_json({**document, "cases": cases})
+    except RecordError as error:
+        raise HarnessError(f"{path}: {error}") from None
 
 
-def write_document(path: Path, document: dict[str, Any]) -> None:
+def write_document(path: Path, document: ResultsDocument) -> None:
     """Write a results record (as read back from a journal) as results.json."""
-    write_atomically(path, _document_text(document))
-
-
-def document_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A results record around case records already made (as pytest's reports carry them)."""
-    document = results_document([])
-    document["cases"] = list(records)
-    return document
+    write_atomically(path, document_text(document))
 
 
 def write_results(path: Path, results: Sequence[CaseResult]) -> None:

@@ -21,7 +21,7 @@ from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch
 from harness.core.models import MODEL_SPECS
-from harness.core.runner_table import SPEC_RUNNER, repro_runner_names, runner_record
+from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
 from harness.judge.engine import CaseResult
 
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
@@ -183,6 +183,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
     ]
     return environment.get_template(template).render(
         case=case,
+        reference=REFERENCE_RUNNER,
         sources="\n\n".join(sources),
         **values,
         # Python literals (repr), not JSON: the script is Python.

@@ -1,0 +1,142 @@
+"""The one pipeline every front end drives: load -> warm -> submit -> seal -> judge -> record.
+
+`python -m harness run` loads every file, starts all of it at once and takes the results in file
+order; a pytest item runs its one case through the same session; `python -m harness repro` too.
+A bad file or a harness bug becomes that case's result, never the end of the run. The summary
+line of a case is written here once, for the command line and pytest's terminal summary alike.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.core.case import Case, GraphCase
+from harness.core.errors import CaseError, HarnessError
+from harness.core.records import CaseRecord
+from harness.judge.engine import CaseResult, case_location, judge, select_runners
+from harness.judge.expected import describe_unchecked
+from harness.load.schema import load_cases
+from harness.run.execution import default_executor
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCase:
+    """A loaded case and the runners it runs, the reference first."""
+
+    case: Case | GraphCase
+    runners: tuple[str, ...]
+
+
+Loaded = PlannedCase | CaseResult  # a case to run, or the result of one that cannot run (invalid, unknown id)
+
+
+def split_case_id(path: Path) -> tuple[Path, str | None]:
+    """`cases/x.yaml::x[eps=0.1]` (one point of a grid, as pytest and the summary name it) ->
+    (the file, the case id); a plain path -> (the path, None)."""
+    file, separator, case_id = str(path).partition("::")
+    return (Path(file), case_id) if separator else (path, None)
+
+
+class Session:
+    """One run of cases on the process's executor, narrowed to the runners `only` names."""
+
+    def __init__(self, only: Sequence[str] | None = None) -> None:
+        self.only = None if only is None else tuple(only)
+        self.executor = default_executor()
+
+    def load(self, path: Path) -> list[Loaded]:
+        """The cases of one file (or of `file::case id`, one of them), each with its runners."""
+        path, wanted = split_case_id(path)
+        try:
+            cases = load_cases(path, display_path=str(path))
+        except CaseError as error:
+            return [CaseResult(path.stem, str(path), "invalid", error=str(error))]
+        if wanted is not None:
+            chosen = [case for case in cases if case.case_id == wanted]
+            if not chosen:
+                listed = ", ".join(case.case_id for case in cases)
+                return [CaseResult(wanted, str(path), "error", error=f"{path}: no case {wanted!r}; its cases: {listed}")]
+            cases = chosen
+        return [self.plan(case) for case in cases]
+
+    def plan(self, case: Case | GraphCase) -> Loaded:
+        """`case` with the runners it runs, or its error result when the selection is invalid."""
+        try:
+            return PlannedCase(case, select_runners(case, self.only))
+        except HarnessError as error:
+            return CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
+
+    def run(self, loaded: Sequence[Loaded]) -> Iterator[CaseResult]:
+        """Start the workers of every runner needed (their imports overlap), schedule all runners
+        at once (the executor runs `jobs` at a time), say no more is coming (each family's workers
+        stop when the family has nothing left), then yield each case's judged result in order, as
+        soon as it is complete."""
+        planned = [item for item in loaded if isinstance(item, PlannedCase)]
+        self.executor.warm(list(dict.fromkeys(name for item in planned for name in item.runners)))
+        scheduled = [
+            item if isinstance(item, CaseResult) else (item.case, self.executor.submit(item.case, item.runners)) for item in loaded
+        ]
+        self.executor.seal()
+        for item in scheduled:
+            if isinstance(item, CaseResult):
+                yield item
+                continue
+            case, futures = item
+            try:
+                yield judge(case, tuple(future.result() for future in futures))
+            except HarnessError as error:
+                yield CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
+            except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
+                yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
+            finally:
+                self.executor.forget(case)
+
+    def run_case(self, case: Case | GraphCase) -> CaseResult:
+        """One case through the pipeline (a pytest item, a repro bundle)."""
+        loaded = self.plan(case)
+        if isinstance(loaded, CaseResult):
+            return loaded
+        planned = loaded
+        futures = self.executor.submit(planned.case, planned.runners)
+        try:
+            return judge(case, tuple(future.result() for future in futures))
+        finally:
+            self.executor.forget(case)
+
+
+def summary_line(record: CaseRecord) -> str:
+    """`passed   cases/x.yaml  known divergences 6 (onnx-torchscript-ort 6), agreeing comparisons
+    120; not ok: onnx-dynamo-ort (skipped)`; a grid point is named by its id after the file:
+    `cases/x.yaml::x[eps=0.001]`."""
+    where = case_location(record.file or "", record.case_id)
+    if not record.judged:
+        return f"{record.outcome:8} {where}"
+    known = Counter(comparison.verdict.other for comparison in record.comparisons if comparison.classification == "known")
+    per_runner = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items()))
+    agree = sum(1 for comparison in record.comparisons if not comparison.divergent)
+    text = f"{record.outcome:8} {where}  known divergences {sum(known.values())}"
+    text += f" ({per_runner})" if per_runner else ""
+    text += f", agreeing comparisons {agree}"
+    unchecked = describe_unchecked([entry.why for entry in record.unverified])
+    not_ok = [f"{name} ({run.status})" for name, run in record.runners.items() if run.status != "ok"]
+    return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")
+
+
+OUTCOMES = ("passed", "failed", "skipped", "invalid", "error")
+
+
+def totals_line(records: Sequence[CaseRecord]) -> str:
+    """`120 passed, 1 failed, 0 skipped, 0 invalid, 0 error; 2 expectation(s) not checked (...)`."""
+    counts = Counter(record.outcome for record in records)
+    unchecked = sum(len(record.unverified) for record in records)
+    totals = ", ".join(f"{counts.get(name, 0)} {name}" for name in OUTCOMES)
+    return totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else "")
+
+
+def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseResult:
+    """Run `case` on its runners (narrowed by `only`) and judge it: a one-case session."""
+    return Session(only).run_case(case)
