@@ -142,4 +142,6 @@ def test_a_renamed_optional_key_shows_in_what_the_report_renders(monkeypatch):
         return data
 
     monkeypatch.setattr(ComparisonRecord, "to_json", renamed)
-    assert "the outputs differ at [0, 1]" not in render_report(records.written(_full_document())), "the report reads the key the writer writes"
+    assert "the outputs differ at [0, 1]" not in render_report(records.written(_full_document())), (
+        "the report reads the key the writer writes"
+    )

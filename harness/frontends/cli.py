@@ -9,12 +9,18 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from harness.core.case import Case
 from harness.core.errors import HarnessError
 from harness.core.runner_table import graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.session import Session, split_case_id, summary_line, totals_line
 from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
+from harness.report.matrix import load_documents, matrix_table
+from harness.report.record import Journal, case_record, read_journal, write_document, write_results
+from harness.report.render import write_report
+from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
+from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
 
 
@@ -34,7 +40,6 @@ def journal_path(results: Path) -> Path:
 
 def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
     """`python -m harness recover JOURNAL`: results.json and the report of the cases a run finished."""
-    from harness.report.record import read_journal, write_document
 
     try:
         document = read_journal(journal)
@@ -135,9 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
 
-    from harness.report.record import Journal, case_record, write_results
-    from harness.run import execution
-
     execution.configure(jobs=args.jobs, timeout_s=args.timeout)
     session = Session(only)
     results = []
@@ -162,8 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_repro_bundles(path: Path, output: Path) -> int:
     """`python -m harness repro CASE`: run the case, write one bundle per exporter or Keras runner that diverged."""
-    from harness.core.case import Case
-    from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
 
     session = Session()
     try:
@@ -189,7 +189,6 @@ def write_repro_bundles(path: Path, output: Path) -> int:
 
 def print_matrix(paths: Sequence[Path], everything: bool) -> int:
     """`python -m harness matrix reports/matrix/*.json`: which divergence appears in which versions."""
-    from harness.report.matrix import load_documents, matrix_table
 
     try:
         documents = load_documents(paths)
@@ -202,7 +201,6 @@ def print_matrix(paths: Sequence[Path], everything: bool) -> int:
 
 def render_report_file(results: Path, output: Path) -> int:
     """`python -m harness report results.json -o reports/report.html`."""
-    from harness.report.render import write_report
 
     try:
         write_report(load_results(results), output)

@@ -15,6 +15,8 @@ import jinja2
 from harness.core.records import CaseRecord, ComparisonRecord, ResultsDocument
 from harness.core.results import Verdict
 from harness.core.runner_table import SPEC_RUNNER, repro_runner_names
+from harness.judge.engine import case_location
+from harness.report.record import write_atomically
 
 # Worst first: the status a case shows in the matrix is its worst cell's.
 # A case that did not load (invalid) or that the harness could not run (error) has no runner cells.
@@ -60,7 +62,6 @@ def render_report(results: ResultsDocument) -> str:
 
 def write_report(results: ResultsDocument, path: Path) -> None:
     """Write the report atomically."""
-    from harness.report.record import write_atomically
 
     write_atomically(path, render_report(results))
 
@@ -129,8 +130,6 @@ def _case_view(case: CaseRecord) -> dict[str, Any]:
 def _repro_command(case: CaseRecord, diverging: set[str]) -> str | None:
     """The command that writes this case's repro bundles, where one can be written."""
     import shlex
-
-    from harness.judge.engine import case_location
 
     graph_case = SPEC_RUNNER in case.runners
     if case.file and (graph_case and diverging or diverging & {*repro_runner_names("export"), *repro_runner_names("keras")}):

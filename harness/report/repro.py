@@ -20,9 +20,13 @@ import numpy as np
 from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch
+from harness.core.keras_mapping import Unmappable, keras_mapping
 from harness.core.models import MODEL_SPECS
 from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
 from harness.judge.engine import CaseResult
+from harness.judge.tolerance import tolerance_for
+from harness.run.runners import keras_port
+from harness.run.runners.keras_worker import port_settings
 
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
@@ -90,9 +94,6 @@ def _write_batches(case: Case, bundle: Path) -> None:
 
 
 def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
-    from harness.core.keras_mapping import Unmappable, keras_mapping
-    from harness.run.runners import keras_port
-    from harness.run.runners.keras_worker import port_settings
 
     try:
         mapping = keras_mapping(case)
@@ -133,8 +134,6 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
         (bundle / name).write_bytes(content)
     import jinja2
 
-    from harness.judge.tolerance import tolerance_for
-
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     # The graph's own dtype, as the spec run saw it (a backend test brings it with its data).
     dtype = next((observed.dtype for observed in spec.observations.values() if observed.dtype), case.dtype)
@@ -157,7 +156,6 @@ def _render(template: str, case: Case, **values: Any) -> str:
     _torch_model.py.j2) and `values`."""
     import jinja2
 
-    from harness.judge.tolerance import tolerance_for
     from harness.run.runners import torch_models
 
     sources = [

@@ -38,6 +38,7 @@ from harness.core.case import Case, GraphCase
 from harness.core.results import RunResult
 from harness.core.runner_table import TORCH_FAMILY, RunnerRecord, family_record, runner_family, runner_record, shared_walks
 from harness.run.runners import instantiate, resolve
+from harness.run.runners.keras import build_torch_weights
 
 # One compute thread per worker, set before any framework is imported (a value already in the
 # environment wins): `jobs` is then the number of cores a run uses, no result depends on it, and
@@ -224,7 +225,6 @@ class Executor:
     def _torch_weights(self, case: Case) -> dict[str, Any] | RunResult:
         """The torch model's initial weights, built once per case (whichever Keras runner asks
         first builds them in the torch family's worker; the others wait for that)."""
-        from harness.run.runners.keras import build_torch_weights
 
         with self._lock:
             future = self._weights.get(case)

@@ -19,6 +19,7 @@ from harness.core.errors import RunnerError
 from harness.core.fields import GRAPH_OUTPUT_FIELDS
 from harness.core.inputs import make_batch
 from harness.core.results import BNCall, RunResult
+from harness.core.semantics import oracle
 from harness.run.runners.base import (
     FrameworkMissing,
     ObservationLog,
@@ -28,6 +29,7 @@ from harness.run.runners.base import (
     import_frameworks,
     skipped,
 )
+from harness.run.runners.onnx_export import open_executor
 
 OUTPUT_FIELDS = GRAPH_OUTPUT_FIELDS  # graph outputs by position
 ONNX_HINT = "pip install onnx onnxruntime"
@@ -195,7 +197,6 @@ class GraphRunner(Runner):
             versions = import_frameworks(self.frameworks, ONNX_HINT)
         except FrameworkMissing as missing:
             return skipped(self.name, str(missing))
-        from harness.run.runners.onnx_export import open_executor
 
         log = ObservationLog(self.name)
         log.details["versions"] = versions
@@ -233,7 +234,6 @@ class OnnxSpecRunner(Runner):
             return skipped(self.name, str(missing))
         from onnx import numpy_helper
 
-        from harness.core.semantics import oracle
         from harness.run.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, spec_refusal, stored_values
 
         source = load_source(case)

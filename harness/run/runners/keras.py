@@ -16,6 +16,7 @@ from harness.core.case import Case
 from harness.core.keras_mapping import Unmappable, keras_mapping
 from harness.core.results import RunResult
 from harness.run.runners.base import FrameworkMissing, Runner, import_framework, skipped
+from harness.run.runners.keras_worker import run_case_in_worker
 
 # What each backend imports (Keras's numpy backend uses jax.lax and scipy), and how to get it.
 BACKEND_MODULES = {
@@ -59,7 +60,6 @@ class KerasRunner(Runner):
                 f"{self.name} runs in a process whose KERAS_BACKEND is {self.backend} "
                 "(harness.run.execution's worker for it), not in this one"
             )
-        from harness.run.runners.keras_worker import run_case_in_worker
 
         return run_case_in_worker(self.name, self.backend, case, mapping, torch_weights)
 

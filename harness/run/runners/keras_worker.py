@@ -12,6 +12,7 @@ from harness.core.keras_mapping import KerasMapping
 from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason, skipped, version_of
+from harness.run.runners.keras_port import KerasPort
 
 
 def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]) -> RunResult:
@@ -53,7 +54,6 @@ def port_settings(mapping: KerasMapping) -> dict:
 
 
 def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]):
-    from harness.run.runners.keras_port import KerasPort
 
     spec = MODEL_SPECS[case.model]
     return KerasPort(
