@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,9 @@ class KerasOptions:
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """A validated case file."""
+    """A validated case file on a torch model."""
+
+    kind: ClassVar[str] = "torch"  # the runner table's case_kind
 
     case_id: str
     path: str
@@ -192,6 +196,8 @@ class GraphCase:
     """A case on an ONNX graph instead of a torch model: a hand-built BatchNormalization node run
     on seeded inputs, or a directory in the ONNX backend-test layout with its stored outputs."""
 
+    kind: ClassVar[str] = "graph"  # the runner table's case_kind
+
     case_id: str
     path: str
     description: str
@@ -215,3 +221,35 @@ class GraphCase:
         if self.node is None:
             return f"data set {index}"
         return f"step {index} ({self.steps[index].label()})"
+
+
+class AnyCase(Protocol):
+    """What both case kinds have: the stages that handle a case as a unit (scheduling, judging,
+    recording) take this, and branch on `kind` only where the kinds differ."""
+
+    @property
+    def kind(self) -> str: ...  # torch | graph: the runner table's case_kind
+    @property
+    def case_id(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def steps(self) -> tuple[Step, ...]: ...
+    @property
+    def expectations(self) -> tuple[Expectation, ...]: ...
+    @property
+    def tolerance(self) -> ToleranceOverride | None: ...
+    @property
+    def runners(self) -> tuple[str, ...] | None: ...
+    @property
+    def timeout_s(self) -> float | None: ...
+    @property
+    def dtype(self) -> str: ...
+    def step_label(self, index: int) -> str: ...
+
+
+def _protocol_check(case: Case, graph: GraphCase) -> Sequence[AnyCase]:
+    """Both kinds satisfy AnyCase (mypy checks this function; it is never called)."""
+    return (case, graph)

@@ -142,6 +142,11 @@ def runner_names(group: str | None = None) -> tuple[str, ...]:
     return tuple(record.name for record in RUNNERS.values() if record.case_kind == "torch" and (group is None or record.group == group))
 
 
+def runner_names_of_kind(case_kind: str) -> tuple[str, ...]:
+    """Every runner of cases of `case_kind` (torch | graph), in the table's order."""
+    return tuple(record.name for record in RUNNERS.values() if record.case_kind == case_kind)
+
+
 def graph_runner_names() -> tuple[str, ...]:
     """Every runner of graph cases."""
     return tuple(record.name for record in RUNNERS.values() if record.case_kind == "graph")

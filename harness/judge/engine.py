@@ -8,15 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.case import Case, GraphCase
+from harness.core.case import AnyCase, Case, GraphCase
 from harness.core.results import RunResult, Verdict
 from harness.core.runner_table import (
     GRAPH_REFERENCES,
     REFERENCE_RUNNER,
     SPEC_RUNNER,
     checked_runner_names,
-    graph_runner_names,
-    runner_names,
+    runner_names_of_kind,
 )
 from harness.judge.attribution import attribute_all
 from harness.judge.compare import compare_runs
@@ -53,14 +52,14 @@ def case_location(path: str, case_id: str) -> str:
     return path if case_id == Path(path).stem else f"{path}::{case_id}"
 
 
-def reference_of(case: Case | GraphCase) -> str:
+def reference_of(case: AnyCase) -> str:
     """The runner every other runner of `case` is compared with."""
     if isinstance(case, GraphCase):
         return GRAPH_REFERENCES["node" if case.node is not None else "backend_test"]
     return REFERENCE_RUNNER
 
 
-def select_runners(case: Case | GraphCase, only: Sequence[str] | None = None) -> tuple[str, ...]:
+def select_runners(case: AnyCase, only: Sequence[str] | None = None) -> tuple[str, ...]:
     """The runners for `case`: the case's list (default all of its kind), narrowed by `only`;
     the reference first.
 
@@ -69,7 +68,7 @@ def select_runners(case: Case | GraphCase, only: Sequence[str] | None = None) ->
     """
     if only is not None:
         checked_runner_names(only)
-    known = graph_runner_names() if isinstance(case, GraphCase) else runner_names()
+    known = runner_names_of_kind(case.kind)
     wanted = set(case.runners or known) & set(only or known)
     reference = reference_of(case)
     return (reference, *(name for name in known if name in wanted and name != reference))
