@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 
 from harness.core.errors import CaseError
+from harness.core.runner_table import graph_runner_names, runner_names
 from harness.load.schema import MAX_INPUT_ELEMENTS, load_case
+from harness.load.schemas import case_schema, graph_case_schema, schema_registry, shared_schema
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 
@@ -153,3 +155,36 @@ expect:
         "cases/case.yaml:23: expect[2].runners: torch-eager is the reference every other runner is compared with; allowed: the runner(s) that differ from it:"
     )
     assert found[3] == "cases/case.yaml:25: expect[3]: an expectation names either field / fields or status; allowed: exactly one of them"
+
+
+GRAPH_NODE = """\
+description: a hand-built node
+onnx_graph: {opset: 15, training_mode: false, num_features: 2}
+input: {shape: [4, 2, 3], seed: 1, dtype: float32}
+steps: [forward]
+"""
+
+
+def test_both_case_kinds_reference_the_shared_definitions_not_copies(tmp_path, monkeypatch):
+    shared = shared_schema()["$defs"]
+    for schema in (case_schema(), graph_case_schema()):
+        assert not set(schema["$defs"]) & set(shared), "a shared definition is copied into a case kind's schema"
+        resolver = schema_registry().resolver(base_uri=schema["$id"])
+        assert resolver.lookup(schema["properties"]["input"]["$ref"]).contents is shared["input"]
+    torch_case = EVAL_BN2D.replace("  seed: 1\n", "  seed: 1\n  dtype: float32\n")
+    load_text(tmp_path, torch_case)
+    load_text(tmp_path, GRAPH_NODE)
+    # One change to the shared dtype is seen by the validators of both case kinds.
+    monkeypatch.setitem(shared["dtype"], "enum", ["float64"])
+    assert problems(tmp_path, torch_case) == ["cases/case.yaml:11: input.dtype: 'float32' is not allowed; allowed: float64"]
+    assert problems(tmp_path, GRAPH_NODE) == ["cases/case.yaml:3: input.dtype: 'float32' is not allowed; allowed: float64"]
+
+
+def test_the_shared_expectations_take_the_runner_names_of_the_case_kind(tmp_path):
+    expect = "expect:\n  - field: output\n    runners: [nope]\n    reason: r\n"
+    assert problems(tmp_path, EVAL_BN2D + expect) == [
+        f"cases/case.yaml:17: expect[0].runners[0]: 'nope' is not allowed; allowed: {', '.join(runner_names())}"
+    ]
+    assert problems(tmp_path, GRAPH_NODE + expect) == [
+        f"cases/case.yaml:7: expect[0].runners[0]: 'nope' is not allowed; allowed: {', '.join(graph_runner_names())}"
+    ]

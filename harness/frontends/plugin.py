@@ -13,12 +13,12 @@ from harness.core.records import CaseRecord
 from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.collect import CASE_RECORD_PROPERTY, SESSION_KEY, CaseFile
 from harness.frontends.session import Session, summary_line, totals_line
-from harness.report.baseline import compare_results, load_results
+from harness.report.baseline import BaselineComparison, compare_results, load_results
 from harness.report.record import document_of, write_document
 from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
 
-BASELINE_KEY = pytest.StashKey["object"]()  # the BaselineComparison of --harness-baseline
+BASELINE_KEY = pytest.StashKey[BaselineComparison]()  # of --harness-baseline
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,7 +111,7 @@ class CaseRecordCollector:
             return
         for name, value in report.user_properties:
             if name == CASE_RECORD_PROPERTY:
-                entry = json.loads(value)
+                entry = json.loads(str(value))
                 finished = FinishedCase(CaseRecord.from_json(entry["record"]), entry["known"], entry["position"])
                 self.config.stash[FINISHED_KEY].append(finished)
 
@@ -119,7 +119,8 @@ class CaseRecordCollector:
 def _finished(config: pytest.Config) -> list[FinishedCase]:
     """Every finished case, in file order and a grid's points in the grid's order, whichever
     worker ran it."""
-    return sorted(config.stash.get(FINISHED_KEY, []), key=lambda entry: (entry.record.file or "", entry.position))
+    finished: list[FinishedCase] = config.stash.get(FINISHED_KEY, [])
+    return sorted(finished, key=lambda entry: (entry.record.file or "", entry.position))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -56,7 +56,7 @@ class Session:
         except CaseError as error:
             return [CaseResult(path.stem, str(path), "invalid", error=str(error))]
         if wanted is not None:
-            chosen = [case for case in cases if case.case_id == wanted]
+            chosen = tuple(case for case in cases if case.case_id == wanted)
             if not chosen:
                 listed = ", ".join(case.case_id for case in cases)
                 return [CaseResult(wanted, str(path), "error", error=f"{path}: no case {wanted!r}; its cases: {listed}")]

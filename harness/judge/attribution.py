@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.core.case import Case, GraphCase
+from harness.core.case import AnyCase, Case, GraphCase
 from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES, OUTPUT
 from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult, Verdict
@@ -240,11 +240,12 @@ def attribute(
             f"{'batch' if verdict.other_value else 'running'} statistics, a mode no export step set",
         )
     calls = reference.bn_calls.get((verdict.step, bn_path)), other.bn_calls.get((verdict.step, bn_path))
-    if step_kind == "set_mode" or None in calls:
+    reference_call, other_call = calls
+    if step_kind == "set_mode" or reference_call is None or other_call is None:
         missing = [run.runner for run, call in zip((reference, other), calls) if call is None]
         why = "no forward at this step" if step_kind == "set_mode" else f"no record of the BatchNorm's input in {', '.join(missing)}"
         return _follows_from_earlier(case, verdict, earlier, why)
-    return _judge(case, reference, other, verdict, calls[0], calls[1], earlier, field)
+    return _judge(case, reference, other, verdict, reference_call, other_call, earlier, field)
 
 
 def _kept_at(run: RunResult, verdict: Verdict) -> bool | None:
@@ -483,7 +484,7 @@ def _stored_convention(other: RunResult, other_call: BNCall, reference_call: BNC
     )
 
 
-def _side(case: Case, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str, tolerance: Tolerance) -> SideCheck:
+def _side(case: AnyCase, call: BNCall, run: RunResult, verdict: Verdict, attribute_name: str, tolerance: Tolerance) -> SideCheck:
     expected = _pick(oracle(call), attribute_name)
     observed_record = run.observations[(verdict.step, verdict.field)]
     observed = np.asarray(observed_record.value, dtype=np.float64)
@@ -502,7 +503,7 @@ def _rounding_floor(call: BNCall, attribute_name: str, dtype: str) -> float:
     as_dtype = lambda values: None if values is None else np.asarray(values, dtype=numpy_dtype)  # noqa: E731
     low = dataclasses.replace(
         call,
-        input=as_dtype(call.input),
+        input=np.asarray(call.input, dtype=numpy_dtype),
         weight=as_dtype(call.weight),
         bias=as_dtype(call.bias),
         running_mean_before=as_dtype(call.running_mean_before),

@@ -5,17 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from harness.core.case import Case
+from harness.core.case import AnyCase
 from harness.core.results import Observed, RunResult, Verdict
 from harness.judge.tolerance import NAN_POLICY, Tolerance, tolerance_for
 
 MAX_MISMATCH_ROWS = 5
 
 
-def compare_runs(case: Case, reference: RunResult, other: RunResult) -> Iterator[Verdict]:
+def compare_runs(case: AnyCase, reference: RunResult, other: RunResult) -> Iterator[Verdict]:
     """A verdict for every (step, field) both runners observed, in step order; a divergence also
     carries the runners' notes (a Keras runner's parameter mapping)."""
     notes = [f"Note: {run.runner}: {note}" for run in (reference, other) for note in run.notes]
@@ -43,12 +44,13 @@ def compare_observed(
     other_name: str,
     reference: Observed,
     other: Observed,
-    case: Case | None = None,
+    case: AnyCase | None = None,
 ) -> Verdict:
     """Compare one field: arrays with the dtype's tolerance, flags and attributes exactly."""
     what = f"{field} after {step_label}: {reference_name} vs {other_name}"
-    common = dict(field=field, step=step, step_label=step_label, reference=reference_name, other=other_name)
-    if not (reference.is_array and other.is_array):
+    common: dict[str, Any] = dict(field=field, step=step, step_label=step_label, reference=reference_name, other=other_name)
+    expected, actual = reference.value, other.value
+    if not (isinstance(expected, np.ndarray) and isinstance(actual, np.ndarray)):
         close = _same_scalar(reference.value, other.value)
         verb = "agree" if close else "differ"
         text = f"{what} {verb}: {reference.value!r} ({reference_name}), {other.value!r} ({other_name})"
@@ -60,9 +62,11 @@ def compare_observed(
             other_value=_scalar(other.value),
             **common,
         )
-    tolerance = tolerance_for([reference.dtype, other.dtype], case.tolerance if case else None)
-    tolerance_fields = dict(dtype=tolerance.dtype, rtol=tolerance.rtol, atol=tolerance.atol, tolerance_source=tolerance.source)
-    expected, actual = reference.value, other.value
+    dtypes = [dtype for dtype in (reference.dtype, other.dtype) if dtype is not None]  # an array always has one
+    tolerance = tolerance_for(dtypes, case.tolerance if case else None)
+    tolerance_fields: dict[str, Any] = dict(
+        dtype=tolerance.dtype, rtol=tolerance.rtol, atol=tolerance.atol, tolerance_source=tolerance.source
+    )
     if expected.shape != actual.shape:
         text = f"{what} have different shapes: {expected.shape} ({reference_name}), {actual.shape} ({other_name})"
         return Verdict(

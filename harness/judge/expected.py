@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.core.case import Case, Expectation
+from harness.core.case import AnyCase, Expectation
 from harness.core.fields import field_matches
 from harness.core.results import RunResult, Verdict
 
@@ -70,7 +70,7 @@ def matches(expectation: Expectation, verdict: Verdict) -> bool:
     )
 
 
-def classify(case: Case, runs: Sequence[RunResult], verdicts: Sequence[Verdict]) -> Classification:
+def classify(case: AnyCase, runs: Sequence[RunResult], verdicts: Sequence[Verdict]) -> Classification:
     """Sort divergences into known and new, and find the expectations that vanished."""
     divergences = [verdict for verdict in verdicts if not verdict]
     known, new = [], []
@@ -117,7 +117,7 @@ def _vanished_fields(expectation: Expectation, runner: str, divergences: Sequenc
     return missing
 
 
-def _status_expectation(case: Case, run: RunResult) -> Expectation | None:
+def _status_expectation(case: AnyCase, run: RunResult) -> Expectation | None:
     return next(
         (e for e in case.expectations if e.status == run.status and run.runner in e.runners),
         None,

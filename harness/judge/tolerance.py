@@ -39,6 +39,6 @@ def tolerance_for(dtypes: Iterable[str], override: ToleranceOverride | None = No
     label = chosen if len(names) == 1 else f"{'/'.join(names)} -> {chosen}"
     if chosen in overrides:
         rtol, atol = overrides[chosen]
-        return Tolerance(label, rtol, atol, f"case override: {override.reason}")
+        return Tolerance(label, rtol, atol, f"case override: {override.reason if override else ''}")
     rtol, atol = DEFAULT_TOLERANCES[chosen]
     return Tolerance(label, rtol, atol, "torch.testing default")

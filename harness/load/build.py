@@ -13,12 +13,12 @@ from harness.core.errors import CaseProblem
 from harness.load.grid import step_kind
 from harness.load.loader import LoadedDocument
 from harness.load.schema_errors import explain_schema_error
-from harness.load.schemas import case_schema
+from harness.load.schemas import case_schema, schema_registry
 
 
 def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = None) -> Iterator[CaseProblem]:
     """Every violation of `schema` (default: the case schema), in file order."""
-    validator = jsonschema.Draft202012Validator(schema or case_schema())
+    validator = jsonschema.Draft202012Validator(schema or case_schema(), registry=schema_registry())
     problems = [problem for error in validator.iter_errors(document.data) for problem in explain_schema_error(document, error)]
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
 

@@ -10,7 +10,7 @@ from jsonschema.exceptions import ValidationError
 
 from harness.core.errors import CaseProblem
 from harness.load.loader import LoadedDocument, PathKey, format_path
-from harness.load.schemas import case_schema
+from harness.load.schemas import case_schema, shared_schema
 
 
 def explain_schema_error(document: LoadedDocument, error: ValidationError) -> Iterator[CaseProblem]:
@@ -82,9 +82,15 @@ def _alternatives_text(error: ValidationError) -> str | None:
 
 
 def _resolve(branch: dict[str, Any]) -> dict[str, Any]:
+    """An anyOf branch written as a local `$ref`, as its definition. The anyOf lists that have one
+    (`mode`'s `train_or_eval`) live in the case schema; the shared document's names are distinct
+    from its own, so either finds the definition."""
     reference = branch.get("$ref", "")
-    if reference.startswith("#/$defs/"):  # graph cases share the case schema's definitions
-        return case_schema()["$defs"][reference.removeprefix("#/$defs/")]
+    if reference.startswith("#/$defs/"):
+        name = reference.removeprefix("#/$defs/")
+        for schema in (case_schema(), shared_schema()):
+            if name in schema["$defs"]:
+                return schema["$defs"][name]
     return branch
 
 

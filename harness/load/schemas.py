@@ -1,16 +1,47 @@
-"""The JSON schemas of the two case kinds, with the runner table's and the model table's names
-filled in. The graph case schema takes the case schema's shared definitions."""
+"""The JSON schemas of the two case kinds. What both kinds share (input, tolerance, expectations,
+the forward and train_step steps, ...) is defined once, in shared.schema.json, and each kind's
+schema references it by `$ref`: validate with `schema_registry()`, which resolves those references.
+
+Each kind's schema declares its own `runner_name` (the `$dynamicAnchor` that the shared runner
+lists refer to), filled here with the names of the runner table's runners of that kind; the case
+schema's `model` is filled with the model table's names."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from importlib import resources
 from typing import Any
 
+import referencing
+from referencing.jsonschema import DRAFT202012
+
 from harness.core.models import MODEL_SPECS
 from harness.core.runner_table import graph_runner_names, runner_names
+
+
+def _document(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("harness.load").joinpath(name).read_text())
+
+
+@functools.cache
+def shared_schema() -> dict[str, Any]:
+    """The definitions both case kinds share (shared.schema.json)."""
+    return _document("shared.schema.json")
+
+
+def schema_registry() -> referencing.Registry:
+    """The registry a validator of either case schema resolves the shared definitions with:
+    `Draft202012Validator(case_schema(), registry=schema_registry())`. It holds the two case
+    schemas too, crawled, so that a `$dynamicRef` finds their `runner_name` without crawling them
+    again at every use."""
+    return _registry(runner_names(), graph_runner_names())
+
+
+@functools.cache
+def _registry(runners: tuple[str, ...], graph_runners: tuple[str, ...]) -> referencing.Registry:
+    documents = (shared_schema(), _case_schema(runners), _graph_case_schema(graph_runners))
+    return referencing.Registry().with_resources((document["$id"], DRAFT202012.create_resource(document)) for document in documents).crawl()
 
 
 def case_schema() -> dict[str, Any]:
@@ -21,30 +52,20 @@ def case_schema() -> dict[str, Any]:
 
 @functools.cache
 def _case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
-    schema = json.loads(resources.files("harness.load").joinpath("case.schema.json").read_text())
+    schema = _document("case.schema.json")
     schema["properties"]["model"]["enum"] = list(MODEL_SPECS)
-    names = list(runners)
-    schema["properties"]["runners"]["items"]["enum"] = names
-    schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
+    schema["$defs"]["runner_name"]["enum"] = list(runners)
     return schema
 
 
-@functools.cache
 def graph_case_schema() -> dict[str, Any]:
-    """The graph case schema with the shared definitions of the case schema."""
-    base = case_schema()
-    schema = json.loads(resources.files("harness.load").joinpath("graph_case.schema.json").read_text())
-    schema["$defs"] = copy.deepcopy(base["$defs"])
-    schema["properties"]["input"] = copy.deepcopy(base["properties"]["input"])
-    schema["properties"]["tolerance"] = copy.deepcopy(base["properties"]["tolerance"])
-    # A graph case's steps are forwards only: the case schema's step, without export and set_mode.
-    step = copy.deepcopy(base["$defs"]["step"])
-    step["anyOf"][0]["enum"] = ["forward", "train_step"]
-    for kind in ("export", "set_mode"):
-        del step["anyOf"][1]["properties"][kind]
-    schema["$defs"]["graph_step"] = step
-    schema["properties"]["steps"]["items"] = {"$ref": "#/$defs/graph_step"}
-    names = list(graph_runner_names())
-    schema["properties"]["runners"]["items"]["enum"] = names
-    schema["$defs"]["expectation"]["properties"]["runners"]["items"]["enum"] = names
+    """The JSON schema of a graph case file, with the graph runners' names filled in (runners
+    registered later included)."""
+    return _graph_case_schema(graph_runner_names())
+
+
+@functools.cache
+def _graph_case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
+    schema = _document("graph_case.schema.json")
+    schema["$defs"]["runner_name"]["enum"] = list(runners)
     return schema

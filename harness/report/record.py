@@ -55,7 +55,7 @@ FRAMEWORK_PACKAGES = (
 
 def environment() -> Environment:
     """Python, platform and installed framework versions (read from metadata, nothing imported)."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in FRAMEWORK_PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)

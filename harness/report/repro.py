@@ -72,7 +72,9 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     if forward_after is not None and (forward_after, "output") in reference.observations:
         data = bundle / "test_data_set_0"
         data.mkdir(exist_ok=True)
-        batch = make_batch(case.input, case.steps[forward_after].seed).astype(dtype)
+        seed = case.steps[forward_after].seed
+        assert seed is not None  # forward_after is a step with a batch
+        batch = make_batch(case.input, seed).astype(dtype)
         expected = np.asarray(reference.observations[(forward_after, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
         (data / "input_0.pb").write_bytes(numpy_helper.from_array(batch).SerializeToString())
         (data / "output_0.pb").write_bytes(numpy_helper.from_array(expected).SerializeToString())
