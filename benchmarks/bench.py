@@ -64,7 +64,8 @@ def harness_run(cases: list[Path] | Path, jobs: int = 1, runners: str | None = N
 
 
 def bench_scripts(case_dir: Path) -> None:
-    from harness.frontends.cli import case_files, run_files
+    from harness.frontends.cli import case_files
+    from harness.frontends.session import Session
     from harness.load.schema import load_cases
     from harness.report.repro import bundle_runners, write_bundle
 
@@ -72,7 +73,8 @@ def bench_scripts(case_dir: Path) -> None:
     paths = list(case_files([case_dir]))
     cases = {case.case_id: case for path in paths for case in load_cases(path, display_path=str(path))}
     with tempfile.TemporaryDirectory() as scratch:
-        for result in run_files(paths, None):
+        session = Session()
+        for result in session.run([item for path in paths for item in session.load(path)]):
             case = cases[result.case_id]
             if not hasattr(case, "bn"):
                 continue  # graph cases: their bundle runs other runtimes, not one runner

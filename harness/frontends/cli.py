@@ -65,7 +65,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: run, recover, report, baseline compare|save, matrix, repro."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run case files and write results.json")
@@ -116,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     repro = commands.add_parser("repro", help="write repro bundles for a case's exporter and Keras divergences")
     repro.add_argument("case", type=Path, help="a case file")
     repro.add_argument("-o", "--output", type=Path, default=Path("reports/repro"), help="default: reports/repro")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "repro":
         return write_repro_bundles(args.case, args.output)
@@ -139,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
+    return run_command(files, only, args)
 
+
+def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argparse.Namespace) -> int:
+    """`python -m harness run`: every case through one session, each result journaled and printed
+    as it comes, then results.json, the report and the totals."""
     execution.configure(jobs=args.jobs, timeout_s=args.timeout)
     session = Session(only)
     results = []
