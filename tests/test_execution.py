@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from harness.frontends import cli
-from harness.frontends.session import run_case
+from harness.frontends.session import Session, run_case
 from harness.load.schema import load_case
+from harness.run import execution
 from harness.run.execution import ArrivalOrderSlots, Executor
 from harness.run.runners import register_runner, unregister_runner
 from tests.fault_runners import FAULT_RUNNERS
@@ -275,3 +276,12 @@ def test_slots_are_granted_in_the_order_asked():
         order.append("releasing thread")
     waiter.join()
     assert order == ["waiting thread", "releasing thread"]
+
+
+def test_a_session_runs_on_the_executor_configured_after_it_was_made(tmp_path):
+    """The pytest plugin makes its session at configure time; a test (or --jobs) that configures
+    the executor afterwards replaces the one the session would have kept."""
+    session = Session(["torch-eager"])
+    session.executor.warm(["torch-eager"])
+    execution.configure(jobs=1)
+    assert session.run_case(load_case(write_case(tmp_path, "case", EVAL_BN2D))).outcome == "passed"

@@ -20,7 +20,7 @@ from harness.core.records import CaseRecord
 from harness.judge.engine import CaseResult, case_location, judge, select_runners
 from harness.judge.expected import describe_unchecked
 from harness.load.schema import load_cases
-from harness.run.execution import default_executor
+from harness.run.execution import Executor, default_executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,12 @@ class Session:
 
     def __init__(self, only: Sequence[str] | None = None) -> None:
         self.only = None if only is None else tuple(only)
-        self.executor = default_executor()
+
+    @property
+    def executor(self) -> Executor:
+        """The process's executor at the time of use: `execution.configure` replaces it (the
+        command line's --jobs, a test's settings), and a session outlives that."""
+        return default_executor()
 
     def load(self, path: Path) -> list[Loaded]:
         """The cases of one file (or of `file::case id`, one of them), each with its runners."""
@@ -75,12 +80,11 @@ class Session:
         at once (the executor runs `jobs` at a time), say no more is coming (each family's workers
         stop when the family has nothing left), then yield each case's judged result in order, as
         soon as it is complete."""
+        executor = self.executor
         planned = [item for item in loaded if isinstance(item, PlannedCase)]
-        self.executor.warm(list(dict.fromkeys(name for item in planned for name in item.runners)))
-        scheduled = [
-            item if isinstance(item, CaseResult) else (item.case, self.executor.submit(item.case, item.runners)) for item in loaded
-        ]
-        self.executor.seal()
+        executor.warm(list(dict.fromkeys(name for item in planned for name in item.runners)))
+        scheduled = [item if isinstance(item, CaseResult) else (item.case, executor.submit(item.case, item.runners)) for item in loaded]
+        executor.seal()
         for item in scheduled:
             if isinstance(item, CaseResult):
                 yield item
@@ -93,7 +97,7 @@ class Session:
             except Exception:  # a bug in the harness: keep the traceback, go on with the other cases
                 yield CaseResult(case.case_id, case.path, "error", case.description, error=traceback.format_exc())
             finally:
-                self.executor.forget(case)
+                executor.forget(case)
 
     def run_case(self, case: Case | GraphCase) -> CaseResult:
         """One case through the pipeline (a pytest item, a repro bundle)."""
@@ -101,11 +105,12 @@ class Session:
         if isinstance(loaded, CaseResult):
             return loaded
         planned = loaded
-        futures = self.executor.submit(planned.case, planned.runners)
+        executor = self.executor
+        futures = executor.submit(planned.case, planned.runners)
         try:
             return judge(case, tuple(future.result() for future in futures))
         finally:
-            self.executor.forget(case)
+            executor.forget(case)
 
 
 def summary_line(record: CaseRecord) -> str:
