@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, GRAPH_NODE
 
 BASES = (EVAL_BN2D, FORUM_FLIP)
 
@@ -170,6 +170,78 @@ def _bad_steps(text: str, rng: random.Random) -> str:
     return head + steps + "\n"
 
 
+def _integral_float(text: str, rng: random.Random) -> str:
+    """Numbers where an integer belongs, written as floats: jsonschema counts 2.0 as an integer."""
+    old, new = rng.choice(
+        [
+            ("num_features: 2\n", "num_features: 2.0\n"),
+            ("shape: [2, 2, 3, 3]", "shape: [2.0, 2, 3, 3]"),
+            ("  - forward\n", "  - train_step: {repeat: 2.0}\n"),
+            ("  - forward\n", "  - train_step: {repeat: 1e2}\n"),
+            ("  - forward\n", "  - forward: {seed: 1e308}\n"),
+            ("  - export\n", "  - export: {opset: 17.0}\n"),
+            ("  seed: 1\n", "  seed: 3.0\n"),
+            ("mode: eval\n", "mode: eval\nmodel_seed: 3.0\n"),
+            ("mode: eval\n", "mode: eval\nexpect: [{field: output, step: 1.0, runners: [keras-torch], reason: r}]\n"),
+        ]
+    )
+    return EVAL_BN2D.replace(old, new, 1)
+
+
+def _huge_integer(text: str, rng: random.Random) -> str:
+    """Integers no framework takes, up to one past Python's int-string limit."""
+    number = rng.choice([str(2**64), "-" + str(2**70), "9" * 5000, "1" + "0" * 30])
+    field = rng.choice(["num_features: 2\n", "  seed: 1\n", "mode: eval\n", "graph_opset"])
+    if field == "graph_opset":
+        return GRAPH_NODE.replace("opset: 15", f"opset: {number}", 1)
+    if field == "mode: eval\n":
+        return EVAL_BN2D.replace(field, f"mode: eval\nmodel_seed: {number}\n", 1)
+    return EVAL_BN2D.replace(field, field.replace(field.split(": ")[1].strip(), number), 1)
+
+
+def _non_finite(text: str, rng: random.Random) -> str:
+    """NaN and infinity in every numeric field but the input's literal values (and negative
+    variances a graph case must refuse as a torch case does)."""
+    value = rng.choice([".nan", ".inf", "-.inf"])
+    where = rng.choice(
+        ["graph_epsilon", "graph_momentum", "graph_mean", "graph_var", "keras", "tolerance", "input_mean", "input_std", "timeout"]
+    )
+    if where.startswith("graph_"):
+        name = where.removeprefix("graph_")
+        if name == "var" and rng.random() < 0.5:
+            return GRAPH_NODE.replace("var: [2.0, 0.5]", "var: [-1.0, 0.5]", 1)
+        old = {"epsilon": "epsilon: 1.0e-5", "momentum": "momentum: 0.9", "mean": "mean: [0.5, -0.5]", "var": "var: [2.0, 0.5]"}[name]
+        new = f"{name}: {value}" if name in ("epsilon", "momentum") else f"{name}: [{value}, 0.5]"
+        return GRAPH_NODE.replace(old, new, 1)
+    addition = {
+        "keras": f"keras: {{{rng.choice(['epsilon', 'momentum'])}: {value}}}\n",
+        "tolerance": f"tolerance: {{float32: {{rtol: {value}, atol: 1.0e-5}}, reason: r}}\n",
+        "input_mean": None,
+        "input_std": None,
+        "timeout": f"timeout: {value}\n",
+    }[where]
+    if addition is None:
+        return EVAL_BN2D.replace("  seed: 1\n", f"  seed: 1\n  {where.removeprefix('input_')}: {value}\n", 1)
+    return EVAL_BN2D + addition
+
+
+def _non_text_key(text: str, rng: random.Random) -> str:
+    """Keys YAML reads as numbers, booleans or null."""
+    key = rng.choice(["1", "2.5", "true", "null", "[a, b]"])
+    return rng.choice(
+        [
+            EVAL_BN2D.replace("  - forward\n", f"  - set_mode: {{{key}: eval}}\n", 1),
+            EVAL_BN2D.replace("mode: eval\n", f"mode: {{{key}: train}}\n", 1),
+            EVAL_BN2D.replace("bn:\n", f"bn:\n  {key}: 1\n", 1),
+        ]
+    )
+
+
+def _graph_size(text: str, rng: random.Random) -> str:
+    """A graph case's input above the cap that a torch case's has."""
+    return GRAPH_NODE.replace("shape: [4, 2, 3]", rng.choice(["shape: [100000, 2, 1000, 1000]", "shape: [4194305, 2]"]), 1)
+
+
 def _duplicate_key(text: str, rng: random.Random) -> str:
     return text.replace("model:", "model: batchnorm1d\nmodel:", 1)
 
@@ -189,6 +261,11 @@ MUTATIONS: dict[str, Callable[[str, random.Random], str | bytes]] = {
     "not_a_mapping": _not_a_mapping,
     "bad_steps": _bad_steps,
     "duplicate_key": _duplicate_key,
+    "integral_float": _integral_float,
+    "huge_integer": _huge_integer,
+    "non_finite": _non_finite,
+    "non_text_key": _non_text_key,
+    "graph_size": _graph_size,
 }
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from harness.core.errors import CaseError
 from harness.core.runner_table import graph_runner_names, runner_names
-from harness.load.schema import MAX_INPUT_ELEMENTS, load_case
+from harness.load.build import MAX_INPUT_ELEMENTS
+from harness.load.schema import load_case
 from harness.load.schemas import case_schema, graph_case_schema, schema_registry, shared_schema
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 

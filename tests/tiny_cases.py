@@ -75,3 +75,11 @@ def write_case(directory: Path, name: str, text: str) -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+GRAPH_NODE = """\
+description: a hand-built training BatchNormalization node
+onnx_graph: {opset: 15, training_mode: true, num_features: 2, epsilon: 1.0e-5, momentum: 0.9, mean: [0.5, -0.5], var: [2.0, 0.5]}
+input: {shape: [4, 2, 3], seed: 1}
+steps: [forward, {train_step: {repeat: 2}}]
+"""

@@ -3,7 +3,8 @@ from a validated document, and check a document against a JSON schema."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jsonschema
@@ -11,16 +12,80 @@ import jsonschema
 from harness.core.case import Expectation, ExportOptions, InputSpec, ModeSetting, Step, ToleranceOverride
 from harness.core.errors import CaseProblem
 from harness.load.grid import step_kind
-from harness.load.loader import LoadedDocument
+from harness.load.loader import LoadedDocument, PathKey, format_path
 from harness.load.schema_errors import explain_schema_error
 from harness.load.schemas import case_schema, schema_registry
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """An integer is an int: jsonschema counts 2.0 as one, which `range(2.0)` and torch do not."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+CaseValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+)
+# A case may not ask for more input than this (elements of one batch), whichever its kind.
+MAX_INPUT_ELEMENTS = 1 << 22
+# Where NaN and infinity are what a case states: the literal values of its input batch.
+NON_FINITE_ALLOWED = (("input", "values"),)
+
+
+def validation_problems(
+    document: LoadedDocument, schema: dict[str, Any], cross_field: Callable[[LoadedDocument], Iterable[CaseProblem]]
+) -> list[CaseProblem]:
+    """Every problem of a document, in file order: the schema's violations, else the rules between
+    fields (they read what the schema guarantees); and every NaN or infinity where a number must
+    be finite, in either case."""
+    problems = list(schema_problems(document, schema))
+    if not problems:
+        problems = list(cross_field(document))
+    named = {problem.field for problem in problems}
+    problems += [problem for problem in non_finite_problems(document) if problem.field not in named]
+    return sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
+
+
 def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = None) -> Iterator[CaseProblem]:
     """Every violation of `schema` (default: the case schema), in file order."""
-    validator = jsonschema.Draft202012Validator(schema or case_schema(), registry=schema_registry())
+    validator = CaseValidator(schema or case_schema(), registry=schema_registry())
     problems = [problem for error in validator.iter_errors(document.data) for problem in explain_schema_error(document, error)]
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
+
+
+def input_size_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
+    """An input batch above MAX_INPUT_ELEMENTS (it would be allocated for real, in every runner)."""
+    shape = document.data.get("input", {}).get("shape", [])
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        path = ("input", "shape")
+        yield CaseProblem(document.line_of(path), format_path(path), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
+
+
+def non_finite_problems(document: LoadedDocument) -> list[CaseProblem]:
+    """A NaN or infinity in any number but the input's literal values, reported once per field (a
+    list of numbers is one field)."""
+    fields: dict[PathKey, None] = {}
+
+    def walk(value: Any, path: PathKey) -> None:
+        if any(path[: len(allowed)] == allowed for allowed in NON_FINITE_ALLOWED):
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            field = path
+            while field and isinstance(field[-1], int):
+                field = field[:-1]
+            fields[field] = None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*path, str(key)))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*path, index))
+
+    walk(document.data, ())
+    return [
+        CaseProblem(document.line_of(path), format_path(path), "not a finite number", "finite numbers (NaN and Inf belong in input values)")
+        for path in fields
+    ]
 
 
 def _flatten(values: Any) -> Iterator[float]:

@@ -11,7 +11,7 @@ from harness.core.case import GraphCase, GraphNodeSpec
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import GRAPH_OUTPUT_FIELDS, field_matches
 from harness.core.runner_table import GRAPH_REFERENCES
-from harness.load.build import build_expectations, build_input, build_tolerance, expand_steps, schema_problems
+from harness.load.build import build_expectations, build_input, build_tolerance, expand_steps, input_size_problems, validation_problems
 from harness.load.loader import LoadedDocument, format_path
 from harness.load.schemas import graph_case_schema
 
@@ -30,9 +30,7 @@ def graph_case_from_document(document: LoadedDocument, case_id: str, source: str
     Raises:
         CaseError: with every problem found.
     """
-    problems = list(schema_problems(document, graph_case_schema()))
-    if not problems:
-        problems = sorted(_cross_field_problems(document), key=lambda problem: problem.line or 0)
+    problems = validation_problems(document, graph_case_schema(), _cross_field_problems)
     if problems:
         raise CaseError(source, problems)
     data = document.data
@@ -78,7 +76,10 @@ def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
         for name in ("scale", "bias", "mean", "var"):
             if name in node and len(node[name]) != features:
                 yield problem(("onnx_graph", name), f"{len(node[name])} values for num_features={features}", f"{features} values")
+        if any(value < 0 for value in node.get("var", [])):  # as a torch case's running_var
+            yield problem(("onnx_graph", "var"), "a variance is negative", "values >= 0")
         shape = data.get("input", {}).get("shape", [])
+        yield from input_size_problems(document)
         if len(shape) >= 2 and shape[1] != features:
             yield problem(("input", "shape", 1), f"{shape[1]} channels but num_features is {features}", str(features))
     reference = GRAPH_REFERENCES["node" if built else "backend_test"]

@@ -147,6 +147,28 @@ def _flow_nesting_problem(text: str) -> CaseProblem | None:
     return None
 
 
+_INT_TAG, _STR_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:str"
+INTEGER_LIMIT = 2**63  # what every framework's integer arguments (seeds, sizes) can hold
+
+
+def _integer_in_range(text: str) -> bool:
+    """Whether a YAML integer literal lies strictly within ±INTEGER_LIMIT (read without building
+    integers of unbounded length)."""
+    digits = text.lstrip("+-").replace("_", "")
+    if len(digits) > 24:  # beyond 2**63 in every base YAML 1.1 writes integers in
+        return False
+    try:
+        value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), yaml.ScalarNode(_INT_TAG, text))
+    except ValueError:
+        return False
+    return -INTEGER_LIMIT < value < INTEGER_LIMIT
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """At most `limit` characters of a value quoted in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class _TooLarge(Exception):
     def __init__(self, problem: CaseProblem) -> None:
         self.problem = problem
@@ -164,14 +186,20 @@ def _record_lines(
     if len(lines) >= MAX_NODES:
         raise _TooLarge(CaseProblem(line, "", "document too large (aliases expand too far)", f"at most {MAX_NODES} nodes"))
     lines[path] = line
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG and not _integer_in_range(node.value):
+        # Refused before construction: PyYAML's int() of thousands of digits raises ValueError.
+        problems.append(CaseProblem(line, format_path(path), f"integer out of range ({_short(node.value)})", "-2**63 < n < 2**63"))
     if isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _record_lines(item, (*path, index), item.start_mark.line + 1, lines, problems)
     elif isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = str(key_node.value)
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id}>"
             key_line = key_node.start_mark.line + 1
+            if key_node.tag != _STR_TAG:
+                allowed = f"text: quote it ('{_short(key)}')" if isinstance(key_node, yaml.ScalarNode) else "text"
+                problems.append(CaseProblem(key_line, format_path((*path, key)), "a key that is not text", allowed))
             if key in seen:
                 problems.append(CaseProblem(key_line, format_path((*path, key)), "duplicate key"))
             seen.add(key)

@@ -4,7 +4,7 @@ then build the `Case`. Every problem in a file is reported at once, each with li
 
 from __future__ import annotations
 
-import math
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,19 @@ from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
 from harness.core.models import MODEL_SPECS, ModelSpec
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
-from harness.load.build import build_expectations, build_input, build_tolerance, expand_steps, mode_setting, schema_problems
+from harness.load.build import (
+    build_expectations,
+    build_input,
+    build_tolerance,
+    expand_steps,
+    input_size_problems,
+    mode_setting,
+    validation_problems,
+)
 from harness.load.graph_schema import graph_case_from_document, is_graph_case
 from harness.load.grid import expand_grid, step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml
-
-# A case may not ask for more input than this (elements of one batch).
-MAX_INPUT_ELEMENTS = 1 << 22
+from harness.load.schemas import case_schema
 
 
 def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | GraphCase, ...]:
@@ -44,13 +50,19 @@ def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | Grap
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})", "a UTF-8 text file")]) from None
-    document = load_yaml(text, source)
-    cases = []
-    for case_id, point in expand_grid(document, path.stem, source):
-        if is_graph_case(point.data):
-            cases.append(graph_case_from_document(point, case_id=case_id, source=source))
-        else:
-            cases.append(case_from_document(point, case_id=case_id, source=source))
+    try:
+        document = load_yaml(text, source)
+        cases = []
+        for case_id, point in expand_grid(document, path.stem, source):
+            if is_graph_case(point.data):
+                cases.append(graph_case_from_document(point, case_id=case_id, source=source))
+            else:
+                cases.append(case_from_document(point, case_id=case_id, source=source))
+    except CaseError:
+        raise
+    except Exception as error:  # a bug of the loader: this file's problem, never the end of the run
+        message = f"the harness failed to load this file ({type(error).__name__}: {error}); a bug in bn-harness, please report it"
+        raise CaseError(source, [CaseProblem(None, "", f"{message}\n{traceback.format_exc()}")]) from error
     return tuple(cases)
 
 
@@ -74,9 +86,7 @@ def case_from_document(document: LoadedDocument, case_id: str, source: str) -> C
     Raises:
         CaseError: with every problem found.
     """
-    problems = list(schema_problems(document))
-    if not problems:
-        problems = sorted(cross_field_problems(document), key=lambda problem: problem.line or 0)
+    problems = validation_problems(document, case_schema(), cross_field_problems)
     if problems:
         raise CaseError(source, problems)
     return build_case(document, case_id=case_id, source=source)
@@ -121,9 +131,7 @@ class _CrossFieldChecks:
             ranks = " or ".join(str(rank) for rank in self.spec.input_ranks)
             yield self.problem(("input", "shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
             return
-        elements = math.prod(shape)
-        if elements > MAX_INPUT_ELEMENTS:
-            yield self.problem(("input", "shape"), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
+        yield from input_size_problems(self.document)
         if self.spec.is_bare_batchnorm and shape[1] != num_features:
             yield self.problem(("input", "shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
         shrink = self.spec.spatial_shrink
@@ -150,11 +158,7 @@ class _CrossFieldChecks:
                 )
 
     def bn_vectors(self) -> Iterator[CaseProblem]:
-        num_features = self.data["bn"]["num_features"]
-        for name, value in self.data["bn"].items():
-            numbers = value if isinstance(value, list) else [value]
-            if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
-                yield self.problem(("bn", name), "not a finite number", "finite numbers (NaN and Inf belong in input values)")
+        num_features = self.data["bn"]["num_features"]  # NaN and Inf: refused with the schema problems
         for name in ("weight", "bias", "running_mean", "running_var"):
             values = self.data["bn"].get(name)
             if values is not None and len(values) != num_features:

@@ -3,6 +3,7 @@ train, eval`, an anyOf explained by the branch the author meant."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ def explain_schema_error(document: LoadedDocument, error: ValidationError) -> It
     if all(len(sub.absolute_path) == depth and sub.validator in ("enum", "type") for sub in branch_errors):
         # The value itself fits none of the alternatives: list them all.
         path = tuple(error.absolute_path)
-        yield CaseProblem(document.line_of(path), format_path(path), f"{error.instance!r} is not allowed", _alternatives_text(error))
+        yield CaseProblem(document.line_of(path), format_path(path), f"{quoted(error.instance)} is not allowed", _alternatives_text(error))
         return
     for sub in branch_errors:
         yield from explain_schema_error(document, sub)
@@ -44,14 +45,16 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
         )
     line, field = document.line_of(path), format_path(path)
     if validator == "required":
-        missing = [name for name in value if name not in instance]
-        return CaseProblem(line, field, f"missing required field {missing[0]!r}", ", ".join(value))
+        # One error per missing field, each naming it in its message (validator_value lists them all).
+        named = re.match(r"^'(.*)' is a required property$", error.message)
+        missing = named.group(1) if named else next(name for name in value if name not in instance)
+        return CaseProblem(line, field, f"missing required field {missing!r}", ", ".join(value))
     if validator == "enum":
-        return CaseProblem(line, field, f"{instance!r} is not allowed", ", ".join(map(str, value)))
+        return CaseProblem(line, field, f"{quoted(instance)} is not allowed", ", ".join(map(str, value)))
     if validator == "type":
-        return CaseProblem(line, field, f"got {_type_name(instance)} {instance!r}", _allowed_types(value))
+        return CaseProblem(line, field, f"got {_type_name(instance)} {quoted(instance)}", _allowed_types(value))
     if validator in _BOUNDS:
-        return CaseProblem(line, field, f"got {instance!r}", f"{_BOUNDS[validator]} {value}")
+        return CaseProblem(line, field, f"got {quoted(instance)}", f"{_BOUNDS[validator]} {value}")
     if validator in ("minItems", "maxItems"):
         bound = "at least" if validator == "minItems" else "at most"
         return CaseProblem(line, field, f"got {len(instance)} items", f"{bound} {value} items")
@@ -61,7 +64,7 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
     if validator == "minLength":
         return CaseProblem(line, field, "must not be empty", "a non-empty string")
     if validator == "pattern":
-        return CaseProblem(line, field, f"{instance!r} does not match", f"a string matching {value}")
+        return CaseProblem(line, field, f"{quoted(instance)} does not match", f"a string matching {value}")
     if validator == "uniqueItems":
         return CaseProblem(line, field, "items repeat", "each item once")
     return CaseProblem(line, field, error.message)
@@ -78,6 +81,10 @@ def _alternatives_text(error: ValidationError) -> str | None:
             words.append("or a mapping with one key of: " + ", ".join(branch["properties"]))
         elif branch.get("type") == "object":
             words.append("or a mapping of submodule path to one of those")
+        elif branch.get("type") == "array":
+            words.append("a list")
+        elif "type" in branch:
+            words.append(_allowed_types(branch["type"]))
     return ", ".join(words) or None
 
 
@@ -113,6 +120,13 @@ def _fits_type(branch: dict[str, Any], instance: Any) -> bool:
     types = [declared] if isinstance(declared, str) else declared or []
     python_types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
     return any(isinstance(instance, python_types.get(name, object)) for name in types)
+
+
+def quoted(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, at most `limit` characters of it: a message never echoes a whole file (a case
+    that is a symlink to another file is one YAML string)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 _BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
