@@ -135,6 +135,44 @@ def test_an_unknown_backend_test_names_the_case_and_what_is_missing(tmp_path):
         create_runner("graph-ort").run(case)
 
 
+@pytest.mark.slow  # worker processes
+def test_an_unknown_node_test_is_the_cases_error_not_a_runner_crash(tmp_path):
+    """A case-file problem found only at run time (whether onnx generates a node test is known once
+    onnx is imported) is the case's error with the message, not `crashed` runners."""
+    result = run_case(load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: onnx:node/test_nope\n")))
+    assert result.outcome == "error" and "onnx generates no node test 'test_nope'" in result.error
+    assert {run.status for run in result.runs} == {"run_failed"}
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        (
+            "../elsewhere",
+            "onnx_backend_test: ../elsewhere leads out of the case file's folder; allowed: a folder under the case file's folder",
+        ),
+        ("/etc", "onnx_backend_test: an absolute path; allowed: a folder under the case file's folder"),
+        ("linked", "onnx_backend_test: linked leads out of the case file's folder"),
+        ("onnx:data/../../../..", "onnx_backend_test: onnx:data/../../../.. leads out of onnx's backend-test data folder"),
+        ("onnx:node/../../x", "onnx_backend_test: not the name of a node test"),
+        ("missing", "onnx_backend_test: no model.onnx in missing; allowed: a folder in the ONNX backend-test layout"),
+    ],
+)
+def test_a_backend_test_is_read_only_inside_the_case_folder_or_onnxs_data(tmp_path, name, problem):
+    outside = tmp_path / "elsewhere"
+    write_backend_test(outside)
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "linked").symlink_to(outside, target_is_directory=True)
+    (found,) = problems_in(tmp_path / "cases", f"description: mine\nonnx_backend_test: {name}\n")
+    assert found.startswith(f"cases/case.yaml:2: {problem}"), found
+
+
+def problems_in(directory, text):
+    with pytest.raises(CaseError) as caught:
+        load_case(write_case(directory, "case", text), display_path="cases/case.yaml")
+    return str(caught.value).splitlines()
+
+
 NODE_TESTS_DUMP = """\
 import hashlib, sys
 import numpy as np

@@ -78,6 +78,10 @@ def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
     """Compare each run with the reference (the first) and match the case's expectations."""
     reference = runs[0]
     steps = tuple(case.step_label(index) for index in range(len(case.steps)))
+    refused = [run for run in runs if run.details.get("harness_error")]
+    if refused:  # the case asked what cannot be done: its error, not a framework's crash or failure
+        reasons = "\n".join(dict.fromkeys(run.reason or "" for run in refused))
+        return CaseResult(case.case_id, case.path, "error", case.description, steps, runs, error=reasons)
     if reference.status == "skipped":
         return CaseResult(
             case.case_id, case.path, "skipped", case.description, steps, runs, error=f"{reference.runner} skipped: {reference.reason}"

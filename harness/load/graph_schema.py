@@ -3,6 +3,8 @@ from the shared parts of the case schema, and the cross-field rules."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ def is_graph_case(data: Any) -> bool:
     return isinstance(data, dict) and any(key in data for key in GRAPH_KEYS)
 
 
-def graph_case_from_document(document: LoadedDocument, case_id: str, source: str) -> GraphCase:
-    """Validate a graph case and build it.
+def graph_case_from_document(document: LoadedDocument, case_id: str, source: str, directory: Path | None = None) -> GraphCase:
+    """Validate a graph case and build it; a backend-test folder is looked for under `directory`
+    (the case file's folder; default: the folder of `source`).
 
     Raises:
         CaseError: with every problem found.
     """
-    problems = validation_problems(document, graph_case_schema(), _cross_field_problems)
+    directory = directory if directory is not None else Path(source).parent
+    problems = validation_problems(document, graph_case_schema(), lambda checked: _cross_field_problems(checked, directory))
     if problems:
         raise CaseError(source, problems)
     data = document.data
@@ -51,11 +55,11 @@ def graph_case_from_document(document: LoadedDocument, case_id: str, source: str
         tolerance=build_tolerance(data),
         runners=tuple(data["runners"]) if "runners" in data else None,
         timeout_s=float(data["timeout"]) if "timeout" in data else None,
-        directory=str(Path(source).parent),
+        directory=str(directory),
     )
 
 
-def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
+def _cross_field_problems(document: LoadedDocument, directory: Path) -> Iterator[CaseProblem]:
     data = document.data
 
     def problem(path, message, allowed=None) -> CaseProblem:
@@ -82,6 +86,9 @@ def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
         yield from input_size_problems(document)
         if len(shape) >= 2 and shape[1] != features:
             yield problem(("input", "shape", 1), f"{shape[1]} channels but num_features is {features}", str(features))
+    if not built:
+        for message, allowed in backend_test_problems(data["onnx_backend_test"], directory):
+            yield problem(("onnx_backend_test",), message, allowed)
     reference = GRAPH_REFERENCES["node" if built else "backend_test"]
     step_count = len(list(_expanded(data))) if built else None
     for index, raw in enumerate(data.get("expect", [])):
@@ -98,6 +105,36 @@ def _cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
         for step in [steps] if isinstance(steps, int) else steps or []:
             if step_count is not None and step >= step_count:
                 yield problem((*path, "step"), f"step {step} does not exist", f"0..{step_count - 1}")
+
+
+def backend_test_problems(name: str, directory: Path) -> Iterator[tuple[str, str]]:
+    """(what is wrong, what is allowed) with a backend test's name: a folder is read only inside
+    the case file's folder, or inside onnx's own backend-test data (found without importing onnx);
+    a node test is a plain name (whether onnx generates it is known once onnx is imported)."""
+    if name.startswith("onnx:node/"):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name.removeprefix("onnx:node/")):
+            yield "not the name of a node test", "onnx:node/<test name>, letters, digits and _"
+        return
+    if name.startswith("onnx:data/"):
+        spec = importlib.util.find_spec("onnx")
+        if spec is None or not spec.submodule_search_locations:
+            return  # onnx is not installed: the runners say so
+        root = Path(spec.submodule_search_locations[0]) / "backend" / "test" / "data"
+        inside, where = name.removeprefix("onnx:data/"), "onnx's backend-test data folder"
+    else:
+        root, inside, where = directory, name, "the case file's folder"
+        if Path(name).is_absolute():
+            yield "an absolute path", f"a folder under {where}"
+            return
+    target = (root / inside).resolve()
+    if not target.is_relative_to(root.resolve()):
+        yield f"{_short(name)} leads out of {where}", f"a folder under {where}"
+    elif not (target / "model.onnx").is_file():
+        yield f"no model.onnx in {_short(name)}", "a folder in the ONNX backend-test layout (model.onnx, test_data_set_N/)"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _expanded(data: dict[str, Any]):

@@ -55,7 +55,7 @@ def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | Grap
         cases = []
         for case_id, point in expand_grid(document, path.stem, source):
             if is_graph_case(point.data):
-                cases.append(graph_case_from_document(point, case_id=case_id, source=source))
+                cases.append(graph_case_from_document(point, case_id=case_id, source=source, directory=path.parent))
             else:
                 cases.append(case_from_document(point, case_id=case_id, source=source))
     except CaseError:

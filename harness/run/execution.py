@@ -35,6 +35,7 @@ from typing import Any
 import pebble
 
 from harness.core.case import Case, GraphCase
+from harness.core.errors import HarnessError
 from harness.core.results import RunResult
 from harness.core.runner_table import TORCH_FAMILY, RunnerRecord, family_record, runner_family, runner_record, shared_walks
 from harness.run.runners import instantiate, resolve
@@ -251,6 +252,8 @@ class Executor:
                     + (f"; its last output:\n{_last_lines(tail)}" if tail.strip() else ""),
                     details={"exitcode": expired.exitcode, "worker_output_tail": tail},
                 )
+            except HarnessError as error:  # what the case asks cannot be done (a backend test that is not there)
+                return RunResult(name, "run_failed", str(error), details={"harness_error": type(error).__name__})
             except Exception as error:  # a harness bug inside the worker: this runner's result, not the run's end
                 import traceback
 
