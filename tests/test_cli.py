@@ -5,7 +5,7 @@ import json
 import pytest
 
 from harness.frontends import cli, session
-from tests.tiny_cases import EVAL_BN2D, write_case
+from tests.tiny_cases import EVAL_BN2D, GRAPH_NODE, write_case
 
 pytest.importorskip("torch")
 
@@ -17,7 +17,7 @@ def test_run_writes_results_for_good_and_bad_cases_and_fails_on_the_bad_one(tmp_
     status = cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"])
     out = capsys.readouterr().out
     assert status == 1
-    assert f"passed   {tmp_path}/cases/a_good.yaml  known divergences 0, agreeing comparisons 0" in out
+    assert f"passed   {tmp_path}/cases/a_good.yaml  known divergences 0, nothing compared (only the reference ran)" in out
     assert f"{tmp_path}/cases/b_broken.yaml:4: bn.num_features: got -2; allowed: >= 1" in out
     assert out.rstrip().endswith("1 passed, 0 failed, 0 skipped, 1 invalid, 0 error")
     outcomes = {case["id"]: case["outcome"] for case in json.loads(results.read_text())["cases"]}
@@ -119,3 +119,15 @@ def test_expectations_whose_runners_did_not_run_are_counted_per_case_and_in_the_
     assert status == 0
     assert "expectation(s) not checked (onnx-torchscript-ort not selected" in out
     assert out.rstrip().endswith("expectation(s) not checked (their runners were not selected or skipped)")
+
+
+def test_a_selection_without_runners_of_a_case_kind_skips_it_saying_so(tmp_path, capsys):
+    """`--runners torch-eager,onnx-torchscript-ort` on a graph case ran its oracle alone and passed
+    with nothing compared."""
+    write_case(tmp_path / "cases", "graph", GRAPH_NODE)
+    results = tmp_path / "results.json"
+    assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager,onnx-torchscript-ort"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped  " in out and "none of the selected runners (torch-eager, onnx-torchscript-ort) runs graph cases" in out
+    (case,) = json.loads(results.read_text())["cases"]
+    assert case["outcome"] == "skipped" and case["runners"] == {}

@@ -143,3 +143,14 @@ def test_expectations_whose_runners_did_not_run_are_counted(pytester):
             "* expectation(s) not checked (their runners were not selected or skipped)",
         ]
     )
+
+
+def test_a_folder_of_yaml_not_named_cases_collects_nothing_and_says_where_cases_are_looked_for(pytester):
+    write_case(pytester.path / "regressions", "good", EVAL_BN2D)
+    result = pytester.runpytest("regressions", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(
+        [
+            "no bn-harness case collected from regressions: case files are collected under folders named cases (ini option harness_case_dirs)*"
+        ]
+    )

@@ -141,7 +141,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Nothing collected from a folder of YAML files: say where cases are looked for (pytest
+    itself only exits with 5)."""
+    if session.items:
+        return
+    case_dirs = session.config.getini("harness_case_dirs")
+    folders = [arg for arg in session.config.args if Path(arg).is_dir() and next(Path(arg).rglob("*.yaml"), None) is not None]
+    if folders:
+        session.config.stash[HINT_KEY] = (
+            f"no bn-harness case collected from {', '.join(folders)}: case files are collected under folders named "
+            f"{', '.join(case_dirs)} (ini option harness_case_dirs), or when named on the command line"
+        )
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    hint = config.stash.get(HINT_KEY, None)
+    if hint:
+        terminalreporter.write_line(hint)
     finished = _finished(config)
     if not finished:
         return
@@ -164,3 +181,4 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
 
 FINISHED_KEY = pytest.StashKey[list[FinishedCase]]()
+HINT_KEY = pytest.StashKey[str]()

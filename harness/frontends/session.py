@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.core.case import Case, GraphCase
 from harness.core.errors import CaseError, HarnessError
 from harness.core.records import CaseRecord
-from harness.judge.engine import CaseResult, case_location, judge, select_runners
+from harness.judge.engine import CaseResult, NothingSelected, case_location, judge, select_runners
 from harness.judge.expected import describe_unchecked
 from harness.load.schema import load_cases
 from harness.run.execution import Executor, default_executor
@@ -72,6 +72,8 @@ class Session:
         """`case` with the runners it runs, or its error result when the selection is invalid."""
         try:
             return PlannedCase(case, select_runners(case, self.only))
+        except NothingSelected as reason:
+            return CaseResult(case.case_id, case.path, "skipped", case.description, error=str(reason))
         except HarnessError as error:
             return CaseResult(case.case_id, case.path, "error", case.description, error=str(error))
 
@@ -119,13 +121,14 @@ def summary_line(record: CaseRecord) -> str:
     `cases/x.yaml::x[eps=0.001]`."""
     where = case_location(record.file or "", record.case_id)
     if not record.judged:
-        return f"{record.outcome:8} {where}"
+        reason = f"  {record.error}" if record.outcome == "skipped" and record.error else ""
+        return f"{record.outcome:8} {where}{reason}"
     known = Counter(comparison.verdict.other for comparison in record.comparisons if comparison.classification == "known")
     per_runner = ", ".join(f"{runner} {count}" for runner, count in sorted(known.items()))
     agree = sum(1 for comparison in record.comparisons if not comparison.divergent)
     text = f"{record.outcome:8} {where}  known divergences {sum(known.values())}"
     text += f" ({per_runner})" if per_runner else ""
-    text += f", agreeing comparisons {agree}"
+    text += f", agreeing comparisons {agree}" if record.comparisons else ", nothing compared (only the reference ran)"
     unchecked = describe_unchecked([entry.why for entry in record.unverified])
     not_ok = [f"{name} ({run.status})" for name, run in record.runners.items() if run.status != "ok"]
     return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")

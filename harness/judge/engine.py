@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.case import AnyCase, Case, GraphCase
+from harness.core.errors import RunnerError
 from harness.core.results import RunResult, Verdict
 from harness.core.runner_table import (
     GRAPH_REFERENCES,
@@ -52,6 +53,10 @@ def case_location(path: str, case_id: str) -> str:
     return path if case_id == Path(path).stem else f"{path}::{case_id}"
 
 
+class NothingSelected(RunnerError):
+    """A runner selection that leaves a case nothing to run: the case is skipped, saying so."""
+
+
 def reference_of(case: AnyCase) -> str:
     """The runner every other runner of `case` is compared with."""
     if isinstance(case, GraphCase):
@@ -65,10 +70,15 @@ def select_runners(case: AnyCase, only: Sequence[str] | None = None) -> tuple[st
 
     Raises:
         RunnerError: `only` names an unknown runner.
+        NothingSelected: `only` names no runner of this case's kind.
     """
     if only is not None:
         checked_runner_names(only)
     known = runner_names_of_kind(case.kind)
+    if only is not None and not set(only) & set(known):
+        raise NothingSelected(
+            f"none of the selected runners ({', '.join(only)}) runs {case.kind} cases; this case's runners: {', '.join(known)}"
+        )
     wanted = set(case.runners or known) & set(only or known)
     reference = reference_of(case)
     return (reference, *(name for name in known if name in wanted and name != reference))
