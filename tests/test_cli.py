@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,25 @@ def test_a_selection_without_runners_of_a_case_kind_skips_it_saying_so(tmp_path,
     assert "skipped  " in out and "none of the selected runners (torch-eager, onnx-torchscript-ort) runs graph cases" in out
     (case,) = json.loads(results.read_text())["cases"]
     assert case["outcome"] == "skipped" and case["runners"] == {}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "under_a_file", "device"])
+def test_an_output_path_that_cannot_be_a_results_file_is_refused_before_anything_runs(tmp_path, capsys, kind):
+    """`--results /dev/full` replaced the device node with a regular file at the end of the run."""
+    write_case(tmp_path / "cases", "a_good", EVAL_BN2D)
+    target = {"folder": tmp_path / "out", "fifo": tmp_path / "fifo.json", "under_a_file": tmp_path / "plain.txt" / "results.json"}.get(
+        kind, Path("/dev/null")
+    )
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "under_a_file":
+        target.parent.write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(tmp_path / "cases"), "--results", str(target), "--runners", "torch-eager"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "exists and is not a regular file" in error or "cannot make its folder" in error, error
+    assert not list(tmp_path.glob("**/*.jsonl")), "nothing ran: no journal"
+    assert kind != "device" or Path("/dev/null").is_char_device()

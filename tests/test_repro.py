@@ -11,7 +11,7 @@ from harness.core.errors import HarnessError
 from harness.frontends import cli
 from harness.frontends.session import run_case
 from harness.load.schema import load_case
-from harness.report.repro import bundle_runners, write_bundle
+from harness.report.repro import bundle_folder, bundle_runners, write_bundle
 from tests.tiny_cases import FORUM_FLIP, write_case
 
 onnx = pytest.importorskip("onnx")
@@ -145,3 +145,10 @@ def test_a_backend_test_bundle_compares_in_the_graphs_own_dtype(tmp_path):
     assert cli.main(["repro", str(graph), "-o", str(tmp_path / "out")]) == 0
     script = (tmp_path / "out" / "case" / "graph" / "repro.py").read_text()
     assert "RTOL, ATOL = 0.001, 1e-05  # float16 rtol=0.001" in script
+
+
+@pytest.mark.parametrize("case_id", ["..", "../../etc", "a/b", ".hidden", "x[eps=0.1]"])
+def test_a_bundle_folder_stays_under_the_output_folder(tmp_path, case_id):
+    """A file stem of `..` wrote its bundles one level above -o."""
+    folder = bundle_folder(tmp_path / "out", case_id)
+    assert folder.parent == tmp_path / "out" and folder.name not in ("", ".", "..") and "/" not in folder.name

@@ -17,7 +17,7 @@ from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
 from harness.report.matrix import load_documents, matrix_table
-from harness.report.record import Journal, case_record, read_journal, write_document, write_results
+from harness.report.record import Journal, case_record, check_output_path, read_journal, write_document, write_results
 from harness.report.render import write_report
 from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
 from harness.run import execution
@@ -145,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
+    report_path = args.report or args.results.with_name("report.html")
+    for output in (args.results, journal_path(args.results), report_path):
+        try:
+            check_output_path(output)
+        except HarnessError as error:
+            parser.error(str(error))
     return run_command(files, only, args)
 
 

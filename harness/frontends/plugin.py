@@ -14,7 +14,7 @@ from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, pars
 from harness.frontends.collect import CASE_RECORD_PROPERTY, SESSION_KEY, CaseFile
 from harness.frontends.session import Session, summary_line, totals_line
 from harness.report.baseline import BaselineComparison, compare_results, load_results
-from harness.report.record import document_of, write_document
+from harness.report.record import check_output_path, document_of, write_document
 from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
 
@@ -75,6 +75,12 @@ def pytest_configure(config: pytest.Config) -> None:
         only = None if raw is None else parse_runner_names(raw)
     except HarnessError as error:
         raise pytest.UsageError(f"--harness-runners: {error}") from None
+    target = config.getoption("harness_results")
+    if target and not hasattr(config, "workerinput"):  # the controller writes it
+        try:
+            check_output_path(Path(target))
+        except HarnessError as error:
+            raise pytest.UsageError(f"--harness-results: {error}") from None
     execution.configure(jobs=jobs, timeout_s=timeout)
     config.stash[SESSION_KEY] = Session(only)
     config.stash[FINISHED_KEY] = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.core.errors import HarnessError
 from harness.core.records import CaseRecord, ComparisonRecord, Environment, RecordError, ResultsDocument
-from harness.report.record import plain_json
+from harness.report.record import plain_json, write_atomically
 
 DEFAULT_MAGNITUDE_FACTOR = 2.0
 DivergenceKey = tuple[str, str, str, int]  # (case id, runner, field, step)
@@ -83,8 +83,7 @@ def load_results(path: Path) -> ResultsDocument:
 def write_baseline(results: ResultsDocument, path: Path) -> None:
     """Write what a baseline keeps of a results record: environment, outcomes, runner statuses and
     the divergences (agreeing comparisons and verdict texts are what make results.json large)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plain_json(results.to_baseline_json()), indent=1) + "\n")
+    write_atomically(path, json.dumps(plain_json(results.to_baseline_json()), indent=1) + "\n")
 
 
 def compare_results(baseline: ResultsDocument, new: ResultsDocument, factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:

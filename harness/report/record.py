@@ -199,9 +199,31 @@ def write_results(path: Path, results: Sequence[CaseResult]) -> None:
     write_atomically(path, results_json(results))
 
 
+def check_output_path(path: Path) -> None:
+    """Refuse, before anything runs, a path an output cannot be written to: one that exists and is
+    not a regular file (a rename would replace a device such as /dev/full, or a folder), or one
+    whose folder cannot be made or written in.
+
+    Raises:
+        HarnessError: with the path and why.
+    """
+    if path.exists() and not path.is_file():
+        raise HarnessError(f"{path}: exists and is not a regular file; name a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HarnessError(f"{path}: cannot make its folder: {error.strerror or error}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise HarnessError(f"{path}: not writable")
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, with the umask's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `text` to `path` through a temporary file and a rename, with the umask's permissions.
+
+    Raises:
+        HarnessError: `path` exists and is not a regular file (the rename would replace it).
+    """
+    check_output_path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False, encoding="utf-8") as handle:
         handle.write(text)
     # A temporary file is private (0600); results are an artifact others read: honour the umask.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     if case.bn.dtype not in NUMPY_DTYPES:
         raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
     if runner in repro_runner_names("keras"):
-        return _write_keras_bundle(case, runner, directory / case.case_id / runner)
+        return _write_keras_bundle(case, runner, bundle_folder(directory, case.case_id) / runner)
     runs = {run.runner: run for run in result.runs}
     if runner not in repro_runner_names("export") or runner not in runs or "model.onnx" not in runs[runner].artifacts:
         raise HarnessError(
@@ -61,7 +62,7 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
         )
     from onnx import numpy_helper
 
-    bundle = directory / case.case_id / runner
+    bundle = bundle_folder(directory, case.case_id) / runner
     _write_batches(case, bundle)
     (bundle / "model.onnx").write_bytes(runs[runner].artifacts["model.onnx"])
     dtype = NUMPY_DTYPES[case.input.dtype]
@@ -130,7 +131,7 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
     spec = next((run for run in result.runs if run.runner == SPEC_RUNNER and run.status == "ok"), None)
     if spec is None:
         raise HarnessError(f"{case.path}: no repro bundle: the ONNX spec oracle does not cover this graph")
-    bundle = directory / case.case_id / "graph"
+    bundle = bundle_folder(directory, case.case_id) / "graph"
     for name, content in spec.artifacts.items():
         (bundle / name).parent.mkdir(parents=True, exist_ok=True)
         (bundle / name).write_bytes(content)
@@ -143,6 +144,13 @@ def write_graph_bundle(case: GraphCase, result: CaseResult, directory: Path) -> 
         environment.get_template("graph_repro.py.j2").render(case=case, tolerance=tolerance_for([dtype], case.tolerance))
     )
     return bundle
+
+
+def bundle_folder(directory: Path, case_id: str) -> Path:
+    """The folder of a case's bundles under `directory`, named after the case id with only
+    characters that cannot leave it (a file stem of `..`, or a grid value with a slash)."""
+    name = re.sub(r"[^A-Za-z0-9_.,=\[\]+-]", "_", case_id).lstrip(".") or "_"
+    return directory / name
 
 
 def _plain(value: Any) -> Any:
