@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.frontends import cli, session
+from harness.report.record import ResultsLock
 from tests.tiny_cases import EVAL_BN2D, GRAPH_NODE, write_case
 
 pytest.importorskip("torch")
@@ -155,3 +156,34 @@ def test_an_output_path_that_cannot_be_a_results_file_is_refused_before_anything
     assert "exists and is not a regular file" in error or "cannot make its folder" in error, error
     assert not list(tmp_path.glob("**/*.jsonl")), "nothing ran: no journal"
     assert kind != "device" or Path("/dev/null").is_char_device()
+
+
+def test_a_second_run_on_the_same_results_is_refused_naming_the_first(tmp_path, capsys):
+    write_case(tmp_path / "cases", "a_good", EVAL_BN2D)
+    results = tmp_path / "reports" / "results.json"
+    with ResultsLock(results):  # the first run, holding the results
+        assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 2
+        assert "is writing these results; wait for it, or name other --results" in capsys.readouterr().err
+        assert f"process {os.getpid()}" in (results.parent / "results.json.lock").read_text()
+    assert not (results.parent / "results.jsonl").exists(), "the second run wrote nothing"
+    assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 0
+    assert not (results.parent / "results.json.lock").exists(), "a finished run leaves no lock behind"
+
+
+def _journal(tmp_path, lines):
+    header = json.dumps({"journal": "bn-harness results", "schema_version": 1, "created": None, "environment": {}})
+    case = json.dumps({"case": {"id": "a", "file": "cases/a.yaml", "outcome": "passed"}})
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join([header, *(case if line == "case" else line for line in lines)]) + "\n")
+    return path
+
+
+def test_recover_names_the_cut_last_line_and_refuses_a_bad_line_before_it(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    cut = _journal(tmp_path, ["case", "case", '{"case": {"id": "b", "fi'])
+    assert cli.main(["recover", str(cut), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished case(s) from" in out and "left out line 4, cut short by the end of the run" in out
+    interleaved = _journal(tmp_path, ["case", '{"case": {"id": "b", "fi', "case"])
+    assert cli.main(["recover", str(interleaved), "--results", str(results)]) == 2
+    assert ":3: not a case record, and not the last line" in capsys.readouterr().err

@@ -17,7 +17,16 @@ from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
 from harness.report.matrix import load_documents, matrix_table
-from harness.report.record import Journal, case_record, check_output_path, read_journal, write_document, write_results
+from harness.report.record import (
+    Journal,
+    ResultsLock,
+    ResultsLocked,
+    case_record,
+    check_output_path,
+    read_journal,
+    write_document,
+    write_results,
+)
 from harness.report.render import write_report
 from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
 from harness.run import execution
@@ -42,12 +51,13 @@ def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
     """`python -m harness recover JOURNAL`: results.json and the report of the cases a run finished."""
 
     try:
-        document = read_journal(journal)
+        document, dropped = read_journal(journal)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_document(results, document)
-    print(f"{len(document.cases)} finished case(s) from {journal}; results written to {results}")
+    cut = f"; left out line {dropped[0]}, cut short by the end of the run" if dropped else ""
+    print(f"{len(document.cases)} finished case(s) from {journal}{cut}; results written to {results}")
     return render_report_file(results, report)
 
 
@@ -151,7 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(output)
         except HarnessError as error:
             parser.error(str(error))
-    return run_command(files, only, args)
+    try:
+        with ResultsLock(args.results):
+            return run_command(files, only, args)
+    except ResultsLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ report are rebuilt."""
 from __future__ import annotations
 
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import math
@@ -159,12 +160,13 @@ class Journal:
         self._file.close()
 
 
-def read_journal(path: Path) -> ResultsDocument:
-    """The results record a journal holds: its header and every complete case line (a line cut
-    short by a kill is left out).
+def read_journal(path: Path) -> tuple[ResultsDocument, list[int]]:
+    """The results record a journal holds (its header and every complete case line), and the
+    number of the line left out: only the last line can be cut short by a kill.
 
     Raises:
-        HarnessError: not readable, or not a journal.
+        HarnessError: not readable, not a journal, or a bad line before the last (two runs wrote
+            the same journal, or it was edited): recovering it would mix runs.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -176,17 +178,60 @@ def read_journal(path: Path) -> ResultsDocument:
         header = None
     if not isinstance(header, dict) or header.get("journal") != "bn-harness results":
         raise HarnessError(f"{path}: not a results journal (its first line is not a bn-harness journal header)")
-    cases = []
-    for line in lines[1:]:
+    cases, dropped = [], []
+    for number, line in enumerate(lines[1:], start=2):
         try:
             cases.append(json.loads(line)["case"])
         except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # the last line of a killed run may be incomplete
+            if number != len(lines):
+                raise HarnessError(
+                    f"{path}:{number}: not a case record, and not the last line (two runs wrote this journal, or it was "
+                    "edited); recovering it would mix runs"
+                ) from None
+            dropped.append(number)  # the last line of a killed run may be cut short
     document = {key: value for key, value in header.items() if key != "journal"}
     try:
-        return ResultsDocument.from_json({**document, "cases": cases})
+        return ResultsDocument.from_json({**document, "cases": cases}), dropped
     except RecordError as error:
         raise HarnessError(f"{path}: {error}") from None
+
+
+class ResultsLocked(HarnessError):
+    """Another run holds the lock of these results."""
+
+
+class ResultsLock:
+    """Held by the run that writes a results.json: a second run on the same path is refused,
+    naming the first, instead of interleaving their journals. An flock on `<results>.lock`, so
+    that a killed run's lock goes with it."""
+
+    def __init__(self, results: Path) -> None:
+        self.path = results.with_name(results.name + ".lock")
+        self._file: Any = None
+
+    def __enter__(self) -> ResultsLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another run"
+            handle.close()
+            raise ResultsLocked(
+                f"{self.path.with_suffix('')}: {holder} is writing these results; wait for it, or name other --results"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        handle.write(f"the run of process {os.getpid()} (started {started})")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.path.unlink(missing_ok=True)
+        self._file.close()
 
 
 def write_document(path: Path, document: ResultsDocument) -> None:
