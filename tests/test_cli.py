@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +191,69 @@ def test_recover_names_the_cut_last_line_and_refuses_a_bad_line_before_it(tmp_pa
     interleaved = _journal(tmp_path, ["case", '{"case": {"id": "b", "fi', "case"])
     assert cli.main(["recover", str(interleaved), "--results", str(results)]) == 2
     assert ":3: not a case record, and not the last line" in capsys.readouterr().err
+
+
+def _processes_in_session(session_id: int) -> list[str]:
+    """The processes of a session (every descendant of a process started with start_new_session)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id:  # after pid (comm): state ppid pgrp session
+            found.append(stat.parent.name)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_cleanly_keeping_the_journal(tmp_path, signum, code):
+    """Ctrl-C printed a traceback; SIGTERM left a busy worker, the forkserver and the resource
+    tracker running, and the workers' temporary folder behind."""
+    write_case(tmp_path / "cases", "a_first", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
+    results, scratch = tmp_path / "reports" / "results.json", tmp_path / "tmp"
+    scratch.mkdir()
+    script = (
+        "import sys; from harness.run.runners import register_runner; "
+        "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
+        "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    journal = cli.journal_path(results)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and run.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # the header and two cases; the third hangs
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
+    os.kill(run.pid, signum)  # the main process only, as `kill PID` does
+    try:
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == code, stderr.decode()
+    message = stderr.decode().strip().splitlines()
+    assert message[-1].startswith(f"stopped by {signal.Signals(signum).name}: 2 case(s) finished, kept in {journal}"), message
+    assert f"python -m harness recover {journal} --results {results}" in message[-1]
+    assert "Traceback" not in stderr.decode()
+    assert len(journal.read_text().splitlines()) == 3
+
+    def left_behind():  # the workers' folder and multiprocessing's; torch's own caches (torchinductor_*) are meant to stay
+        return [path.name for path in scratch.iterdir() if path.name.startswith(("bn-harness-", "pymp-"))]
+
+    deadline = time.monotonic() + 10  # the forkserver and resource tracker end once their parent has
+    while time.monotonic() < deadline and (_processes_in_session(run.pid) or left_behind()):
+        time.sleep(0.2)
+    assert not _processes_in_session(run.pid), "no worker, forkserver or resource tracker left"
+    assert not left_behind(), "no temporary folder of the run left"

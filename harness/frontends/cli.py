@@ -5,7 +5,9 @@ regression check. `python -m harness matrix FILES`: the version matrix side by s
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -176,6 +178,8 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
     session = Session(only)
     results = []
     journal = Journal(journal_path(args.results))
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal) if in_main_thread else None
     try:
         for result in session.run([item for path in files for item in session.load(path)]):
             results.append(result)
@@ -185,13 +189,37 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
                 print(_indent(result.explain()), flush=True)
             if args.verbose and result.classification is not None and result.classification.known:
                 print(_indent(explain_known(result.classification)), flush=True)
+    except (KeyboardInterrupt, Stopped) as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        execution.shutdown()  # every worker, busy or not, before the line that says the run is over
+        print(
+            f"stopped by {signal.Signals(signum).name}: {len(results)} case(s) finished, kept in {journal.path}; "
+            f"rebuild results.json and the report from it with: python -m harness recover {journal.path} --results {args.results}",
+            file=sys.stderr,
+        )
+        return 128 + signum
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         journal.close()
     write_results(args.results, results)
     print(f"results written to {args.results} (journal: {journal.path})")
     render_report_file(args.results, args.report or args.results.with_name("report.html"))
     print(totals_line([case_record(result) for result in results]))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: end the run as Ctrl-C does (workers stopped, the journal kept). A
+    BaseException, as KeyboardInterrupt: the pipeline turns an Exception into its case's result."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
 
 def write_repro_bundles(path: Path, output: Path) -> int:

@@ -119,6 +119,8 @@ class Executor:
         self._weights: dict[Case, Future] = {}
         self._pending: collections.Counter[str] = collections.Counter()  # submitted, unfinished work per family
         self._sealed = False
+        self._closed = False
+        self._scheduled: set[Future] = set()  # the workers' futures not yet resolved, cancelled by close()
 
     def warm(self, names: Sequence[str]) -> None:
         """Start the workers of these runners' families now, importing their frameworks, so that
@@ -177,6 +179,8 @@ class Executor:
         pending work (and the torch family's, which builds a Keras runner's weights) until done."""
         families = (family, TORCH_FAMILY) if _ports_torch_weights(family, case) else (family,)
         with self._lock:
+            if self._closed:
+                raise HarnessError("the run was stopped")
             self._pending.update(families)
             if family not in self._dispatchers:
                 self._dispatchers[family] = ThreadPoolExecutor(
@@ -239,6 +243,9 @@ class Executor:
     def _call(self, name: str, family: str, function, args: tuple, timeout_s: float) -> Any:
         with self._slots:  # held while the worker computes: at most `jobs` runners at once
             future = self._pool(family).schedule(function, args=args, timeout=timeout_s)
+            with self._lock:
+                self._scheduled.add(future)
+            future.add_done_callback(self._scheduled.discard)
             try:
                 return future.result()
             except FutureTimeout:
@@ -273,6 +280,8 @@ class Executor:
 
     def _pool(self, family: str) -> pebble.ProcessPool:
         with self._lock:
+            if self._closed:  # stopped (a signal, the end of the process): no new workers
+                raise HarnessError("the run was stopped")
             if family not in self._pools:
                 self._pools[family] = pebble.ProcessPool(
                     max_workers=self._workers_of(family),
@@ -289,14 +298,19 @@ class Executor:
         return ""
 
     def close(self) -> None:
-        """Stop every worker and remove their output files."""
+        """Stop every worker, busy or not, and remove their output files. The workers go first:
+        a dispatch thread waits on its worker, and a busy one (a hang) would hold the close up
+        until its timeout."""
         with self._lock:
+            self._closed = True
+            pools, self._pools = list(self._pools.values()), {}
             dispatchers, self._dispatchers = list(self._dispatchers.values()), {}
+            scheduled, self._scheduled = list(self._scheduled), set()
+        for future in scheduled:  # a running task's worker is terminated; its dispatch thread returns
+            future.cancel()
+        _stop(pools)
         for dispatcher in dispatchers:
             dispatcher.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        _stop(pools)
         shutil.rmtree(self._output_directory, ignore_errors=True)
 
 
