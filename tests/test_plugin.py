@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from tests.hostile_corpus import MUTATIONS, generate
 from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 pytest.importorskip("torch")
@@ -154,3 +155,16 @@ def test_a_folder_of_yaml_not_named_cases_collects_nothing_and_says_where_cases_
             "no bn-harness case collected from regressions: case files are collected under folders named cases (ini option harness_case_dirs)*"
         ]
     )
+
+
+def test_the_good_cases_beside_every_kind_of_bad_file_pass_under_pytest(pytester):
+    """No bad file is a collection error: each fails as its own item, and the good ones run."""
+    cases = pytester.path / "cases"
+    write_case(cases, "aaa_good", EVAL_BN2D)
+    write_case(cases, "zzz_good", EVAL_BN2D)
+    hostile = generate(cases, len(MUTATIONS) * 2, seed=3)
+    result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "--harness-results=out.json", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == 2 and outcomes.get("failed") == len(hostile) and "error" not in outcomes, outcomes
+    recorded = json.loads((pytester.path / "out.json").read_text())["cases"]
+    assert sorted(case["outcome"] for case in recorded) == ["invalid"] * len(hostile) + ["passed"] * 2
