@@ -257,3 +257,15 @@ def test_a_signal_stops_the_run_cleanly_keeping_the_journal(tmp_path, signum, co
         time.sleep(0.2)
     assert not _processes_in_session(run.pid), "no worker, forkserver or resource tracker left"
     assert not left_behind(), "no temporary folder of the run left"
+
+
+def test_recover_and_baseline_save_to_a_folder_are_one_line_errors(tmp_path, capsys):
+    journal = _journal(tmp_path, ["case"])
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert cli.main(["recover", str(journal), "--results", str(folder)]) == 2
+    assert f"error: {folder}: exists and is not a regular file" in capsys.readouterr().err
+    results = tmp_path / "results.json"
+    assert cli.main(["recover", str(journal), "--results", str(results), "--report", str(tmp_path / "report.html")]) == 0
+    assert cli.main(["baseline", "save", str(results), "-o", str(folder)]) == 2
+    assert f"error: {folder}: exists and is not a regular file" in capsys.readouterr().err

@@ -156,6 +156,7 @@ def test_an_unknown_node_test_is_the_cases_error_not_a_runner_crash(tmp_path):
         ("onnx:data/../../../..", "onnx_backend_test: onnx:data/../../../.. leads out of onnx's backend-test data folder"),
         ("onnx:node/../../x", "onnx_backend_test: not the name of a node test"),
         ("missing", "onnx_backend_test: no model.onnx in missing; allowed: a folder in the ONNX backend-test layout"),
+        ("partly_linked", "onnx_backend_test: partly_linked/model.onnx leads out of the case file's folder; allowed: files under"),
     ],
 )
 def test_a_backend_test_is_read_only_inside_the_case_folder_or_onnxs_data(tmp_path, name, problem):
@@ -163,6 +164,8 @@ def test_a_backend_test_is_read_only_inside_the_case_folder_or_onnxs_data(tmp_pa
     write_backend_test(outside)
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / "linked").symlink_to(outside, target_is_directory=True)
+    (tmp_path / "cases" / "partly_linked").mkdir()
+    (tmp_path / "cases" / "partly_linked" / "model.onnx").symlink_to(outside / "model.onnx")
     (found,) = problems_in(tmp_path / "cases", f"description: mine\nonnx_backend_test: {name}\n")
     assert found.startswith(f"cases/case.yaml:2: {problem}"), found
 

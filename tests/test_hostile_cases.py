@@ -15,7 +15,7 @@ from harness.core.errors import CaseError
 from harness.frontends import cli
 from harness.load.schema import load_case
 from tests.hostile_corpus import MUTATIONS, generate
-from tests.tiny_cases import EVAL_BN2D, GRAPH_NODE, write_case
+from tests.tiny_cases import EVAL_BN2D, FORUM_FLIP, GRAPH_NODE, write_case
 
 HANG_GUARD_S = 10  # not a speed measure: a file that takes this long to refuse has hung the loader
 
@@ -139,6 +139,19 @@ def test_integers_out_of_range_integral_floats_text_keys_and_non_finite_numbers_
     assert str(refused.value).startswith("case.yaml" + expected), str(refused.value)
 
 
+def test_a_model_too_large_for_the_input_cap_is_refused(tmp_path):
+    """The input cap bounded the batch, not what the model makes of it: forum_net with 4096
+    features on a 2048x2048 image would hold a 1.7e11-element fc1."""
+    path = tmp_path / "case.yaml"
+    text = FORUM_FLIP.replace("  running_mean: [0.5, -0.25]\n  running_var: [2.0, 0.5]\n", "")
+    path.write_text(text.replace("num_features: 2", "num_features: 4096").replace("shape: [2, 3, 4, 4]", "shape: [1, 1, 2048, 2048]"))
+    with pytest.raises(CaseError) as refused:
+        load_case(path, display_path="case.yaml")
+    assert "input.shape: the model's fc1 weight would hold 171463311360 elements; allowed: at most 4194304 per tensor" in str(
+        refused.value
+    ), str(refused.value)
+
+
 @pytest.mark.parametrize(
     "old, new, expected",
     [
@@ -206,3 +219,15 @@ def test_a_loader_bug_on_one_file_is_its_invalid_result_with_the_traceback(tmp_p
     error = by_id["b_trips_the_loader"]["error"]
     assert "the harness failed to load this file (KeyError: 'a bug in the loader'); a bug in bn-harness" in error
     assert "Traceback (most recent call last)" in error
+
+
+def test_a_long_field_pattern_is_quoted_shortened(tmp_path):
+    path = tmp_path / "case.yaml"
+    long_field = "module." + "x" * 3000
+    path.write_text(
+        EVAL_BN2D.replace("mode: eval\n", f"mode: eval\nexpect: [{{field: {long_field}, runners: [keras-torch], reason: r}}]\n")
+    )
+    with pytest.raises(CaseError) as refused:
+        load_case(path, display_path="case.yaml")
+    (line,) = [line for line in str(refused.value).splitlines() if "matches no field" in line]
+    assert "(3009 characters)" in line and len(line) < 400

@@ -17,6 +17,7 @@ Layer kinds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,41 @@ def _module_paths(layer: Layer, path: str) -> Iterator[tuple[str, Layer]]:
     for child in layer.get("layers", ()):
         if child.get("name"):
             yield from _module_paths(child, f"{path}.{child['name']}" if path else child["name"])
+
+
+def layer_output_shape(layer: Layer, shape: list[int], num_features: int) -> list[int]:
+    """The shape a layer of the model table returns for an input of `shape` (the torch builder
+    and the repro scripts read it too)."""
+    kind = layer["kind"]
+    if kind == "block":
+        for child in layer["layers"]:
+            shape = layer_output_shape(child, shape, num_features)
+        return shape
+    if kind == "conv2d":
+        return [shape[0], num_features] + [size + 2 * layer["padding"] - layer["kernel"] + 1 for size in shape[2:]]
+    if kind == "linear":
+        return [shape[0], layer["out_features"]]
+    if kind == "flatten":
+        return [shape[0], math.prod(shape[1:])]
+    return list(shape)
+
+
+def layer_sizes(layer: Layer, shape: list[int], num_features: int, path: str = "") -> Iterator[tuple[str, int]]:
+    """(what, elements) of every tensor a model of the table holds for an input of `shape`: each
+    layer's output and each weight, so that a case can be refused before any of it is allocated."""
+    if layer["kind"] == "block":
+        for child in layer["layers"]:
+            name = child.get("name")
+            yield from layer_sizes(child, shape, num_features, f"{path}.{name}" if path and name else name or path)
+            shape = layer_output_shape(child, shape, num_features)
+        return
+    output = layer_output_shape(layer, shape, num_features)
+    where = path or "the model"
+    yield f"{where} ({layer['kind']}) output", math.prod(output)
+    if layer["kind"] == "conv2d":
+        yield f"{where} weight", num_features * shape[1] * layer["kernel"] ** 2
+    elif layer["kind"] == "linear":
+        yield f"{where} weight", shape[1] * layer["out_features"]
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {

@@ -239,6 +239,13 @@ class CaseRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "a case") -> CaseRecord:
+        try:
+            return cls._decode(data, where)
+        except (TypeError, ValueError, AttributeError, KeyError) as error:  # a value of the wrong type
+            raise RecordError(f"not a results record: {where} holds a value of the wrong type ({type(error).__name__}: {error})") from None
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any], where: str) -> CaseRecord:
         case_id = _required(data, "id", where)
         where = f"case {case_id!r}"
         runners = data.get("runners") or {}
@@ -306,9 +313,13 @@ class ResultsDocument:
             raise RecordError(f"results record of schema version {version}; this harness reads version {SCHEMA_VERSION}")
         if not isinstance(cases, list):
             raise RecordError("not a results record: 'cases' is not a list")
+        try:
+            environment = Environment.from_json(data.get("environment"))
+        except (TypeError, ValueError, AttributeError) as error:
+            raise RecordError(f"not a results record: its environment holds a value of the wrong type ({error})") from None
         return cls(
             tuple(CaseRecord.from_json(case, f"case {index}") for index, case in enumerate(cases)),
-            Environment.from_json(data.get("environment")),
+            environment,
             data.get("created"),
             version,
         )

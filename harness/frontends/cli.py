@@ -57,7 +57,11 @@ def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_document(results, document)
+    try:
+        write_document(results, document)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     cut = f"; left out line {dropped[0]}, cut short by the end of the run" if dropped else ""
     print(f"{len(document.cases)} finished case(s) from {journal}{cut}; results written to {results}")
     return render_report_file(results, report)
@@ -278,7 +282,11 @@ def save_baseline(results: Path, output: Path) -> int:
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_baseline(document, output)
+    try:
+        write_baseline(document, output)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     divergences = sum(len(case.divergences) for case in document.cases)
     print(f"baseline written to {output}: {len(document.cases)} cases, {divergences} divergences")
     return 0

@@ -138,7 +138,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     document = document_of(records)
     target = session.config.getoption("harness_results")
     if target:
-        write_document(Path(target), document)
+        try:
+            write_document(Path(target), document)
+        except HarnessError as error:  # the path changed since configure checked it
+            session.config.stash[HINT_KEY] = f"--harness-results: not written: {error}"
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
     baseline = session.config.getoption("harness_baseline")
     if baseline:
         comparison = compare_results(load_results(Path(baseline)), document)

@@ -128,7 +128,10 @@ def summary_line(record: CaseRecord) -> str:
     agree = sum(1 for comparison in record.comparisons if not comparison.divergent)
     text = f"{record.outcome:8} {where}  known divergences {sum(known.values())}"
     text += f" ({per_runner})" if per_runner else ""
-    text += f", agreeing comparisons {agree}" if record.comparisons else ", nothing compared (only the reference ran)"
+    if record.comparisons:
+        text += f", agreeing comparisons {agree}"
+    else:
+        text += ", nothing compared" + (" (only the reference ran)" if len(record.runners) <= 1 else " (no other runner ran to completion)")
     unchecked = describe_unchecked([entry.why for entry in record.unverified])
     not_ok = [f"{name} ({run.status})" for name, run in record.runners.items() if run.status != "ok"]
     return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")

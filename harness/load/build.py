@@ -52,13 +52,23 @@ def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = No
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
 
 
-def input_size_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
-    """An input batch above MAX_INPUT_ELEMENTS (it would be allocated for real, in every runner)."""
+def input_size_problems(document: LoadedDocument, sizes: Iterable[tuple[str, int]] = ()) -> Iterator[CaseProblem]:
+    """An input batch above MAX_INPUT_ELEMENTS, or a tensor of the model (`sizes`: what, elements)
+    above it: it would be allocated for real, in every runner."""
     shape = document.data.get("input", {}).get("shape", [])
+    path = ("input", "shape")
     elements = math.prod(shape)
     if elements > MAX_INPUT_ELEMENTS:
-        path = ("input", "shape")
         yield CaseProblem(document.line_of(path), format_path(path), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
+        return
+    largest = max(sizes, key=lambda size: size[1], default=None)
+    if largest is not None and largest[1] > MAX_INPUT_ELEMENTS:
+        yield CaseProblem(
+            document.line_of(path),
+            format_path(path),
+            f"the model's {largest[0]} would hold {largest[1]} elements",
+            f"at most {MAX_INPUT_ELEMENTS} per tensor (a smaller input or bn.num_features)",
+        )
 
 
 def non_finite_problems(document: LoadedDocument) -> list[CaseProblem]:

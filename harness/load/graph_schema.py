@@ -14,7 +14,7 @@ from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import GRAPH_OUTPUT_FIELDS, field_matches
 from harness.core.runner_table import GRAPH_REFERENCES
 from harness.load.build import build_expectations, build_input, build_tolerance, expand_steps, input_size_problems, validation_problems
-from harness.load.loader import LoadedDocument, format_path
+from harness.load.loader import LoadedDocument, format_path, quoted, shortened
 from harness.load.schemas import graph_case_schema
 
 GRAPH_FIELDS = GRAPH_OUTPUT_FIELDS
@@ -98,7 +98,7 @@ def _cross_field_problems(document: LoadedDocument, directory: Path) -> Iterator
             continue
         for pattern in [raw["field"]] if "field" in raw else raw.get("fields", []):
             if not any(field_matches(pattern, name) for name in GRAPH_FIELDS):
-                yield problem((*path, "field"), f"{pattern!r} matches no field of a graph case", ", ".join(GRAPH_FIELDS))
+                yield problem((*path, "field"), f"{quoted(pattern)} matches no field of a graph case", ", ".join(GRAPH_FIELDS))
         if "status" not in raw and reference in raw["runners"]:
             yield problem((*path, "runners"), f"{reference} is the reference of this case", "the runner(s) that differ from it")
         steps = raw.get("step")
@@ -128,13 +128,14 @@ def backend_test_problems(name: str, directory: Path) -> Iterator[tuple[str, str
             return
     target = (root / inside).resolve()
     if not target.is_relative_to(root.resolve()):
-        yield f"{_short(name)} leads out of {where}", f"a folder under {where}"
+        yield f"{shortened(name)} leads out of {where}", f"a folder under {where}"
     elif not (target / "model.onnx").is_file():
-        yield f"no model.onnx in {_short(name)}", "a folder in the ONNX backend-test layout (model.onnx, test_data_set_N/)"
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}..."
+        yield f"no model.onnx in {shortened(name)}", "a folder in the ONNX backend-test layout (model.onnx, test_data_set_N/)"
+    else:  # what the runners read in it: the model and the data sets, each a symlink perhaps
+        read = [target / "model.onnx", *target.glob("test_data_set_*"), *target.glob("test_data_set_*/*")]
+        outside = next((entry for entry in read if not entry.resolve().is_relative_to(root.resolve())), None)
+        if outside is not None:
+            yield f"{shortened(name)}/{outside.relative_to(target)} leads out of {where}", f"files under {where}"
 
 
 def _expanded(data: dict[str, Any]):

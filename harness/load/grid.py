@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from harness.core.errors import CaseError, CaseProblem
-from harness.load.loader import LoadedDocument, PathKey
+from harness.load.loader import LoadedDocument, PathKey, quoted
 
 MAX_GRID_POINTS = 256  # a file is a readable unit; a larger sweep belongs in several files
 _GRID_KEY = re.compile(
@@ -92,7 +92,7 @@ def _grid_problems(document: LoadedDocument, grid: Any) -> Iterator[CaseProblem]
         fields = _fields(key) if isinstance(key, str) else [key]
         for field in fields:
             if not isinstance(field, str) or not _GRID_KEY.match(field):
-                yield CaseProblem(where, f"grid.{key}", f"{field!r} is not a field a grid can sweep", ALLOWED_KEYS)
+                yield CaseProblem(where, f"grid.{key}", f"{quoted(field)} is not a field a grid can sweep", ALLOWED_KEYS)
                 bad = True
             elif field in seen:
                 yield CaseProblem(where, f"grid.{key}", f"{field} is swept twice", "each field in one grid key")
@@ -146,7 +146,7 @@ def _where_problems(document: LoadedDocument, index: int, where: Any, grid: dict
                 yield CaseProblem(
                     document.line_of(("expect", index, "where", key)),
                     f"{field}.{key}",
-                    f"{value!r} is not one of the grid's values",
+                    f"{quoted(value)} is not one of the grid's values",
                     ", ".join(map(repr, grid[key])),
                 )
 

@@ -155,7 +155,7 @@ def _integer_in_range(text: str) -> bool:
     """Whether a YAML integer literal lies strictly within ±INTEGER_LIMIT (read without building
     integers of unbounded length)."""
     digits = text.lstrip("+-").replace("_", "")
-    if len(digits) > 24:  # beyond 2**63 in every base YAML 1.1 writes integers in
+    if len(digits) > 70:  # beyond 2**63 in every base YAML 1.1 writes integers in (binary: 0b and 64 digits)
         return False
     try:
         value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), yaml.ScalarNode(_INT_TAG, text))
@@ -164,9 +164,15 @@ def _integer_in_range(text: str) -> bool:
     return -INTEGER_LIMIT < value < INTEGER_LIMIT
 
 
-def _short(text: str, limit: int = 40) -> str:
-    """At most `limit` characters of a value quoted in a message."""
+def shortened(text: str, limit: int = 60) -> str:
+    """At most `limit` characters of a value a message quotes: a message never echoes a whole file
+    (a case that is a symlink to another file is one YAML string)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)`, shortened."""
+    return shortened(repr(value))
 
 
 class _TooLarge(Exception):
@@ -188,7 +194,7 @@ def _record_lines(
     lines[path] = line
     if isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG and not _integer_in_range(node.value):
         # Refused before construction: PyYAML's int() of thousands of digits raises ValueError.
-        problems.append(CaseProblem(line, format_path(path), f"integer out of range ({_short(node.value)})", "-2**63 < n < 2**63"))
+        problems.append(CaseProblem(line, format_path(path), f"integer out of range ({shortened(node.value, 40)})", "-2**63 < n < 2**63"))
     if isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _record_lines(item, (*path, index), item.start_mark.line + 1, lines, problems)
@@ -198,7 +204,7 @@ def _record_lines(
             key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id}>"
             key_line = key_node.start_mark.line + 1
             if key_node.tag != _STR_TAG:
-                allowed = f"text: quote it ('{_short(key)}')" if isinstance(key_node, yaml.ScalarNode) else "text"
+                allowed = f"text: quote it ('{shortened(key, 40)}')" if isinstance(key_node, yaml.ScalarNode) else "text"
                 problems.append(CaseProblem(key_line, format_path((*path, key)), "a key that is not text", allowed))
             if key in seen:
                 problems.append(CaseProblem(key_line, format_path((*path, key)), "duplicate key"))

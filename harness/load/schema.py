@@ -17,7 +17,7 @@ from harness.core.case import (
 )
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
-from harness.core.models import MODEL_SPECS, ModelSpec
+from harness.core.models import MODEL_SPECS, ModelSpec, layer_sizes
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.build import (
     build_expectations,
@@ -30,7 +30,7 @@ from harness.load.build import (
 )
 from harness.load.graph_schema import graph_case_from_document, is_graph_case
 from harness.load.grid import expand_grid, step_kind
-from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml
+from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml, quoted
 from harness.load.schemas import case_schema
 
 
@@ -131,7 +131,12 @@ class _CrossFieldChecks:
             ranks = " or ".join(str(rank) for rank in self.spec.input_ranks)
             yield self.problem(("input", "shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
             return
-        yield from input_size_problems(self.document)
+        sizes = (
+            layer_sizes(self.spec.root, list(shape), num_features)
+            if not self.spec.spatial_shrink or min(shape[2:]) > self.spec.spatial_shrink
+            else ()
+        )
+        yield from input_size_problems(self.document, sizes)
         if self.spec.is_bare_batchnorm and shape[1] != num_features:
             yield self.problem(("input", "shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
         shrink = self.spec.spatial_shrink
@@ -173,7 +178,7 @@ class _CrossFieldChecks:
         known = ", ".join(repr(name) for name in self.spec.submodule_paths)
         for submodule in mode:
             if submodule not in self.spec.submodule_paths:
-                yield self.problem((*path, submodule), f"no submodule {submodule!r} in model {self.spec.name!r}", known)
+                yield self.problem((*path, submodule), f"no submodule {quoted(submodule)} in model {self.spec.name!r}", known)
 
     def expectation(self, path: PathKey, raw: dict[str, Any], step_count: int) -> Iterator[CaseProblem]:
         has_fields = "field" in raw or "fields" in raw
@@ -194,7 +199,7 @@ class _CrossFieldChecks:
         for index, pattern in enumerate(patterns):
             if not any(field_matches(pattern, name) for name in fields):
                 key = (*path, "field") if "field" in raw else (*path, "fields", index)
-                yield self.problem(key, f"{pattern!r} matches no field of model {self.spec.name!r}", ", ".join(fields))
+                yield self.problem(key, f"{quoted(pattern)} matches no field of model {self.spec.name!r}", ", ".join(fields))
         steps = raw.get("step")
         for step in [steps] if isinstance(steps, int) else steps or []:
             if step >= step_count:

@@ -10,7 +10,7 @@ from typing import Any
 from jsonschema.exceptions import ValidationError
 
 from harness.core.errors import CaseProblem
-from harness.load.loader import LoadedDocument, PathKey, format_path
+from harness.load.loader import LoadedDocument, PathKey, format_path, quoted
 from harness.load.schemas import case_schema, shared_schema
 
 
@@ -120,13 +120,6 @@ def _fits_type(branch: dict[str, Any], instance: Any) -> bool:
     types = [declared] if isinstance(declared, str) else declared or []
     python_types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
     return any(isinstance(instance, python_types.get(name, object)) for name in types)
-
-
-def quoted(value: Any, limit: int = 60) -> str:
-    """`repr(value)`, at most `limit` characters of it: a message never echoes a whole file (a case
-    that is a symlink to another file is one YAML string)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 _BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}

@@ -162,7 +162,7 @@ class Journal:
 
 def read_journal(path: Path) -> tuple[ResultsDocument, list[int]]:
     """The results record a journal holds (its header and every complete case line), and the
-    number of the line left out: only the last line can be cut short by a kill.
+    numbers of the lines left out (at most the last one: only it can be cut short by a kill).
 
     Raises:
         HarnessError: not readable, not a journal, or a bad line before the last (two runs wrote
@@ -211,16 +211,26 @@ class ResultsLock:
 
     def __enter__(self) -> ResultsLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another run"
+        while True:
+            handle = self.path.open("a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another run"
+                handle.close()
+                raise ResultsLocked(
+                    f"{self.path.with_suffix('')}: {holder} is writing these results; wait for it, or name other --results"
+                ) from None
+            # The holder before us unlinks the file as it ends: a lock on the unlinked file is no
+            # lock on the path, so take it again on the file the path names now.
+            try:
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             handle.close()
-            raise ResultsLocked(
-                f"{self.path.with_suffix('')}: {holder} is writing these results; wait for it, or name other --results"
-            ) from None
         handle.seek(0)
         handle.truncate()
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -230,7 +240,7 @@ class ResultsLock:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # while still holding it: whoever opened it retries (above)
         self._file.close()
 
 

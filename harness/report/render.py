@@ -172,9 +172,9 @@ def _bars(verdict: Verdict) -> dict[str, Any] | None:
 
 
 def _modes(case: CaseRecord, reference: str | None) -> dict[str, Any]:
+    """Every submodule's training flag after each step, per runner, from the module.* verdicts."""
     if reference is None:  # no runner ran: no modes
         return {"paths": [], "runners": {}}
-    """Every submodule's training flag after each step, per runner, from the module.* verdicts."""
     table: dict[str, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     paths: list[str] = []
     for comparison in case.comparisons:

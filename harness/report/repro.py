@@ -22,7 +22,7 @@ from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch
 from harness.core.keras_mapping import Unmappable, keras_mapping
-from harness.core.models import MODEL_SPECS
+from harness.core.models import MODEL_SPECS, layer_output_shape
 from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
 from harness.judge.engine import CaseResult
 from harness.judge.tolerance import tolerance_for
@@ -169,8 +169,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
     from harness.run.runners import torch_models
 
     sources = [
-        inspect.getsource(item)
-        for item in (torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, torch_models.layer_output_shape)
+        inspect.getsource(item) for item in (torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, layer_output_shape)
     ]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     steps = [

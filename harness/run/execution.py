@@ -237,16 +237,20 @@ class Executor:
             if builds:
                 future = self._weights[case] = Future()
         if builds:
-            future.set_result(self._call("torch-weights", "torch-onnx", build_torch_weights, (case,), self.timeout_for(case)))
+            try:
+                future.set_result(self._call("torch-weights", "torch-onnx", build_torch_weights, (case,), self.timeout_for(case)))
+            except BaseException as error:  # the runners waiting on these weights must not wait forever
+                future.set_exception(error)
+                raise
         return future.result()
 
     def _call(self, name: str, family: str, function, args: tuple, timeout_s: float) -> Any:
         with self._slots:  # held while the worker computes: at most `jobs` runners at once
-            future = self._pool(family).schedule(function, args=args, timeout=timeout_s)
-            with self._lock:
-                self._scheduled.add(future)
-            future.add_done_callback(self._scheduled.discard)
             try:
+                with self._lock:  # scheduled and registered at once: close() cancels every future it ran
+                    future = self._pool_locked(family).schedule(function, args=args, timeout=timeout_s)
+                    self._scheduled.add(future)
+                future.add_done_callback(self._scheduled.discard)
                 return future.result()
             except FutureTimeout:
                 return RunResult(name, "timed_out", f"no result within {timeout_s:g} s; the {family} worker was stopped and replaced")
@@ -280,16 +284,20 @@ class Executor:
 
     def _pool(self, family: str) -> pebble.ProcessPool:
         with self._lock:
-            if self._closed:  # stopped (a signal, the end of the process): no new workers
-                raise HarnessError("the run was stopped")
-            if family not in self._pools:
-                self._pools[family] = pebble.ProcessPool(
-                    max_workers=self._workers_of(family),
-                    initializer=prepare_worker,
-                    initargs=(family, self._output_directory),
-                    context=_worker_context(family),
-                )
-            return self._pools[family]
+            return self._pool_locked(family)
+
+    def _pool_locked(self, family: str) -> pebble.ProcessPool:
+        """The family's pool, started if need be (with the lock held)."""
+        if self._closed:  # stopped (a signal, the end of the process): no new workers
+            raise HarnessError("the run was stopped")
+        if family not in self._pools:
+            self._pools[family] = pebble.ProcessPool(
+                max_workers=self._workers_of(family),
+                initializer=prepare_worker,
+                initargs=(family, self._output_directory),
+                context=_worker_context(family),
+            )
+        return self._pools[family]
 
     def _output_tail(self, pid: int | None) -> str:
         with contextlib.suppress(OSError, TypeError):

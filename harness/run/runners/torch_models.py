@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ from torch import nn
 
 from harness.core.case import BNConfig, Case, ModeSetting
 from harness.core.fields import MODULE_BN_ATTRIBUTES, MODULE_BN_BUFFERS, module_field
-from harness.core.models import MODEL_SPECS
+from harness.core.models import MODEL_SPECS, layer_output_shape
 from harness.run.runners.base import ObservationLog
 
 TORCH_DTYPES = {
@@ -48,7 +47,7 @@ class Block(nn.Module):
             if name:
                 self.add_module(name, build_layer(layer, shape, config))
             self.sequence.append((layer["kind"], name))
-            shape = layer_output_shape(layer, shape, config)
+            shape = layer_output_shape(layer, shape, config.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for kind, name in self.sequence:
@@ -73,22 +72,6 @@ def build_layer(layer: dict[str, Any], shape: list[int], config: BNConfig) -> nn
     if kind == "linear":
         return nn.Linear(shape[1], layer["out_features"], bias=layer["bias"])
     raise ValueError(f"layer kind {kind!r} is no module")
-
-
-def layer_output_shape(layer: dict[str, Any], shape: list[int], config: BNConfig) -> list[int]:
-    """The shape a layer of the model table returns for an input of `shape`."""
-    kind = layer["kind"]
-    if kind == "block":
-        for child in layer["layers"]:
-            shape = layer_output_shape(child, shape, config)
-        return shape
-    if kind == "conv2d":
-        return [shape[0], config.num_features] + [size + 2 * layer["padding"] - layer["kernel"] + 1 for size in shape[2:]]
-    if kind == "linear":
-        return [shape[0], layer["out_features"]]
-    if kind == "flatten":
-        return [shape[0], math.prod(shape[1:])]
-    return list(shape)
 
 
 def build_model(case: Case) -> nn.Module:
