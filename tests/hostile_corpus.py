@@ -242,6 +242,12 @@ def _graph_size(text: str, rng: random.Random) -> str:
     return GRAPH_NODE.replace("shape: [4, 2, 3]", rng.choice(["shape: [100000, 2, 1000, 1000]", "shape: [4194305, 2]"]), 1)
 
 
+def _path_escape(text: str, rng: random.Random) -> str:
+    """A backend test that would be read from outside the case's folder or onnx's data."""
+    name = rng.choice(["../elsewhere", "/etc", "onnx:data/../../../..", "onnx:node/../../x", "../../../../../../tmp"])
+    return f"description: reads from elsewhere\nonnx_backend_test: {name}\n"
+
+
 def _duplicate_key(text: str, rng: random.Random) -> str:
     return text.replace("model:", "model: batchnorm1d\nmodel:", 1)
 
@@ -266,6 +272,7 @@ MUTATIONS: dict[str, Callable[[str, random.Random], str | bytes]] = {
     "non_finite": _non_finite,
     "non_text_key": _non_text_key,
     "graph_size": _graph_size,
+    "path_escape": _path_escape,
 }
 
 
