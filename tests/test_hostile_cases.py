@@ -165,6 +165,11 @@ def test_a_model_too_large_for_the_input_cap_is_refused(tmp_path):
             ":3: input.shape: 200000000000 elements per batch; allowed: at most 4194304",
         ),
         ("opset: 15", f"opset: {10**30}", ":2: onnx_graph.opset: integer out of range"),
+        (
+            "steps: [forward, {train_step: {repeat: 2}}]\n",
+            "steps: [forward, {train_step: {repeat: 2}}]\nexpect: [{field: Y, step: 100000000000000000000, runners: [graph-ort], reason: r}]\n",
+            ":5: expect[0].step: integer out of range (100000000000000000000)",
+        ),
     ],
 )
 def test_graph_cases_refuse_what_torch_cases_refuse(tmp_path, old, new, expected):
