@@ -61,37 +61,7 @@ def test_unknown_runner_and_empty_directory_are_usage_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_run_killed_halfway_keeps_every_finished_case_in_its_journal(tmp_path, capsys):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    write_case(tmp_path / "cases", "a_first", EVAL_BN2D + "runners: [torch-eager]\n")
-    write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
-    write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
-    results = tmp_path / "reports" / "results.json"
-    # The harness's own command line, with the test-only runner that never returns registered.
-    script = (
-        "import sys; from harness.run.runners import register_runner; "
-        "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
-        "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
-    )
-    run = subprocess.Popen(
-        [sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
-        cwd=Path(__file__).resolve().parents[1],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    journal = cli.journal_path(results)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and run.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # the header and two cases
-            break
-        time.sleep(0.2)
-    assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
+    run, results, journal = start_a_run_that_hangs_on_its_third_case(tmp_path)
     os.killpg(run.pid, signal.SIGKILL)  # the run and its workers, as an out-of-memory killer would
     run.wait()
     assert not results.exists(), "killed before its end: only the journal holds the results"
@@ -211,31 +181,9 @@ def _processes_in_session(session_id: int) -> list[str]:
 def test_a_signal_stops_the_run_cleanly_keeping_the_journal(tmp_path, signum, code):
     """Ctrl-C printed a traceback; SIGTERM left a busy worker, the forkserver and the resource
     tracker running, and the workers' temporary folder behind."""
-    write_case(tmp_path / "cases", "a_first", EVAL_BN2D + "runners: [torch-eager]\n")
-    write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
-    write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
-    results, scratch = tmp_path / "reports" / "results.json", tmp_path / "tmp"
+    scratch = tmp_path / "tmp"
     scratch.mkdir()
-    script = (
-        "import sys; from harness.run.runners import register_runner; "
-        "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
-        "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
-    )
-    run = subprocess.Popen(
-        [sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
-        cwd=Path(__file__).resolve().parents[1],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "TMPDIR": str(scratch)},
-    )
-    journal = cli.journal_path(results)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and run.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # the header and two cases; the third hangs
-            break
-        time.sleep(0.2)
-    assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
+    run, results, journal = start_a_run_that_hangs_on_its_third_case(tmp_path, {**os.environ, "TMPDIR": str(scratch)})
     os.kill(run.pid, signum)  # the main process only, as `kill PID` does
     try:
         _, stderr = run.communicate(timeout=60)
@@ -269,3 +217,33 @@ def test_recover_and_baseline_save_to_a_folder_are_one_line_errors(tmp_path, cap
     assert cli.main(["recover", str(journal), "--results", str(results), "--report", str(tmp_path / "report.html")]) == 0
     assert cli.main(["baseline", "save", str(results), "-o", str(folder)]) == 2
     assert f"error: {folder}: exists and is not a regular file" in capsys.readouterr().err
+
+
+def start_a_run_that_hangs_on_its_third_case(tmp_path, env=None):
+    """`python -m harness run` in its own session on three cases, the third with a test-only runner
+    that never returns; returned once the first two are in the journal: (process, results, journal)."""
+    write_case(tmp_path / "cases", "a_first", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
+    write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
+    results = tmp_path / "reports" / "results.json"
+    script = (
+        "import sys; from harness.run.runners import register_runner; "
+        "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
+        "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(tmp_path / "cases"), "--results", str(results)],
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    journal = cli.journal_path(results)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and run.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # the header and two cases; the third hangs
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
+    return run, results, journal

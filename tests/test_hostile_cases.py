@@ -131,12 +131,7 @@ def test_the_good_cases_beside_the_corpus_run_and_keep_their_results(tmp_path, c
 )
 def test_integers_out_of_range_integral_floats_text_keys_and_non_finite_numbers_are_refused(tmp_path, old, new, expected):
     """Each was accepted, or crashed the loader or a worker, before (issue 20)."""
-    path = tmp_path / "case.yaml"
-    assert old in EVAL_BN2D
-    path.write_text(EVAL_BN2D.replace(old, new, 1))
-    with pytest.raises(CaseError) as refused:
-        load_case(path, display_path="case.yaml")
-    assert str(refused.value).startswith("case.yaml" + expected), str(refused.value)
+    assert_refused(tmp_path, EVAL_BN2D, old, new, expected)
 
 
 def test_a_model_too_large_for_the_input_cap_is_refused(tmp_path):
@@ -173,12 +168,7 @@ def test_a_model_too_large_for_the_input_cap_is_refused(tmp_path):
     ],
 )
 def test_graph_cases_refuse_what_torch_cases_refuse(tmp_path, old, new, expected):
-    path = tmp_path / "case.yaml"
-    assert old in GRAPH_NODE
-    path.write_text(GRAPH_NODE.replace(old, new, 1))
-    with pytest.raises(CaseError) as refused:
-        load_case(path, display_path="case.yaml")
-    assert str(refused.value).startswith("case.yaml" + expected), str(refused.value)
+    assert_refused(tmp_path, GRAPH_NODE, old, new, expected)
 
 
 def test_each_missing_required_field_is_named_once(tmp_path):
@@ -236,3 +226,13 @@ def test_a_long_field_pattern_is_quoted_shortened(tmp_path):
         load_case(path, display_path="case.yaml")
     (line,) = [line for line in str(refused.value).splitlines() if "matches no field" in line]
     assert "(3009 characters)" in line and len(line) < 400
+
+
+def assert_refused(tmp_path, base, old, new, expected):
+    """`base` with `old` replaced by `new` is refused, its first problem starting with `expected`."""
+    assert old in base
+    path = tmp_path / "case.yaml"
+    path.write_text(base.replace(old, new, 1))
+    with pytest.raises(CaseError) as refused:
+        load_case(path, display_path="case.yaml")
+    assert str(refused.value).startswith("case.yaml" + expected), str(refused.value)
