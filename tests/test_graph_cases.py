@@ -355,3 +355,13 @@ def test_spatial_0_follows_its_opset_and_is_attributed_without_crashing(tmp_path
     result = run_case(case)  # the stored output (X itself) is wrong: judged, not a crash
     wrong = [v for v in result.verdicts if not v and v.other == "onnx-spec"]
     assert wrong and wrong[0].attribution == "implementation deviates"
+
+
+def test_a_backend_test_changed_after_loading_is_checked_again_when_it_runs(tmp_path):
+    write_backend_test(tmp_path / "cases" / "bn_test")
+    case = load_case(write_case(tmp_path / "cases", "case", "description: mine\nonnx_backend_test: bn_test\n"))
+    write_backend_test(tmp_path / "elsewhere")
+    (tmp_path / "cases" / "bn_test" / "model.onnx").unlink()
+    (tmp_path / "cases" / "bn_test" / "model.onnx").symlink_to(tmp_path / "elsewhere" / "model.onnx")
+    with pytest.raises(RunnerError, match="onnx_backend_test: bn_test/model.onnx leads out of the case file's folder"):
+        create_runner("graph-ort").run(case)

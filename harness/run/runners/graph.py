@@ -20,6 +20,7 @@ from harness.core.fields import GRAPH_OUTPUT_FIELDS
 from harness.core.inputs import make_batch
 from harness.core.results import BNCall, RunResult
 from harness.core.semantics import oracle
+from harness.load.graph_schema import backend_test_problems
 from harness.run.runners.base import (
     FrameworkMissing,
     ObservationLog,
@@ -108,6 +109,8 @@ def load_backend_test(case: GraphCase) -> GraphSource:
     import onnx
 
     name = case.backend_test
+    for message, _ in backend_test_problems(name, Path(case.directory)):  # again: the folder may have changed since load
+        raise RunnerError(f"{case.path}: onnx_backend_test: {message}")
     if name.startswith("onnx:node/"):
         wanted = name.removeprefix("onnx:node/")
         found = [test for test in _onnx_node_tests() if test.name == wanted]
