@@ -226,8 +226,11 @@ def start_a_run_that_hangs_on_its_third_case(tmp_path, env=None):
     write_case(tmp_path / "cases", "b_second", EVAL_BN2D + "runners: [torch-eager]\n")
     write_case(tmp_path / "cases", "c_hangs", EVAL_BN2D + "runners: [torch-eager, fault-hang]\n")
     results = tmp_path / "reports" / "results.json"
+    # Ctrl-C as in a terminal: a test session started in the background by a script (a CI job) has
+    # SIGINT ignored, which its children inherit, and Python then installs no KeyboardInterrupt.
     script = (
-        "import sys; from harness.run.runners import register_runner; "
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from harness.run.runners import register_runner; "
         "register_runner('fault-hang', 'tests.fault_runners:HangRunner'); "
         "from harness.frontends import cli; sys.exit(cli.main(sys.argv[1:]))"
     )
