@@ -250,3 +250,13 @@ def start_a_run_that_hangs_on_its_third_case(tmp_path, env=None):
         time.sleep(0.2)
     assert run.poll() is None, f"the run ended on its own: {run.stderr.read().decode()}"
     return run, results, journal
+
+
+def test_a_path_that_does_not_exist_is_a_usage_error_that_writes_nothing(tmp_path, capsys):
+    """A mistyped path reported one invalid case and replaced the last run's results and report."""
+    results = tmp_path / "reports" / "results.json"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(tmp_path / "cases" / "typo" / "x.yaml"), "--results", str(results)])
+    assert exit_info.value.code == 2
+    assert f"no such file or directory: {tmp_path}/cases/typo/x.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()

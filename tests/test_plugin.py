@@ -25,7 +25,7 @@ def test_a_broken_case_fails_alone_with_file_line_and_field(pytester):
     write_case(pytester.path / "cases", "broken", FORUM_FLIP.replace("bn: eval}", "bn: evaluate}"))
     result = pytester.runpytest_subprocess("cases", FAST, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1, errors=0)
-    result.stdout.fnmatch_lines(["cases/broken.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval"])
+    result.stdout.fnmatch_lines(["cases/broken.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval"])
     result.stdout.no_fnmatch_line("*Traceback*")
 
 

@@ -49,12 +49,12 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     text = FORUM_FLIP.replace("bn: eval}", "bn: evaluate}").replace("  - export\n", "  - explode\n  - export: {opsett: 12}\n")
     text = text.replace("input:\n", "colour: red\ninput:\n")
     assert problems(tmp_path, text) == [
-        "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed; allowed: train, eval",
+        "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
         "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_seed, bn, mode, input, "
         "steps, expect, tolerance, runners, timeout, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, "
         "or a mapping with one key of: forward, train_step, export, set_mode",
-        "cases/case.yaml:14: steps[2].export.opsett: unknown field; allowed: training, opset, dynamic_batch, constant_folding, graph_state",
+        "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state",
     ]
 
 
@@ -189,3 +189,21 @@ def test_the_shared_expectations_take_the_runner_names_of_the_case_kind(tmp_path
     assert problems(tmp_path, GRAPH_NODE + expect) == [
         f"cases/case.yaml:7: expect[0].runners[0]: 'nope' is not allowed; allowed: {', '.join(graph_runner_names())}"
     ]
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("  num_features: 2\n", "  num_features: 2\n  momentun: 0.1\n", "bn.momentun: unknown field (did you mean 'momentum'?)"),
+        (
+            "mode: eval\n",
+            "mode: eval\nrunners: [torch-eager, onnx-torchscrpt-ort]\n",
+            "runners[1]: 'onnx-torchscrpt-ort' is not allowed (did you mean 'onnx-torchscript-ort'?)",
+        ),
+        ("model: batchnorm2d", "model: batchnorm_2d", "model: 'batchnorm_2d' is not allowed (did you mean 'batchnorm2d'?)"),
+        ("mode: eval\n", "mode: eval\ncolour: red\n", "colour: unknown field; allowed:"),
+    ],
+)
+def test_a_near_miss_gets_a_did_you_mean(tmp_path, old, new, expected):
+    (problem,) = problems(tmp_path, EVAL_BN2D.replace(old, new, 1))
+    assert expected in problem, problem

@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             only = parse_runner_names(args.runners)
         except HarnessError as error:
             parser.error(f"--runners: {error}")
+    missing = [str(path) for path in args.paths if not split_case_id(path)[0].exists()]
+    if missing:  # a typo: refused before it can replace the last run's results with one invalid case
+        parser.error(f"no such file or directory: {', '.join(missing)}")
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")

@@ -3,6 +3,7 @@ train, eval`, an anyOf explained by the branch the author meant."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -37,10 +38,11 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
         allowed_names = list(error.schema.get("properties", {}))
         unknown = [key for key in instance if key not in allowed_names]
         key_path = (*path, str(unknown[0])) if unknown else path
+        message = "unknown field" if len(unknown) <= 1 else f"unknown fields {', '.join(map(str, unknown))}"
         return CaseProblem(
             document.line_of(key_path),
             format_path(key_path),
-            "unknown field" if len(unknown) <= 1 else f"unknown fields {', '.join(map(str, unknown))}",
+            message + _suggestion(unknown[0] if unknown else None, allowed_names),
             ", ".join(allowed_names) or "no fields",
         )
     line, field = document.line_of(path), format_path(path)
@@ -50,7 +52,8 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
         missing = named.group(1) if named else next(name for name in value if name not in instance)
         return CaseProblem(line, field, f"missing required field {missing!r}", ", ".join(value))
     if validator == "enum":
-        return CaseProblem(line, field, f"{quoted(instance)} is not allowed", ", ".join(map(str, value)))
+        suggestion = _suggestion(instance, [str(item) for item in value])
+        return CaseProblem(line, field, f"{quoted(instance)} is not allowed{suggestion}", ", ".join(map(str, value)))
     if validator == "type":
         return CaseProblem(line, field, f"got {_type_name(instance)} {quoted(instance)}", _allowed_types(value))
     if validator in _BOUNDS:
@@ -68,6 +71,15 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
     if validator == "uniqueItems":
         return CaseProblem(line, field, "items repeat", "each item once")
     return CaseProblem(line, field, error.message)
+
+
+def _suggestion(written: Any, names: list[str]) -> str:
+    """` (did you mean 'eval'?)` when one allowed name is close to what was written (difflib's
+    ratio of at least 0.6, as Python's own "did you mean" for names)."""
+    if not isinstance(written, str) or len(names) < 2:  # one allowed name: the allowed list says it
+        return ""
+    close = difflib.get_close_matches(written, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _alternatives_text(error: ValidationError) -> str | None:
