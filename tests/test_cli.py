@@ -26,7 +26,7 @@ def test_run_writes_results_for_good_and_bad_cases_and_fails_on_the_bad_one(tmp_
     assert status == 1
     assert f"passed   {tmp_path}/cases/a_good.yaml  known divergences 0, nothing compared (only the reference ran)" in out
     assert f"{tmp_path}/cases/b_broken.yaml:4: bn.num_features: got -2; allowed: >= 1" in out
-    assert out.rstrip().endswith("1 passed, 0 failed, 0 skipped, 1 invalid, 0 error")
+    assert out.rstrip().endswith(f"1 passed, 0 failed, 0 skipped, 1 invalid, 0 error\nnot passed: {tmp_path}/cases/b_broken.yaml")
     outcomes = {case["id"]: case["outcome"] for case in json.loads(results.read_text())["cases"]}
     assert outcomes == {"a_good": "passed", "b_broken": "invalid"}
 

@@ -140,12 +140,21 @@ def summary_line(record: CaseRecord) -> str:
 OUTCOMES = ("passed", "failed", "skipped", "invalid", "error")
 
 
+MAX_NAMED = 10  # failing cases the totals name, the rest counted
+
+
 def totals_line(records: Sequence[CaseRecord]) -> str:
-    """`120 passed, 1 failed, 0 skipped, 0 invalid, 0 error; 2 expectation(s) not checked (...)`."""
+    """`120 passed, 1 failed, 0 skipped, 0 invalid, 0 error; 2 expectation(s) not checked (...)`,
+    and a second line naming the cases that did not pass, to rerun them."""
     counts = Counter(record.outcome for record in records)
     unchecked = sum(len(record.unverified) for record in records)
     totals = ", ".join(f"{counts.get(name, 0)} {name}" for name in OUTCOMES)
-    return totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else "")
+    text = totals + (f"; {unchecked} expectation(s) not checked (their runners were not selected or skipped)" if unchecked else "")
+    failing = [case_location(record.file or "", record.case_id) for record in records if record.outcome in ("failed", "invalid", "error")]
+    if failing:
+        more = f" and {len(failing) - MAX_NAMED} more" if len(failing) > MAX_NAMED else ""
+        text += "\nnot passed: " + " ".join(failing[:MAX_NAMED]) + more
+    return text
 
 
 def run_case(case: Case | GraphCase, only: Sequence[str] | None = None) -> CaseResult:

@@ -129,7 +129,10 @@ def explain_classification(path: str, found: Classification) -> str:
         parts.append(f"{len(found.new)} divergence(s) not listed in expect:")
         parts += [verdict.text for verdict in found.new[:MAX_VERDICTS_SHOWN]]
         if len(found.new) > MAX_VERDICTS_SHOWN:
-            parts.append(f"... and {len(found.new) - MAX_VERDICTS_SHOWN} more (all are in results.json)")
+            parts.append(
+                f"... and {len(found.new) - MAX_VERDICTS_SHOWN} more (all are in the results: `python -m harness run` "
+                "writes results.json, pytest with --harness-results=PATH)"
+            )
         parts.append("If these are real and understood, add to expect in " + path + ":\n" + _expect_snippet(found.new))
     for gone in found.vanished:
         where = f"{path}:{gone.expectation.line}" if gone.expectation.line else path
