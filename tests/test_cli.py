@@ -86,6 +86,11 @@ def test_the_report_goes_beside_the_results_by_default(tmp_path, monkeypatch):
     assert cli.main(["run", "cases", "--results", "out/results.json", "--runners", "torch-eager"]) == 0
     assert (tmp_path / "out" / "report.html").is_file() and not (tmp_path / "reports").exists()
 
+    # Runs sharing a folder keep their own report, named after their results.
+    assert cli.main(["run", "cases", "--results", "out/a.json", "--runners", "torch-eager"]) == 0
+    assert cli.main(["run", "cases", "--results", "out/b.json", "--runners", "torch-eager"]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").glob("*.html")) == ["a.html", "b.html", "report.html"]
+
 
 def test_expectations_whose_runners_did_not_run_are_counted_per_case_and_in_the_totals(tmp_path, capsys):
     from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT

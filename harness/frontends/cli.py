@@ -44,6 +44,12 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
 
 
+def report_path(results: Path) -> Path:
+    """The report beside a results file, named after it: `runs/a.json` -> `runs/a.html`, so that
+    runs sharing a folder keep their own; the default `results.json` -> `report.html`."""
+    return results.with_name("report.html") if results.name == "results.json" else results.with_suffix(".html")
+
+
 def journal_path(results: Path) -> Path:
     """`reports/results.json` -> `reports/results.jsonl`."""
     return results.with_suffix(".jsonl")
@@ -97,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join((*runner_names(), *graph_runner_names()))}")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
     run.add_argument(
-        "--report", type=Path, default=None, help="where to write the HTML report at the end (default: report.html beside --results)"
+        "--report",
+        type=Path,
+        default=None,
+        help="where to write the HTML report at the end (default: beside --results, named after it; report.html for results.json)",
     )
     run.add_argument("-j", "--jobs", type=_positive_int, default=1, help="runners computing at once, one core each (default 1)")
     run.add_argument(
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
     recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
     recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
-    recover.add_argument("--report", type=Path, default=None, help="default: report.html beside --results")
+    recover.add_argument("--report", type=Path, default=None, help="default: beside --results, named after it")
     report = commands.add_parser("report", help="render the HTML report of a results.json")
     report.add_argument("results", type=Path, help="a results.json")
     report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
@@ -150,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return render_report_file(args.results, args.output)
     if args.command == "recover":
-        return recover_from_journal(args.journal, args.results, args.report or args.results.with_name("report.html"))
+        return recover_from_journal(args.journal, args.results, args.report or report_path(args.results))
 
     only = None
     if args.runners:
@@ -164,8 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
-    report_path = args.report or args.results.with_name("report.html")
-    for output in (args.results, journal_path(args.results), report_path):
+    for output in (args.results, journal_path(args.results), args.report or report_path(args.results)):
         try:
             check_output_path(output)
         except HarnessError as error:
@@ -211,7 +219,7 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
         journal.close()
     write_results(args.results, results)
     print(f"results written to {args.results} (journal: {journal.path})")
-    render_report_file(args.results, args.report or args.results.with_name("report.html"))
+    render_report_file(args.results, args.report or report_path(args.results))
     print(totals_line([case_record(result) for result in results]))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
 
