@@ -62,3 +62,20 @@ def test_empty_and_oversized_files():
 def test_format_path():
     assert format_path(("steps", 2, "mode")) == "steps[2].mode"
     assert format_path(("mode", "")) == 'mode.""'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "description: x\nbn: {num_features: 2\nmode: eval\n",
+            "x.yaml:2: <document>: invalid YAML: while parsing a flow mapping expected ',' or '}', but got ':' (noticed at line 3)",
+        ),
+        ("a: 'unterminated\nb: 2\n", "x.yaml:1: <document>: invalid YAML: while scanning a quoted scalar found unexpected end of stream"),
+        ("a:\n  b: 1\n c: 2\n", "x.yaml:3: <document>: invalid YAML:"),  # a block error stays where it is noticed
+    ],
+)
+def test_an_unclosed_bracket_or_quote_is_located_where_it_opened(text, expected):
+    with pytest.raises(CaseError) as refused:
+        load_yaml(text, "x.yaml")
+    assert str(refused.value).startswith(expected), str(refused.value)

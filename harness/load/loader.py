@@ -103,6 +103,11 @@ def load_yaml(text: str, source: str) -> LoadedDocument:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
         reason = " ".join(part for part in (error.context, error.problem) if part)
+        opened = error.context_mark
+        if opened is not None and line is not None and opened.line + 1 != line and (error.context or "").startswith(_UNCLOSED):
+            # An unclosed bracket or quote is noticed lines later: point at where it opened.
+            reason += f" (noticed at line {line})"
+            line = opened.line + 1
         raise CaseError(source, [CaseProblem(line, "", f"invalid YAML: {reason}")]) from None
     except yaml.reader.ReaderError as error:  # a character YAML does not allow (NUL, control characters)
         character = f"#x{error.character:04x}" if isinstance(error.character, int) else repr(error.character)
@@ -147,6 +152,8 @@ def _flow_nesting_problem(text: str) -> CaseProblem | None:
     return None
 
 
+# Errors YAML notices where the document goes on without a closing bracket or quote.
+_UNCLOSED = ("while parsing a flow", "while scanning a quoted scalar")
 _INT_TAG, _STR_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:str"
 INTEGER_LIMIT = 2**63  # what every framework's integer arguments (seeds, sizes) can hold
 
