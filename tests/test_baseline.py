@@ -72,9 +72,12 @@ def test_statuses_outcomes_and_cases():
         "outcome changed: forum: passed -> failed",
         "status changed: onnx-torchscript-ort in forum: ok -> crashed",
     ]
-    assert compare_results(BASELINE, changed(replace(BASELINE.cases[0], case_id="renamed"))).report().splitlines()[:2] == [
-        "case gone: forum",
+    renamed = changed(replace(BASELINE.cases[0], case_id="renamed"))
+    assert compare_results(BASELINE, renamed, everything=True).report().splitlines()[:2] == ["case gone: forum", "new case: renamed"]
+    assert compare_results(BASELINE, renamed).report().splitlines() == [
         "new case: renamed",
+        "not compared: 1 case(s) of the baseline this run did not run (--all compares them)",
+        "1 change(s) against the baseline",
     ]
 
 
@@ -149,3 +152,28 @@ def test_a_saved_baseline_keeps_what_comparing_needs(tmp_path):
         "dtype",
     }, "a baseline keeps the keys comparing reads, and no verdict text"
     assert not compare_results(saved, BASELINE).regressed
+
+
+def test_a_subset_run_compares_only_what_it_ran(tmp_path, capsys):
+    """A run of some cases, or with --runners, listed every other case as gone and every other
+    runner's divergences as vanished."""
+    other = records.case("other", comparisons=[divergence()])
+    full = records.written(records.document(forum(), other))
+    subset = records.written(records.document(forum(runners={"torch-eager": "ok"}, comparisons=[])))
+    comparison = compare_results(full, subset)
+    assert not comparison.regressed
+    assert comparison.report().splitlines() == [
+        "not compared: 1 case(s) of the baseline this run did not run (--all compares them)",
+        "not compared: 1 runner result(s) of the baseline, with 2 divergence(s), that this run did not run (--all compares them)",
+        "no change against the baseline",
+    ]
+    everything = compare_results(full, subset, everything=True)
+    assert (
+        "case gone: other" in everything.report()
+        and "vanished divergence: onnx-torchscript-ort module.bn.training after step 1 in forum" in (everything.report())
+    )
+    (tmp_path / "full.json").write_text(records.written_json(full))
+    (tmp_path / "subset.json").write_text(records.written_json(subset))
+    assert cli.main(["baseline", "compare", str(tmp_path / "full.json"), str(tmp_path / "subset.json")]) == 0
+    assert cli.main(["baseline", "compare", str(tmp_path / "full.json"), str(tmp_path / "subset.json"), "--all"]) == 1
+    assert "case gone: other" in capsys.readouterr().out

@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("old", type=Path, help="the baseline results.json")
     compare.add_argument("new", type=Path, help="the new results.json")
     compare.add_argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="also the cases and runners of the baseline that NEW did not run (as gone, vanished); default: only what both ran",
+    )
+    compare.add_argument(
         "--factor",
         type=float,
         default=DEFAULT_MAGNITUDE_FACTOR,
@@ -155,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "baseline" and args.baseline_command == "save":
         return save_baseline(args.results, args.output)
     if args.command == "baseline":
-        return compare_baseline(args.old, args.new, args.factor)
+        return compare_baseline(args.old, args.new, args.factor, args.everything)
     if args.command == "report":
         return render_report_file(args.results, args.output)
     if args.command == "recover":
@@ -303,10 +309,10 @@ def save_baseline(results: Path, output: Path) -> int:
     return 0
 
 
-def compare_baseline(old: Path, new: Path, factor: float) -> int:
+def compare_baseline(old: Path, new: Path, factor: float, everything: bool = False) -> int:
     """`python -m harness baseline compare OLD NEW`: print the changes; 1 when there are any."""
     try:
-        comparison = compare_results(load_results(old), load_results(new), factor)
+        comparison = compare_results(load_results(old), load_results(new), factor, everything)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

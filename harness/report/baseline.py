@@ -47,6 +47,7 @@ class BaselineComparison:
 
     version_differences: tuple[str, ...]
     changes: tuple[Change, ...]
+    not_compared: tuple[str, ...] = ()  # what the baseline has that this run did not run (a subset run)
 
     @property
     def regressed(self) -> bool:
@@ -60,6 +61,7 @@ class BaselineComparison:
             lines.append("The baseline comes from another environment:")
             lines += [f"  {line}" for line in self.version_differences]
         lines += [change.describe() for change in self.changes]
+        lines += [f"not compared: {line}" for line in self.not_compared]
         lines.append(f"{len(self.changes)} change(s) against the baseline" if self.changes else "no change against the baseline")
         return "\n".join(lines)
 
@@ -86,11 +88,48 @@ def write_baseline(results: ResultsDocument, path: Path) -> None:
     write_atomically(path, json.dumps(plain_json(results.to_baseline_json()), indent=1) + "\n")
 
 
-def compare_results(baseline: ResultsDocument, new: ResultsDocument, factor: float = DEFAULT_MAGNITUDE_FACTOR) -> BaselineComparison:
-    """What changed from `baseline` to `new`."""
+def compare_results(
+    baseline: ResultsDocument, new: ResultsDocument, factor: float = DEFAULT_MAGNITUDE_FACTOR, everything: bool = False
+) -> BaselineComparison:
+    """What changed from `baseline` to `new`. By default only what both ran is compared: a case or
+    a runner the new run did not run (a subset, `pytest -k`, `--runners`) is "not compared", never
+    "gone" or "vanished"; `everything` compares all, as the nightly's full run wants.
+
+    Raises:
+        HarnessError: a factor not above 1.
+    """
     if factor <= 1:
         raise HarnessError(f"the magnitude factor must be above 1; got {factor}")
-    return BaselineComparison(tuple(_version_differences(baseline.environment, new.environment)), tuple(_changes(baseline, new, factor)))
+    not_compared: list[str] = []
+    if not everything:
+        baseline, not_compared = _what_both_ran(baseline, new)
+    versions = tuple(_version_differences(baseline.environment, new.environment))
+    return BaselineComparison(versions, tuple(_changes(baseline, new, factor)), tuple(not_compared))
+
+
+def _what_both_ran(baseline: ResultsDocument, new: ResultsDocument) -> tuple[ResultsDocument, list[str]]:
+    """The baseline narrowed to the cases, and in each case the runners, that the new run ran; and
+    a line for each kind of thing left out."""
+    ran = _by_id(new)
+    kept, runs_left_out, divergences_left_out = [], 0, 0
+    for case in baseline.cases:
+        current = ran.get(case.case_id)
+        if current is None:
+            continue
+        absent = {name for name in case.runners if name not in current.runners}
+        runs_left_out += len(absent)
+        divergences_left_out += sum(1 for key in _divergences(case) if key[1] in absent)
+        kept.append(_without(case, dict.fromkeys(absent)))
+    lines = []
+    cases_left_out = len(baseline.cases) - len(kept)
+    if cases_left_out:
+        lines.append(f"{cases_left_out} case(s) of the baseline this run did not run (--all compares them)")
+    if runs_left_out:
+        lines.append(
+            f"{runs_left_out} runner result(s) of the baseline, with {divergences_left_out} divergence(s), that this run did not run "
+            "(--all compares them)"
+        )
+    return baseline.with_cases(kept), lines
 
 
 def _version_differences(old: Environment, new: Environment) -> Iterator[str]:
