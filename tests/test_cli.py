@@ -265,3 +265,19 @@ def test_a_path_that_does_not_exist_is_a_usage_error_that_writes_nothing(tmp_pat
     assert exit_info.value.code == 2
     assert f"no such file or directory: {tmp_path}/cases/typo/x.yaml" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.slow
+def test_v_prints_a_line_per_known_divergence_and_vv_the_verdicts(tmp_path, capsys):
+    """-v printed every known divergence's whole verdict (about 6,500 lines for the library)."""
+    pytest.importorskip("onnxruntime")
+    from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT
+
+    write_case(tmp_path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    command = ["run", str(tmp_path / "cases"), "--results", str(tmp_path / "results.json"), "--runners", "torch-eager,onnx-torchscript-ort"]
+    assert cli.main([*command, "-v"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("known: ")]
+    assert len(lines) == 6 and lines[0].startswith("known: onnx-torchscript-ort module.bn.training after step 1 (export(training=eval)): ")
+    assert cli.main([*command, "-vv"]) == 0
+    out = capsys.readouterr().out
+    assert "Mismatched elements" in out and "  reason: " in out

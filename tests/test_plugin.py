@@ -168,3 +168,12 @@ def test_the_good_cases_beside_every_kind_of_bad_file_pass_under_pytest(pytester
     assert outcomes.get("passed") == 2 and outcomes.get("failed") == len(hostile) and "error" not in outcomes, outcomes
     recorded = json.loads((pytester.path / "out.json").read_text())["cases"]
     assert sorted(case["outcome"] for case in recorded) == ["invalid"] * len(hostile) + ["passed"] * 2
+
+
+def test_v_summarises_each_known_divergence_on_a_line_and_vv_gives_the_verdicts(pytester):
+    write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
+    brief = pytester.runpytest_subprocess("cases", FAST, "-v", "-p", "no:cacheprovider")
+    known = [line for line in brief.stdout.lines if line.strip().startswith("known: onnx-torchscript-ort ")]
+    assert len(known) == 6 and "Mismatched elements" not in brief.stdout.str()
+    whole = pytester.runpytest_subprocess("cases", FAST, "-vv", "-p", "no:cacheprovider")
+    assert "Mismatched elements" in whole.stdout.str()

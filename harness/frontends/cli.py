@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.core.case import Case
 from harness.core.errors import HarnessError
 from harness.core.runner_table import graph_runner_names, parse_runner_names, runner_names
-from harness.frontends.session import Session, split_case_id, summary_line, totals_line
+from harness.frontends.session import Session, known_divergence_lines, split_case_id, summary_line, totals_line
 from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
@@ -101,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--results", type=Path, default=Path("reports/results.json"), help="where to write results.json")
     run.add_argument("--runners", default=None, help=f"comma-separated subset of: {', '.join((*runner_names(), *graph_runner_names()))}")
-    run.add_argument("-v", "--verbose", action="store_true", help="also print every known divergence with its reason")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also print each known divergence on a line with its reason; -vv: their whole verdicts",
+    )
     run.add_argument(
         "--report",
         type=Path,
@@ -208,8 +214,11 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
             print(summary_line(case_record(result)), flush=True)
             if result.outcome in ("failed", "invalid", "error"):
                 print(_indent(result.explain()), flush=True)
-            if args.verbose and result.classification is not None and result.classification.known:
+            if args.verbose > 1 and result.classification is not None and result.classification.known:
                 print(_indent(explain_known(result.classification)), flush=True)
+            elif args.verbose == 1:
+                for line in known_divergence_lines(case_record(result)):
+                    print(_indent(line), flush=True)
     except (KeyboardInterrupt, Stopped) as stop:
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
         execution.shutdown()  # every worker, busy or not, before the line that says the run is over

@@ -12,7 +12,7 @@ from harness.core.errors import HarnessError
 from harness.core.records import CaseRecord
 from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.collect import CASE_RECORD_PROPERTY, SESSION_KEY, CaseFile
-from harness.frontends.session import Session, summary_line, totals_line
+from harness.frontends.session import Session, known_divergence_lines, summary_line, totals_line
 from harness.report.baseline import BaselineComparison, compare_results, load_results
 from harness.report.record import check_output_path, document_of, write_document
 from harness.run import execution
@@ -178,8 +178,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         if entry.record.outcome in ("invalid", "error"):
             line += ": see its failure above"
         terminalreporter.write_line(line)
-        if config.get_verbosity() > 0 and entry.known:
+        if config.get_verbosity() > 1 and entry.known:  # -vv: the whole verdicts
             terminalreporter.write_line("    " + entry.known.replace("\n", "\n    "))
+        elif config.get_verbosity() == 1:
+            for known in known_divergence_lines(entry.record):
+                terminalreporter.write_line("    " + known)
     terminalreporter.write_line(totals_line([entry.record for entry in finished]))
     target = config.getoption("harness_results")
     if target:

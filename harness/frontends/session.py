@@ -137,6 +137,21 @@ def summary_line(record: CaseRecord) -> str:
     return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")
 
 
+def known_divergence_lines(record: CaseRecord) -> list[str]:
+    """One line per known divergence (`-v`): runner, field, step, attribution class and the reason
+    the case gives; the whole verdicts are for `-vv`."""
+    lines = []
+    for comparison in record.comparisons:
+        if comparison.classification != "known":
+            continue
+        verdict, reason = comparison.verdict, comparison.expectation.reason if comparison.expectation else None
+        line = f"known: {verdict.other} {verdict.field} after {verdict.step_label}: {verdict.attribution or 'unattributed'}"
+        if reason:
+            line += f" ({' '.join(reason.split()[:16])}{' ...' if len(reason.split()) > 16 else ''})"
+        lines.append(line)
+    return lines
+
+
 OUTCOMES = ("passed", "failed", "skipped", "invalid", "error")
 
 
