@@ -118,7 +118,7 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> 
     """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed."""
     index = 0
     for raw in raw_steps:
-        kind = step_kind(raw)
+        kind = step_kind(raw) or ""  # a validated step always has a kind
         options = (raw.get(kind) if isinstance(raw, dict) else None) or {}
         if kind == "forward":
             steps = [Step("forward", seed=options.get("seed", input_seed))]

@@ -40,9 +40,10 @@ def graph_case_from_document(document: LoadedDocument, case_id: str, source: str
     data = document.data
     node = None
     if "onnx_graph" in data:
-        raw = data["onnx_graph"]
-        node = GraphNodeSpec(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
-    input_spec = build_input(data["input"], node.dtype) if "input" in data else None
+        node_fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data["onnx_graph"].items()}
+        node = GraphNodeSpec(**node_fields)
+    # A hand-built node brings its input (the cross-field rules make sure); a backend test its data.
+    input_spec = build_input(data["input"], node.dtype) if node is not None and "input" in data else None
     return GraphCase(
         case_id=case_id,
         path=source,

@@ -210,7 +210,7 @@ def _targets(data: dict[str, Any], key: str) -> list[PathKey]:
     """Where a grid key writes: `bn.eps` -> [("bn", "eps")]; `export.opset` -> every export step's."""
     if key.startswith("export."):
         option = key.split(".", 1)[1]
-        targets = []
+        targets: list[PathKey] = []
         for index, step in enumerate(data.get("steps", [])):
             if step_kind(step) != "export":
                 continue

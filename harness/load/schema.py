@@ -52,7 +52,7 @@ def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | Grap
         raise CaseError(source, [CaseProblem(line, "", f"not UTF-8 text (byte 0x{data[error.start]:02x})", "a UTF-8 text file")]) from None
     try:
         document = load_yaml(text, source)
-        cases = []
+        cases: list[Case | GraphCase] = []
         for case_id, point in expand_grid(document, path.stem, source):
             if is_graph_case(point.data):
                 cases.append(graph_case_from_document(point, case_id=case_id, source=source, directory=path.parent))
@@ -216,15 +216,15 @@ def _nested_shape(values: Any) -> tuple[int, ...] | None:
     if not isinstance(values, list) or not values:
         return None
     shapes = {_nested_shape(item) for item in values}
-    if len(shapes) != 1 or None in shapes:
-        return None
-    return (len(values), *shapes.pop())
+    inner = shapes.pop() if len(shapes) == 1 else None
+    return None if inner is None else (len(values), *inner)
 
 
 def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
     """The `Case` of a document that passed validation."""
     data = document.data
-    bn = BNConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()})
+    bn_fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()}
+    bn = BNConfig(**bn_fields)
     input_spec = build_input(data["input"], bn.dtype)
     return Case(
         case_id=case_id,

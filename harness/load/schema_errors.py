@@ -130,7 +130,14 @@ def _fits_type(branch: dict[str, Any], instance: Any) -> bool:
         return any(type(value) is type(instance) for value in branch["enum"])
     declared = branch.get("type")
     types = [declared] if isinstance(declared, str) else declared or []
-    python_types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+    python_types: dict[str, type | tuple[type, ...]] = {
+        "object": dict,
+        "array": list,
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "null": type(None),
+    }
     return any(isinstance(instance, python_types.get(name, object)) for name in types)
 
 
