@@ -5,11 +5,13 @@ regression check. `python -m harness matrix FILES`: the version matrix side by s
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.core.case import Case
 from harness.core.errors import HarnessError
@@ -55,19 +57,26 @@ def journal_path(results: Path) -> Path:
     return results.with_suffix(".jsonl")
 
 
+def _command(function: Callable[..., int]) -> Callable[..., int]:
+    """A subcommand whose HarnessError (bad input: an unreadable file, a path that cannot be
+    written) is one line on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return function(*args, **kwargs)
+        except HarnessError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_command
 def recover_from_journal(journal: Path, results: Path, report: Path) -> int:
     """`python -m harness recover JOURNAL`: results.json and the report of the cases a run finished."""
-
-    try:
-        document, dropped = read_journal(journal)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        write_document(results, document)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    document, dropped = read_journal(journal)
+    write_document(results, document)
     cut = f"; left out line {dropped[0]}, cut short by the end of the run" if dropped else ""
     print(f"{len(document.cases)} finished case(s) from {journal}{cut}; results written to {results}")
     return render_report_file(results, report)
@@ -252,79 +261,56 @@ def _stop_on_signal(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
+@_command
 def write_repro_bundles(path: Path, output: Path) -> int:
     """`python -m harness repro CASE`: run the case, write one bundle per exporter or Keras runner that diverged."""
-
     session = Session()
-    try:
-        path, wanted = split_case_id(path)
-        for case in load_cases(path, display_path=str(path)):  # each point of a grid, or the one named
-            if wanted is not None and case.case_id != wanted:
-                continue
-            result = session.run_case(case)
-            if not isinstance(case, Case):
-                print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
-                continue
-            runners = bundle_runners(result)
-            if not runners:
-                print(f"{case.case_id}: no exporter or Keras runner diverged: nothing to reproduce")
-                continue
-            for runner in runners:
-                print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path, wanted = split_case_id(path)
+    for case in load_cases(path, display_path=str(path)):  # each point of a grid, or the one named
+        if wanted is not None and case.case_id != wanted:
+            continue
+        result = session.run_case(case)
+        if not isinstance(case, Case):
+            print(f"repro bundle written to {write_graph_bundle(case, result, output)} (run: python repro.py)")
+            continue
+        runners = bundle_runners(result)
+        if not runners:
+            print(f"{case.case_id}: no exporter or Keras runner diverged: nothing to reproduce")
+            continue
+        for runner in runners:
+            print(f"repro bundle written to {write_bundle(case, result, runner, output)} (run: python repro.py)")
     return 0
 
 
+@_command
 def print_matrix(paths: Sequence[Path], everything: bool) -> int:
     """`python -m harness matrix reports/matrix/*.json`: which divergence appears in which versions."""
-
-    try:
-        documents = load_documents(paths)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(matrix_table(documents, everything))
+    print(matrix_table(load_documents(paths), everything))
     return 0
 
 
+@_command
 def render_report_file(results: Path, output: Path) -> int:
     """`python -m harness report results.json -o reports/report.html`."""
-
-    try:
-        write_report(load_results(results), output)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    write_report(load_results(results), output)
     print(f"report written to {output}")
     return 0
 
 
+@_command
 def save_baseline(results: Path, output: Path) -> int:
     """`python -m harness baseline save results.json -o reports/baseline.json`."""
-    try:
-        document = load_results(results)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        write_baseline(document, output)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    document = load_results(results)
+    write_baseline(document, output)
     divergences = sum(len(case.divergences) for case in document.cases)
     print(f"baseline written to {output}: {len(document.cases)} cases, {divergences} divergences")
     return 0
 
 
+@_command
 def compare_baseline(old: Path, new: Path, factor: float, everything: bool = False) -> int:
     """`python -m harness baseline compare OLD NEW`: print the changes; 1 when there are any."""
-    try:
-        comparison = compare_results(load_results(old), load_results(new), factor, everything)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    comparison = compare_results(load_results(old), load_results(new), factor, everything)
     print(comparison.report())
     return 1 if comparison.regressed else 0
 
