@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.core.records import CaseRecord, ComparisonRecord, Environment, ExpectationRecord, ResultsDocument, RunnerRecord
+from harness.core.records import CaseRecord, ComparisonRecord, Environment, ExpectationRecord, ResultsDocument, RunRecord
 from harness.core.results import Verdict
 from harness.report.record import document_text
 
@@ -37,13 +37,13 @@ def expectation(
 def case(
     case_id: str = "forum",
     outcome: str = "passed",
-    runners: Mapping[str, str | RunnerRecord] | None = None,
+    runners: Mapping[str, str | RunRecord] | None = None,
     comparisons: Sequence[ComparisonRecord] = (),
     **fields: Any,
 ) -> CaseRecord:
     """A judged case; `runners` maps each runner to its status (or its record)."""
     statuses = runners if runners is not None else {"torch-eager": "ok", "onnx-torchscript-ort": "ok"}
-    records = {name: run if isinstance(run, RunnerRecord) else RunnerRecord(run) for name, run in statuses.items()}
+    records = {name: run if isinstance(run, RunRecord) else RunRecord(run) for name, run in statuses.items()}
     values: dict[str, Any] = {"file": f"cases/{case_id}.yaml", "judged": True, **fields}
     return CaseRecord(case_id=case_id, outcome=outcome, runners=records, comparisons=tuple(comparisons), **values)
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from harness.core.errors import HarnessError
-from harness.core.records import RunnerRecord
+from harness.core.records import RunRecord
 from harness.frontends import cli
 from harness.report.baseline import compare_results, load_results
 from tests import records
@@ -82,13 +82,13 @@ def test_statuses_outcomes_and_cases():
 
 
 def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
-    skipped = RunnerRecord("skipped", "onnxruntime is not installed")
+    skipped = RunRecord("skipped", "onnxruntime is not installed")
     alone = forum([], runners={"torch-eager": "ok", "onnx-torchscript-ort": skipped})
     assert [change.describe() for change in compare_results(BASELINE, changed(alone)).changes] == [
         "runner not run: onnx-torchscript-ort ran in the baseline and was skipped in every case here "
         "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"
     ]
-    second = replace(alone, case_id="other", runners={"torch-eager": RunnerRecord("ok"), "onnx-torchscript-ort": RunnerRecord("ok")})
+    second = replace(alone, case_id="other", runners={"torch-eager": RunRecord("ok"), "onnx-torchscript-ort": RunRecord("ok")})
     assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(BASELINE, changed(alone, second)).report(), (
         "skipped in one case only: per case"
     )

@@ -11,7 +11,7 @@ from harness.core.records import (
     CaseRecord,
     ComparisonRecord,
     RecordError,
-    RunnerRecord,
+    RunRecord,
     StatusRecord,
     UnverifiedRecord,
     VanishedRecord,
@@ -66,7 +66,7 @@ def _full_document():
         outcome="failed",
         description="d",
         steps=("step 0 (forward)",),
-        runners={"torch-eager": "ok", "onnx-torchscript-ort": RunnerRecord("ok", None, {"exports": [{"opset": 17}]})},
+        runners={"torch-eager": "ok", "onnx-torchscript-ort": RunRecord("ok", None, {"exports": [{"opset": 17}]})},
         comparisons=[
             records.comparison(
                 "onnx-torchscript-ort",
@@ -102,7 +102,7 @@ def test_every_record_decodes_to_what_was_encoded():
 WRITTEN_KEYS = [
     (CaseRecord, "id", "no 'id'"),
     (CaseRecord, "outcome", "no 'outcome'"),
-    (RunnerRecord, "status", "no 'status'"),
+    (RunRecord, "status", "no 'status'"),
     (ComparisonRecord, "classification", "no 'classification'"),
     (ComparisonRecord, "other", "no 'other'"),
     (ComparisonRecord, "field", "no 'field'"),

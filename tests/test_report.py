@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from harness.core.records import CaseRecord, RunnerRecord, StatusRecord
+from harness.core.records import CaseRecord, RunRecord, StatusRecord
 from harness.report.render import render_report, write_report
 from tests import records
 
@@ -42,7 +42,7 @@ FLIP = records.case(
     runners={
         "torch-eager": "ok",
         "onnx-torchscript-ort": "ok",
-        "onnx-dynamo-ort": RunnerRecord("export_failed", "TorchExportError: boom"),
+        "onnx-dynamo-ort": RunRecord("export_failed", "TorchExportError: boom"),
     },
     statuses=(StatusRecord("onnx-dynamo-ort", "export_failed", "TorchExportError: boom", True),),
     comparisons=[

@@ -124,7 +124,7 @@ class ComparisonRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class RunnerRecord:
+class RunRecord:
     """What became of one runner on one case."""
 
     status: str
@@ -135,7 +135,7 @@ class RunnerRecord:
         return {"status": self.status, "reason": self.reason, "details": dict(self.details)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = "a runner") -> RunnerRecord:
+    def from_json(cls, data: Mapping[str, Any], where: str = "a runner") -> RunRecord:
         return cls(_required(data, "status", where), data.get("reason"), data.get("details") or {})
 
 
@@ -199,7 +199,7 @@ class CaseRecord:
     description: str = ""
     steps: tuple[str, ...] = ()
     error: str | None = None
-    runners: Mapping[str, RunnerRecord] = field(default_factory=dict)  # in run order, the reference first
+    runners: Mapping[str, RunRecord] = field(default_factory=dict)  # in run order, the reference first
     comparisons: tuple[ComparisonRecord, ...] = ()
     judged: bool = False
     vanished: tuple[VanishedRecord, ...] = ()
@@ -256,7 +256,7 @@ class CaseRecord:
             description=data.get("description") or "",
             steps=tuple(data.get("steps") or ()),
             error=data.get("error"),
-            runners={name: RunnerRecord.from_json(run, f"runner {name!r} of {where}") for name, run in runners.items()},
+            runners={name: RunRecord.from_json(run, f"runner {name!r} of {where}") for name, run in runners.items()},
             comparisons=tuple(ComparisonRecord.from_json(entry, f"a comparison of {where}") for entry in data.get("comparisons") or ()),
             judged="statuses" in data,
             vanished=tuple(VanishedRecord.from_json(entry) for entry in data.get("vanished") or ()),

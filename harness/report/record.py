@@ -28,7 +28,7 @@ from harness.core.records import (
     ExpectationRecord,
     RecordError,
     ResultsDocument,
-    RunnerRecord,
+    RunRecord,
     StatusRecord,
     UnverifiedRecord,
     VanishedRecord,
@@ -67,7 +67,7 @@ def environment() -> Environment:
 
 def case_record(result: CaseResult) -> CaseRecord:
     """One case as results.json records it."""
-    runners = {run.runner: RunnerRecord(run.status, run.reason, run.details) for run in result.runs}
+    runners = {run.runner: RunRecord(run.status, run.reason, run.details) for run in result.runs}
     found = result.classification
     record = CaseRecord(result.case_id, result.path, result.outcome, result.description, tuple(result.steps), result.error, runners)
     if found is None:

@@ -74,8 +74,7 @@ class KerasPort:
         kind = layer["kind"]
         if kind == "block":
             for child in layer["layers"]:
-                name = child.get("name")
-                shape = self._build_layer(child, f"{path}.{name}" if path and name else name or path, shape, weights)
+                shape = self._build_layer(child, self._child_path(path, child), shape, weights)
             return shape
         if kind == "batchnorm":
             self._add_bn(path, shape, weights)
@@ -139,8 +138,7 @@ class KerasPort:
         kind, ops = layer["kind"], self.keras.ops
         if kind == "block":
             for child in layer["layers"]:
-                name = child.get("name")
-                h = self._run(child, f"{path}.{name}" if path and name else name or path, h)
+                h = self._run(child, self._child_path(path, child), h)
             return h
         if kind == "batchnorm":
             return self._bn(path, h)
@@ -222,6 +220,12 @@ class KerasPort:
         variable = getattr(self.layers[path], name)
         # A copy: on the numpy backend convert_to_numpy may hand back the variable's own array.
         return np.array(self.keras.ops.convert_to_numpy(variable), dtype=np.float64, copy=True)
+
+    @staticmethod
+    def _child_path(path: str, child: dict[str, Any]) -> str:
+        """A child's submodule path, torch's: `head.block`; a functional op keeps its block's."""
+        name = child.get("name")
+        return f"{path}.{name}" if path and name else name or path
 
     @staticmethod
     def _numpy_dtype(name: str):
