@@ -44,6 +44,42 @@ def test_only_yaml_under_case_directories_is_collected_unless_named(pytester):
     named.stdout.fnmatch_lines(["config/settings.yaml:1: not: unknown field; allowed: *"])
 
 
+def test_another_projects_cases_folder_is_not_collected(pytester):
+    """The plugin is installed in the environment, so it sees every project: a `cases/` folder of
+    other YAML files (an experiment config with a description and a model among them) is not ours."""
+    write_case(pytester.path / "cases", "config", "description: baseline run\nmodel: resnet18\nlr: 0.1\n")
+    write_case(pytester.path / "cases", "sweep", "runners: 4\nsteps: [warmup, train]\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "not collected" not in result.stdout.str() and "BatchNorm harness" not in result.stdout.str()
+
+
+def test_a_project_that_opted_in_collects_every_yaml_file_of_its_case_folders(pytester):
+    """The opt-in (ini harness_case_dirs) makes every YAML file there a case, so a malformed one
+    fails as a case instead of being passed over; its folders need not be named cases."""
+    pytester.makeini("[pytest]\nharness_case_dirs = regressions\n")
+    write_case(pytester.path / "regressions", "good", EVAL_BN2D)
+    write_case(pytester.path / "regressions", "unparsable", "description: [\n")
+    write_case(pytester.path / "cases", "elsewhere", EVAL_BN2D)  # not an opted-in folder
+    result = pytester.runpytest("--harness-runners=torch-eager", "--collect-only", "-q", "-p", "no:cacheprovider")
+    assert [line for line in result.stdout.lines if "::" in line] == [
+        "regressions/good.yaml::good",
+        "regressions/unparsable.yaml::unparsable",
+    ]
+
+
+def test_without_the_opt_in_files_passed_over_beside_collected_cases_are_named(pytester):
+    """Using the harness without the opt-in: a case too broken to look like one is not silently lost."""
+    write_case(pytester.path / "cases", "good", EVAL_BN2D)
+    write_case(pytester.path / "cases", "unparsable", "description: [\n")
+    result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["1 YAML file(s) not collected (cases/unparsable.yaml): this project has not opted in (ini option harness_case_dirs)*"]
+    )
+
+
 def test_known_divergences_pass_and_are_summarised(pytester):
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
     result = pytester.runpytest_subprocess("cases", FAST)
@@ -82,6 +118,7 @@ def test_an_expected_divergence_that_vanished_fails(pytester):
 
 
 def test_results_json_records_every_case_with_runner_statuses(pytester):
+    pytester.makeini("[pytest]\nharness_case_dirs = cases\n")  # the unparsable file is a case too
     write_case(pytester.path / "cases", "good", EVAL_BN2D)
     write_case(pytester.path / "cases", "broken", "description: [\n")
     pytester.runpytest_subprocess("cases", FAST, "--harness-results=out/results.json")
@@ -152,13 +189,15 @@ def test_a_folder_of_yaml_not_named_cases_collects_nothing_and_says_where_cases_
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.stdout.fnmatch_lines(
         [
-            "no bn-harness case collected from regressions: case files are collected under folders named cases (ini option harness_case_dirs)*"
+            "no bn-harness case collected from regressions: this project has not opted in (ini option harness_case_dirs), "
+            "so only the YAML files under folders named cases that look like cases*"
         ]
     )
 
 
 def test_the_good_cases_beside_every_kind_of_bad_file_pass_under_pytest(pytester):
     """No bad file is a collection error: each fails as its own item, and the good ones run."""
+    pytester.makeini("[pytest]\nharness_case_dirs = cases\n")  # every file is a case, however malformed
     cases = pytester.path / "cases"
     write_case(cases, "aaa_good", EVAL_BN2D)
     write_case(cases, "zzz_good", EVAL_BN2D)

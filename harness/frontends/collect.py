@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def display_path(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+RECOGNISED_CASE_DIR = "cases"  # where a project that did not opt in keeps the files that look like cases
+_TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[ \t]*:", re.MULTILINE)
+_SNIFFED_BYTES = 1 << 16
+
+
+def looks_like_a_case(path: Path) -> bool:
+    """Whether a YAML file reads as a bn-harness case, from its top-level keys as written (a file
+    that does not parse may still be a case with a typo): a description with a model and its bn,
+    or with an ONNX graph or backend test. An experiment config with a description and a model is
+    not enough."""
+    try:
+        with path.open("rb") as stream:
+            text = stream.read(_SNIFFED_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    keys = set(_TOP_LEVEL_KEY.findall(text))
+    return "description" in keys and ({"model", "bn"} <= keys or bool(keys & {"onnx_graph", "onnx_backend_test"}))
 
 
 class CaseFile(pytest.File):

@@ -11,7 +11,7 @@ import pytest
 from harness.core.errors import HarnessError
 from harness.core.records import CaseRecord
 from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
-from harness.frontends.collect import CASE_RECORD_PROPERTY, SESSION_KEY, CaseFile
+from harness.frontends.collect import CASE_RECORD_PROPERTY, RECOGNISED_CASE_DIR, SESSION_KEY, CaseFile, display_path, looks_like_a_case
 from harness.frontends.session import Session, known_divergence_lines, summary_line, totals_line
 from harness.report.baseline import BaselineComparison, compare_results, load_results
 from harness.report.record import check_output_path, document_of, write_document
@@ -61,8 +61,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "harness_case_dirs",
         type="args",
-        default=["cases"],
-        help="names of directories whose *.yaml files are collected as cases (default: cases)",
+        default=None,
+        help="the project's opt-in: names of directories whose every *.yaml file is a case (a malformed one fails "
+        f"as a case). Unset: only YAML files under folders named {RECOGNISED_CASE_DIR} that look like cases, and "
+        "any YAML file named on the command line",
     )
 
 
@@ -88,12 +90,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile | None:
+    """A YAML file is a case when named on the command line, when it lies under a folder the project
+    opted in (ini harness_case_dirs), or, in a project that did not opt in, when it lies under a
+    folder named `cases` and looks like a case: other projects' `cases/` folders are not ours."""
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    case_dirs = parent.config.getini("harness_case_dirs")
-    in_case_dir = any(part in case_dirs for part in file_path.relative_to(file_path.anchor).parent.parts)
-    if in_case_dir or parent.session.isinitpath(file_path):
+    if parent.session.isinitpath(file_path):
         return CaseFile.from_parent(parent, path=file_path)
+    opted_in = parent.config.getini("harness_case_dirs")
+    folders = file_path.relative_to(file_path.anchor).parent.parts
+    if opted_in is not None:
+        return CaseFile.from_parent(parent, path=file_path) if any(part in opted_in for part in folders) else None
+    if RECOGNISED_CASE_DIR not in folders:
+        return None
+    if looks_like_a_case(file_path):
+        return CaseFile.from_parent(parent, path=file_path)
+    parent.config.stash.setdefault(PASSED_OVER_KEY, []).append(file_path)
     return None
 
 
@@ -154,15 +166,27 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Nothing collected from a folder of YAML files: say where cases are looked for (pytest
     itself only exits with 5)."""
+    opted_in = session.config.getini("harness_case_dirs")
+    rule = (
+        f"case files are collected under folders named {', '.join(opted_in)} (ini option harness_case_dirs), "
+        "and when named on the command line"
+        if opted_in is not None
+        else "this project has not opted in (ini option harness_case_dirs), so only the YAML files under folders named "
+        f"{RECOGNISED_CASE_DIR} that look like cases (a top-level description with model and bn, or with onnx_graph or "
+        "onnx_backend_test) are collected, and any YAML file named on the command line"
+    )
+    passed_over = session.config.stash.get(PASSED_OVER_KEY, [])
+    if any(isinstance(item.parent, CaseFile) for item in session.items):
+        if passed_over:  # the harness is used without the opt-in: a malformed case may be among these
+            names = ", ".join(display_path(path, session.config.rootpath) for path in passed_over[:3])
+            more = f" and {len(passed_over) - 3} more" if len(passed_over) > 3 else ""
+            session.config.stash[HINT_KEY] = f"{len(passed_over)} YAML file(s) not collected ({names}{more}): {rule}"
+        return
     if session.items:
         return
-    case_dirs = session.config.getini("harness_case_dirs")
     folders = [arg for arg in session.config.args if Path(arg).is_dir() and next(Path(arg).rglob("*.yaml"), None) is not None]
     if folders:
-        session.config.stash[HINT_KEY] = (
-            f"no bn-harness case collected from {', '.join(folders)}: case files are collected under folders named "
-            f"{', '.join(case_dirs)} (ini option harness_case_dirs), or when named on the command line"
-        )
+        session.config.stash[HINT_KEY] = f"no bn-harness case collected from {', '.join(folders)}: {rule}"
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
@@ -195,3 +219,4 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
 FINISHED_KEY = pytest.StashKey[list[FinishedCase]]()
 HINT_KEY = pytest.StashKey[str]()
+PASSED_OVER_KEY = pytest.StashKey[list[Path]]()  # YAML files under a `cases` folder that do not look like cases
