@@ -23,7 +23,7 @@ grid:
 def test_a_grid_expands_into_one_case_per_point_with_its_values_written_in(tmp_path):
     cases = load_cases(write_case(tmp_path, "sweep", GRID))
     assert [case.case_id for case in cases] == [
-        f"sweep[eps={eps},shape={shape},opset={opset}]"
+        f"sweep[eps_{eps}-shape_{shape}-opset_{opset}]"
         for eps in ("1e-05", "0.001")
         for shape in ("2x2x3x3", "8x2x1x1")
         for opset in (9, 18)
@@ -49,9 +49,9 @@ expect:
 """
     )
     cases = {case.case_id: case for case in load_cases(write_case(tmp_path, "sweep", text))}
-    assert [e.reason for e in cases["sweep[eps=0.001,shape=8x2x1x1,opset=9]"].expectations] == ["only there", "everywhere"]
-    assert [e.reason for e in cases["sweep[eps=0.001,shape=2x2x3x3,opset=9]"].expectations] == ["everywhere"]
-    kept = cases["sweep[eps=0.001,shape=2x2x3x3,opset=9]"].expectations[0]
+    assert [e.reason for e in cases["sweep[eps_0.001-shape_8x2x1x1-opset_9]"].expectations] == ["only there", "everywhere"]
+    assert [e.reason for e in cases["sweep[eps_0.001-shape_2x2x3x3-opset_9]"].expectations] == ["everywhere"]
+    kept = cases["sweep[eps_0.001-shape_2x2x3x3-opset_9]"].expectations[0]
     assert kept.line == text.splitlines().index("  - status: export_failed") + 1, "lines follow the expectation moved up"
 
 
@@ -113,7 +113,7 @@ def test_the_run_reports_each_point_as_its_own_case(tmp_path):
     results = tmp_path / "results.json"
     assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager,onnx-reference"]) == 0
     cases = json.loads(results.read_text())["cases"]
-    assert [(case["id"], case["outcome"]) for case in cases] == [("sweep[eps=1e-05]", "passed"), ("sweep[eps=0.001]", "passed")]
+    assert [(case["id"], case["outcome"]) for case in cases] == [("sweep[eps_1e-05]", "passed"), ("sweep[eps_0.001]", "passed")]
 
 
 def test_fields_varied_together_take_their_values_side_by_side(tmp_path):
@@ -130,7 +130,7 @@ expect:
 """
     )
     first, second = load_cases(write_case(tmp_path, "joint", text))
-    assert (first.case_id, first.model, first.input.shape) == ("joint[model=batchnorm1d,shape=8x2]", "batchnorm1d", (8, 2))
+    assert (first.case_id, first.model, first.input.shape) == ("joint[model_batchnorm1d-shape_8x2]", "batchnorm1d", (8, 2))
     assert (second.model, second.input.shape, len(second.expectations), len(first.expectations)) == ("batchnorm3d", (2, 2, 2, 2, 2), 1, 0)
     bad = text.replace("[batchnorm3d, [2, 2, 2, 2, 2]]", "[batchnorm3d]")
     with pytest.raises(
@@ -147,7 +147,15 @@ def test_one_point_of_a_grid_runs_alone_by_its_id(tmp_path, capsys):
 
     path = write_case(tmp_path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [1.0e-5, 0.001]\n")
     results = tmp_path / "results.json"
-    assert cli.main(["run", f"{path}::sweep[eps=0.001]", "--results", str(results), "--runners", "torch-eager"]) == 0
-    assert [case["id"] for case in json.loads(results.read_text())["cases"]] == ["sweep[eps=0.001]"]
-    assert cli.main(["run", f"{path}::sweep[eps=9]", "--results", str(results), "--runners", "torch-eager"]) == 1
-    assert f"{path}: no case 'sweep[eps=9]'; its cases: sweep[eps=1e-05], sweep[eps=0.001]" in capsys.readouterr().out
+    assert cli.main(["run", f"{path}::sweep[eps_0.001]", "--results", str(results), "--runners", "torch-eager"]) == 0
+    assert [case["id"] for case in json.loads(results.read_text())["cases"]] == ["sweep[eps_0.001]"]
+    assert cli.main(["run", f"{path}::sweep[eps_9]", "--results", str(results), "--runners", "torch-eager"]) == 1
+    assert f"{path}: no case 'sweep[eps_9]'; its cases: sweep[eps_1e-05], sweep[eps_0.001]" in capsys.readouterr().out
+
+
+def test_points_whose_ids_would_be_the_same_are_refused(tmp_path):
+    """An id shows what pytest -k can select; two values that it shows alike would make two cases one id."""
+    path = tmp_path / "alike.yaml"
+    path.write_text(EVAL_BN2D + "grid:\n  bn.eps: [0.0010000001, 0.001]\n")
+    with pytest.raises(CaseError, match=r"grid: points grid.bn.eps\[0\] and grid.bn.eps\[1\] have the same id alike\[eps_0.001\]"):
+        load_cases(path)

@@ -140,8 +140,15 @@ def test_grid_points_are_listed_in_the_grids_order(pytester):
     result = pytester.runpytest_subprocess("cases", "--harness-runners=torch-eager", "--harness-results=out.json", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
     ids = [case["id"] for case in json.loads((pytester.path / "out.json").read_text())["cases"]]
-    assert ids == ["eps[eps=0.01]", "eps[eps=0.001]", "eps[eps=0.0001]"]
-    result.stdout.fnmatch_lines(["*eps.yaml::eps[[]eps=0.01]*", "*eps.yaml::eps[[]eps=0.001]*", "*eps.yaml::eps[[]eps=0.0001]*"])
+    assert ids == ["eps[eps_0.01]", "eps[eps_0.001]", "eps[eps_0.0001]"]
+    result.stdout.fnmatch_lines(["*eps.yaml::eps[[]eps_0.01]*", "*eps.yaml::eps[[]eps_0.001]*", "*eps.yaml::eps[[]eps_0.0001]*"])
+
+
+def test_a_grid_point_is_selected_with_k_by_its_id(pytester):
+    """pytest -k refuses '=' and ','; a point's id is made of what it reads as a name."""
+    write_case(pytester.path / "cases", "sweep", EVAL_BN2D + "grid:\n  bn.eps: [0.01, 0.001]\n  bn.momentum: [0.1, 0.5]\n")
+    result = pytester.runpytest("cases", "--collect-only", "-q", "-k", "eps_0.001 and momentum_0.5", "-p", "no:cacheprovider")
+    assert [line for line in result.stdout.lines if "::" in line] == ["cases/sweep.yaml::sweep[eps_0.001-momentum_0.5]"]
 
 
 def test_an_unknown_runner_is_a_usage_error(pytester):

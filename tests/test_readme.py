@@ -37,7 +37,7 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
     path.write_text(example)
     cases = load_cases(path)
     assert [case.case_id for case in cases] == [
-        f"readme_example[momentum={momentum},opset={opset}]" for momentum in ("0.1", "None") for opset in (9, 18)
+        f"readme_example[momentum_{momentum}-opset_{opset}]" for momentum in ("0.1", "None") for opset in (9, 18)
     ]
     case = cases[-1]
     assert case.model == "forum_net" and len(case.steps) == 6 and case.bn.momentum is None

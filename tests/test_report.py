@@ -139,7 +139,7 @@ def test_in_a_real_browser_a_filter_click_hides_the_agreeing_cases(tmp_path):
 def test_a_grid_points_repro_command_names_the_point_quoted_for_the_shell():
     from harness.report.render import _repro_command
 
-    point = records.case("sweep[eps=0.001]", file="cases/sweep.yaml")
-    assert _repro_command(point, {"onnx-torchscript-ort"}) == "python -m harness repro 'cases/sweep.yaml::sweep[eps=0.001]'"
+    point = records.case("sweep[eps_0.001]", file="cases/sweep.yaml")
+    assert _repro_command(point, {"onnx-torchscript-ort"}) == "python -m harness repro 'cases/sweep.yaml::sweep[eps_0.001]'"
     plain = records.case("sweep", file="cases/sweep.yaml")
     assert _repro_command(plain, {"onnx-torchscript-ort"}) == "python -m harness repro cases/sweep.yaml"

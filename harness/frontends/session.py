@@ -35,7 +35,7 @@ Loaded = PlannedCase | CaseResult  # a case to run, or the result of one that ca
 
 
 def split_case_id(path: Path) -> tuple[Path, str | None]:
-    """`cases/x.yaml::x[eps=0.1]` (one point of a grid, as pytest and the summary name it) ->
+    """`cases/x.yaml::x[eps_0.1]` (one point of a grid, as pytest and the summary name it) ->
     (the file, the case id); a plain path -> (the path, None)."""
     file, separator, case_id = str(path).partition("::")
     return (Path(file), case_id) if separator else (path, None)
@@ -118,7 +118,7 @@ class Session:
 def summary_line(record: CaseRecord) -> str:
     """`passed   cases/x.yaml  known divergences 6 (onnx-torchscript-ort 6), agreeing comparisons
     120; not ok: onnx-dynamo-ort (skipped)`; a grid point is named by its id after the file:
-    `cases/x.yaml::x[eps=0.001]`."""
+    `cases/x.yaml::x[eps_0.001]`."""
     where = case_location(record.file or "", record.case_id)
     if not record.judged:
         reason = f"  {record.error}" if record.outcome == "skipped" and record.error else ""

@@ -11,7 +11,8 @@
         ...
 
 Each point is the file with the grid's values written in; it is validated like any case file,
-and a bad value is reported at its line in the grid. Its id is `<file stem>[eps=0.001,opset=9]`.
+and a bad value is reported at its line in the grid. Its id is `<file stem>[eps_0.001-opset_9]`:
+like pytest's parametrized ids, and selectable with `pytest -k` (which refuses `=` and `,`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[
         raise CaseError(source, problems)
     columns = _columns(grid)
     names = _short_names(list(columns))
-    expanded = []
+    expanded: list[tuple[str, LoadedDocument]] = []
+    first_index: dict[str, tuple[int, ...]] = {}  # of each id: the grid point that has it
     for indices in itertools.product(*(range(len(values)) for values in grid.values())):
         values: dict[str, Any] = {}
         origins: dict[str, PathKey] = {}  # where in the grid each written value stands
@@ -61,8 +63,22 @@ def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[
                 joint = len(fields) > 1
                 values[field] = values_of_key[index][position] if joint else values_of_key[index]
                 origins[field] = ("grid", key, index, position) if joint else ("grid", key, index)
-        label = ",".join(f"{names[field]}={_label(values[field])}" for field in columns)
-        expanded.append((f"{stem}[{label}]", _point_document(document, values, origins, columns)))
+        case_id = f"{stem}[{'-'.join(f'{names[field]}_{_label(values[field])}' for field in columns)}]"
+        if case_id in first_index:  # values that differ only in what an id cannot show
+            where = [", ".join(f"grid.{key}[{index}]" for key, index in zip(grid, at)) for at in (first_index[case_id], indices)]
+            raise CaseError(
+                source,
+                [
+                    CaseProblem(
+                        document.line_of(("grid",)),
+                        "grid",
+                        f"points {where[0]} and {where[1]} have the same id {case_id}",
+                        "values that differ in their ids",
+                    )
+                ],
+            )
+        first_index[case_id] = indices
+        expanded.append((case_id, _point_document(document, values, origins, columns)))
     return expanded
 
 
@@ -259,11 +275,15 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
 
 
+_NOT_IN_AN_ID = re.compile(r"[^A-Za-z0-9_.+\-]")  # what pytest -k reads as part of a name
+
+
 def _label(value: Any) -> str:
+    """A grid value as its id shows it: `0.001`, `2x3x4x4`, `train+bn_eval` for {"": train, bn: eval}."""
     if isinstance(value, list):
         return "x".join(_label(item) for item in value)
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{key or chr(34) * 2}:{_label(item)}" for key, item in value.items()) + "}"
-    return str(value)
+        return "+".join(f"{key}_{_label(item)}" if key else _label(item) for key, item in value.items())
+    return _NOT_IN_AN_ID.sub("_", str(value))
