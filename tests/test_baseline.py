@@ -177,3 +177,43 @@ def test_a_subset_run_compares_only_what_it_ran(tmp_path, capsys):
     assert cli.main(["baseline", "compare", str(tmp_path / "full.json"), str(tmp_path / "subset.json")]) == 0
     assert cli.main(["baseline", "compare", str(tmp_path / "full.json"), str(tmp_path / "subset.json"), "--all"]) == 1
     assert "case gone: other" in capsys.readouterr().out
+
+
+def test_baseline_update_merges_what_a_subset_run_ran_and_keeps_the_rest(tmp_path, capsys):
+    """A new case and one runner's new results land; the runners and cases the run did not run keep
+    the baseline's; comparing the full run afterwards shows only what the update brought."""
+    keras = records.comparison("keras-tensorflow", "output", 0, "known", attribution="momentum convention")
+    other = records.case("other", comparisons=[divergence()])
+    baseline = records.document(
+        forum(runners={"torch-eager": "ok", "onnx-torchscript-ort": "ok", "keras-tensorflow": "ok"}, comparisons=[divergence(), keras]),
+        other,
+    )
+    moved = divergence(size=3.0)  # the exporter's divergence, measured anew
+    added = records.case("added", file="cases/added.yaml")
+    run = records.document(forum(runners={"torch-eager": "ok", "onnx-torchscript-ort": "ok"}, comparisons=[moved]), added)
+    (tmp_path / "baseline.json").write_text(records.written_json(baseline))
+    (tmp_path / "run.json").write_text(records.written_json(run))
+    assert cli.main(["baseline", "update", str(tmp_path / "baseline.json"), str(tmp_path / "run.json")]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"baseline {tmp_path}/baseline.json updated from {tmp_path}/run.json: 1 case(s) updated, 1 added, 1 kept as they were"
+    )
+    updated = load_results(tmp_path / "baseline.json")
+    assert [case.case_id for case in updated.cases] == ["added", "forum", "other"]
+    forum_case = updated.cases[1]
+    assert set(forum_case.runners) == {"torch-eager", "onnx-torchscript-ort", "keras-tensorflow"}
+    assert [(c.verdict.other, c.verdict.max_abs_diff) for c in forum_case.divergences] == [
+        ("keras-tensorflow", None),
+        ("onnx-torchscript-ort", 3.0),
+    ]
+
+
+def test_baseline_update_refuses_a_run_of_other_package_versions(tmp_path, capsys):
+    newer = replace(records.ENVIRONMENT, versions={**records.ENVIRONMENT.versions, "onnxruntime": "1.33.0"})
+    (tmp_path / "baseline.json").write_text(records.written_json(BASELINE))
+    (tmp_path / "run.json").write_text(records.written_json(replace(BASELINE, environment=newer)))
+    before = (tmp_path / "baseline.json").read_text()
+    assert cli.main(["baseline", "update", str(tmp_path / "baseline.json"), str(tmp_path / "run.json")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path}/run.json comes from other package versions than {tmp_path}/baseline.json: onnxruntime: 1.32.0 -> 1.33.0"
+    )
+    assert (tmp_path / "baseline.json").read_text() == before

@@ -281,3 +281,67 @@ def test_v_prints_a_line_per_known_divergence_and_vv_the_verdicts(tmp_path, caps
     assert cli.main([*command, "-vv"]) == 0
     out = capsys.readouterr().out
     assert "Mismatched elements" in out and "  reason: " in out
+
+
+def test_the_shards_of_a_run_merge_into_the_results_of_one_unsharded_run(tmp_path, capsys):
+    """Whole files per shard, every N-th from the I-th; merge restores the unsharded order (a grid's
+    points in the grid's order) and refuses a case that two shards ran."""
+    for name in ("a", "b", "c", "d"):
+        write_case(tmp_path / "cases", name, EVAL_BN2D + ("grid:\n  bn.eps: [0.01, 0.001]\n" if name == "b" else ""))
+    write_case(tmp_path / "cases", "e_broken", EVAL_BN2D.replace("num_features: 2", "num_features: -2"))
+    cases, runners = str(tmp_path / "cases"), ["--runners", "torch-eager"]
+    assert cli.main(["run", cases, "--results", str(tmp_path / "whole.json"), *runners]) == 1
+    shards = [tmp_path / f"shard{index}.json" for index in (1, 2, 3)]
+    for index, shard in enumerate(shards, 1):
+        cli.main(["run", cases, "--results", str(shard), "--shard", f"{index}/3", *runners])
+    out = capsys.readouterr().out
+    assert "shard 1/3: 2 case file(s)" in out and "shard 3/3: 1 case file(s)" in out
+    ids = [[case["id"] for case in json.loads(shard.read_text())["cases"]] for shard in shards]
+    assert ids == [["a", "d"], ["b[eps_0.01]", "b[eps_0.001]", "e_broken"], ["c"]]
+
+    merged = tmp_path / "merged" / "results.json"
+    assert cli.main(["merge", *map(str, reversed(shards)), "-o", str(merged)]) == 0
+    assert (tmp_path / "merged" / "report.html").is_file()
+    whole_cases, merged_cases = (json.loads(path.read_text())["cases"] for path in (tmp_path / "whole.json", merged))
+    assert (
+        [case["id"] for case in merged_cases]
+        == [case["id"] for case in whole_cases]
+        == ["a", "b[eps_0.01]", "b[eps_0.001]", "c", "d", "e_broken"]
+    )
+    assert [case["outcome"] for case in merged_cases] == [case["outcome"] for case in whole_cases]
+
+    assert cli.main(["merge", str(shards[0]), str(shards[0]), "-o", str(tmp_path / "twice.json")]) == 2
+    assert f"error: {shards[0]}: case a ({tmp_path}/cases/a.yaml) is also in {shards[0]}: the shards of one run hold different cases" in (
+        capsys.readouterr().err
+    )
+
+
+def test_shard_must_be_i_of_n(capsys):
+    for bad in ("0/3", "4/3", "x/3", "2"):
+        with pytest.raises(SystemExit):
+            cli.main(["run", "cases", "--shard", bad])
+        assert "--shard: must be I/N" in capsys.readouterr().err
+
+
+def test_baseline_save_names_its_output_and_report_defaults_beside_the_results(tmp_path, capsys):
+    """Neither may overwrite a committed file by default."""
+    write_case(tmp_path / "cases", "a", EVAL_BN2D)
+    results = tmp_path / "runs" / "a.json"
+    assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 0
+    (tmp_path / "runs" / "a.html").unlink()
+    with pytest.raises(SystemExit):
+        cli.main(["baseline", "save", str(results)])
+    assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+    assert cli.main(["report", str(results)]) == 0
+    assert (tmp_path / "runs" / "a.html").is_file()
+
+
+def test_the_console_script_is_bn_harness():
+    from importlib.metadata import entry_points
+
+    (script,) = [entry for entry in entry_points(group="console_scripts") if entry.name == "bn-harness"]
+    assert script.load() is cli.main
+    installed = Path(sys.executable).with_name("bn-harness")
+    if installed.exists():  # an installed checkout (the README's commands install it)
+        done = subprocess.run([str(installed), "baseline", "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("usage: bn-harness baseline [-h] {compare,save,update}")

@@ -1,11 +1,13 @@
-"""`python -m harness run`: the main job without pytest: run the cases, print a summary, write
-results.json and the HTML report. `python -m harness baseline compare OLD NEW`: the nightly
-regression check. `python -m harness matrix FILES`: the version matrix side by side."""
+"""`bn-harness run` (or `python -m harness run`): the main job without pytest: run the cases, print
+a summary, write results.json and the HTML report. `bn-harness baseline compare OLD NEW`: the
+nightly regression check. `bn-harness merge SHARDS`: one run's results from its shards.
+`bn-harness matrix FILES`: the version matrix side by side."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 import threading
@@ -16,11 +18,13 @@ from typing import Any
 from harness.core.case import Case
 from harness.core.errors import HarnessError
 from harness.core.runner_table import graph_runner_names, parse_runner_names, runner_names
+from harness.frontends.progress import Progress
 from harness.frontends.session import Session, known_divergence_lines, split_case_id, summary_line, totals_line
 from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
 from harness.report.matrix import load_documents, matrix_table
+from harness.report.merge import merge_shards, update_baseline
 from harness.report.record import (
     Journal,
     ResultsLock,
@@ -96,9 +100,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """`2/4` -> (2, 4): the second of four shards."""
+    index, _, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N, e.g. 1/4; got {text}") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N; got {text}")
+    return shard
+
+
+def _program_name() -> str:
+    """`bn-harness` when run as the console script, else `python -m harness`."""
+    return "bn-harness" if os.path.basename(sys.argv[0]) == "bn-harness" else "python -m harness"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: run, recover, report, baseline compare|save, matrix, repro."""
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    """The command line: run, recover, merge, report, baseline compare|save|update, matrix, repro."""
+    parser = argparse.ArgumentParser(prog=_program_name(), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run case files and write results.json")
     run.add_argument(
@@ -130,13 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})",
     )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="run the I-th of N shards of the case files (every N-th file, from the I-th); combine the shards' results with merge",
+    )
     recover = commands.add_parser("recover", help="rebuild results.json and the report from a run's journal (a killed run)")
     recover.add_argument("journal", type=Path, help="the results.jsonl a run appends to as each case finishes")
     recover.add_argument("--results", type=Path, default=Path("reports/results.json"), help="default: reports/results.json")
     recover.add_argument("--report", type=Path, default=None, help="default: beside --results, named after it")
+    merge = commands.add_parser("merge", help="one results.json (and its report) from the results of a run's shards")
+    merge.add_argument("shards", type=Path, nargs="+", help="the results.json of each shard")
+    merge.add_argument("-o", "--output", type=Path, required=True, help="the merged results.json; the report is written beside it")
     report = commands.add_parser("report", help="render the HTML report of a results.json")
     report.add_argument("results", type=Path, help="a results.json")
-    report.add_argument("-o", "--output", type=Path, default=Path("reports/report.html"), help="default: reports/report.html")
+    report.add_argument("-o", "--output", type=Path, default=None, help="default: beside the results, named after them")
     baseline = commands.add_parser("baseline", help="compare results with a stored baseline")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True)
     compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
@@ -156,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     save = baseline_commands.add_parser("save", help="keep what a baseline needs of a results.json")
     save.add_argument("results", type=Path, help="a results.json")
-    save.add_argument("-o", "--output", type=Path, default=Path("reports/baseline.json"), help="default: reports/baseline.json")
+    save.add_argument("-o", "--output", type=Path, required=True, help="the baseline to write (the committed one is reports/baseline.json)")
+    update = baseline_commands.add_parser(
+        "update", help="merge a run of some cases or runners into a baseline: what the run ran replaces the baseline's"
+    )
+    update.add_argument("baseline", type=Path, help="the baseline to update in place")
+    update.add_argument("results", type=Path, help="a results.json of the cases and runners to update")
     matrix = commands.add_parser("matrix", help="several results.json side by side (the version matrix)")
     matrix.add_argument("results", type=Path, nargs="+", help="results.json files, e.g. reports/matrix/*.json")
     matrix.add_argument("--all", action="store_true", help="also the rows that are the same everywhere")
@@ -175,10 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_matrix(args.results, args.all)
     if args.command == "baseline" and args.baseline_command == "save":
         return save_baseline(args.results, args.output)
+    if args.command == "baseline" and args.baseline_command == "update":
+        return update_baseline_file(args.baseline, args.results)
+    if args.command == "merge":
+        return merge_results(args.shards, args.output)
     if args.command == "baseline":
         return compare_baseline(args.old, args.new, args.factor, args.everything)
     if args.command == "report":
-        return render_report_file(args.results, args.output)
+        return render_report_file(args.results, args.output or report_path(args.results))
     if args.command == "recover":
         return recover_from_journal(args.journal, args.results, args.report or report_path(args.results))
 
@@ -194,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
+    if args.shard is not None:  # whole files: a grid's points stay together, in order, for merge
+        index, count = args.shard
+        files = files[index - 1 :: count]
+        print(f"shard {index}/{count}: {len(files)} case file(s)", flush=True)
     for output in (args.results, journal_path(args.results), args.report or report_path(args.results)):
         try:
             check_output_path(output)
@@ -216,10 +260,14 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
     journal = Journal(journal_path(args.results))
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     previous = signal.signal(signal.SIGTERM, _stop_on_signal) if in_main_thread else None
+    planned = [item for path in files for item in session.load(path)]
+    progress = Progress(len(planned))
+    progress.start()
     try:
-        for result in session.run([item for path in files for item in session.load(path)]):
+        for result in session.run(planned):
             results.append(result)
             journal.append(result)  # a run killed halfway keeps every finished case
+            progress.before_output()
             print(summary_line(case_record(result)), flush=True)
             if result.outcome in ("failed", "invalid", "error"):
                 print(_indent(result.explain()), flush=True)
@@ -228,7 +276,9 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
             elif args.verbose == 1:
                 for line in known_divergence_lines(case_record(result)):
                     print(_indent(line), flush=True)
+            progress.advance()
     except (KeyboardInterrupt, Stopped) as stop:
+        progress.finish()
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
         execution.shutdown()  # every worker, busy or not, before the line that says the run is over
         print(
@@ -238,6 +288,7 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
         )
         return 128 + signum
     finally:
+        progress.finish()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         journal.close()
@@ -305,6 +356,26 @@ def save_baseline(results: Path, output: Path) -> int:
     divergences = sum(len(case.divergences) for case in document.cases)
     print(f"baseline written to {output}: {len(document.cases)} cases, {divergences} divergences")
     return 0
+
+
+@_command
+def update_baseline_file(baseline: Path, results: Path) -> int:
+    """`bn-harness baseline update reports/baseline.json results.json`: the cases and runners a
+    run ran replace theirs in the baseline; the rest stays."""
+    update = update_baseline(baseline, load_results(baseline), results, load_results(results))
+    write_baseline(update.document, baseline)
+    print(f"baseline {baseline} updated from {results}: {update.summary()}")
+    return 0
+
+
+@_command
+def merge_results(shards: Sequence[Path], output: Path) -> int:
+    """`bn-harness merge shard-*/results.json -o reports/results.json`, then its report."""
+    check_output_path(output)
+    document = merge_shards([(path, load_results(path)) for path in shards])
+    write_document(output, document)
+    print(f"{len(document.cases)} case(s) from {len(shards)} shard(s); results written to {output}")
+    return render_report_file(output, report_path(output))
 
 
 @_command

@@ -103,7 +103,7 @@ def compare_results(
     not_compared: list[str] = []
     if not everything:
         baseline, not_compared = _what_both_ran(baseline, new)
-    versions = tuple(_version_differences(baseline.environment, new.environment))
+    versions = tuple(version_differences(baseline.environment, new.environment))
     return BaselineComparison(versions, tuple(_changes(baseline, new, factor)), tuple(not_compared))
 
 
@@ -132,7 +132,7 @@ def _what_both_ran(baseline: ResultsDocument, new: ResultsDocument) -> tuple[Res
     return baseline.with_cases(kept), lines
 
 
-def _version_differences(old: Environment, new: Environment) -> Iterator[str]:
+def version_differences(old: Environment, new: Environment) -> Iterator[str]:
     for key in ("python", "platform"):
         if getattr(old, key) != getattr(new, key):
             yield f"{key}: {getattr(old, key)} -> {getattr(new, key)}"
