@@ -345,3 +345,14 @@ def test_the_console_script_is_bn_harness():
     if installed.exists():  # an installed checkout (the README's commands install it)
         done = subprocess.run([str(installed), "baseline", "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and done.stdout.startswith("usage: bn-harness baseline [-h] {compare,save,update}")
+
+
+def test_the_report_summarises_against_a_baseline_when_given_one(tmp_path, capsys):
+    write_case(tmp_path / "cases", "a", EVAL_BN2D)
+    results = tmp_path / "results.json"
+    assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 0
+    assert cli.main(["report", str(results), "--baseline", str(results), "-o", str(tmp_path / "vs.html")]) == 0
+    assert "Against the baseline" in (tmp_path / "vs.html").read_text() and "changes: the same as the baseline" in (tmp_path / "vs.html").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--baseline", str(tmp_path / "nope.json")])
+    assert f"--baseline: no such file: {tmp_path}/nope.json" in capsys.readouterr().err

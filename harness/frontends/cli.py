@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds a runner may take on one case, unless the case sets its own (default {DEFAULT_TIMEOUT_S:g})",
     )
     run.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a baseline results.json: the report's summary says what changed against it (compare it with: baseline compare)",
+    )
+    run.add_argument(
         "--shard",
         type=_shard,
         default=None,
@@ -165,9 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="one results.json (and its report) from the results of a run's shards")
     merge.add_argument("shards", type=Path, nargs="+", help="the results.json of each shard")
     merge.add_argument("-o", "--output", type=Path, required=True, help="the merged results.json; the report is written beside it")
+    merge.add_argument("--baseline", type=Path, default=None, help="the report's summary says what changed against this baseline")
     report = commands.add_parser("report", help="render the HTML report of a results.json")
     report.add_argument("results", type=Path, help="a results.json")
     report.add_argument("-o", "--output", type=Path, default=None, help="default: beside the results, named after them")
+    report.add_argument("--baseline", type=Path, default=None, help="the summary says what changed against this baseline")
     baseline = commands.add_parser("baseline", help="compare results with a stored baseline")
     baseline_commands = baseline.add_subparsers(dest="baseline_command", required=True)
     compare = baseline_commands.add_parser("compare", help="what changed from OLD to NEW; exit 1 when anything did")
@@ -214,11 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "baseline" and args.baseline_command == "update":
         return update_baseline_file(args.baseline, args.results)
     if args.command == "merge":
-        return merge_results(args.shards, args.output)
+        return merge_results(args.shards, args.output, args.baseline)
     if args.command == "baseline":
         return compare_baseline(args.old, args.new, args.factor, args.everything)
     if args.command == "report":
-        return render_report_file(args.results, args.output or report_path(args.results))
+        return render_report_file(args.results, args.output or report_path(args.results), args.baseline)
     if args.command == "recover":
         return recover_from_journal(args.journal, args.results, args.report or report_path(args.results))
 
@@ -231,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(path) for path in args.paths if not split_case_id(path)[0].exists()]
     if missing:  # a typo: refused before it can replace the last run's results with one invalid case
         parser.error(f"no such file or directory: {', '.join(missing)}")
+    if args.baseline is not None and not args.baseline.is_file():
+        parser.error(f"--baseline: no such file: {args.baseline}")
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")
@@ -294,7 +304,7 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
         journal.close()
     write_results(args.results, results)
     print(f"results written to {args.results} (journal: {journal.path})")
-    render_report_file(args.results, args.report or report_path(args.results))
+    render_report_file(args.results, args.report or report_path(args.results), args.baseline)
     print(totals_line([case_record(result) for result in results]))
     return 0 if all(result.outcome in ("passed", "skipped") for result in results) else 1
 
@@ -341,9 +351,9 @@ def print_matrix(paths: Sequence[Path], everything: bool) -> int:
 
 
 @_command
-def render_report_file(results: Path, output: Path) -> int:
-    """`python -m harness report results.json -o reports/report.html`."""
-    write_report(load_results(results), output)
+def render_report_file(results: Path, output: Path, baseline: Path | None = None) -> int:
+    """`bn-harness report results.json [--baseline reports/baseline.json]`."""
+    write_report(load_results(results), output, None if baseline is None else load_results(baseline))
     print(f"report written to {output}")
     return 0
 
@@ -369,13 +379,13 @@ def update_baseline_file(baseline: Path, results: Path) -> int:
 
 
 @_command
-def merge_results(shards: Sequence[Path], output: Path) -> int:
+def merge_results(shards: Sequence[Path], output: Path, baseline: Path | None = None) -> int:
     """`bn-harness merge shard-*/results.json -o reports/results.json`, then its report."""
     check_output_path(output)
     document = merge_shards([(path, load_results(path)) for path in shards])
     write_document(output, document)
     print(f"{len(document.cases)} case(s) from {len(shards)} shard(s); results written to {output}")
-    return render_report_file(output, report_path(output))
+    return render_report_file(output, report_path(output), baseline)
 
 
 @_command

@@ -133,7 +133,7 @@ def explain_classification(path: str, found: Classification) -> str:
                 f"... and {len(found.new) - MAX_VERDICTS_SHOWN} more (all are in the results: `python -m harness run` "
                 "writes results.json, pytest with --harness-results=PATH)"
             )
-        parts.append("If these are real and understood, add to expect in " + path + ":\n" + _expect_snippet(found.new))
+        parts.append("If these are real and understood, add to expect in " + path + ":\n" + expect_snippet(found.new))
     for gone in found.vanished:
         where = f"{path}:{gone.expectation.line}" if gone.expectation.line else path
         parts.append(
@@ -163,7 +163,8 @@ def explain_known(found: Classification) -> str:
     return "\n\n".join(parts)
 
 
-def _expect_snippet(new: Sequence[Verdict]) -> str:
+def expect_snippet(new: Sequence[Verdict]) -> str:
+    """The `expect` entries that would list these divergences, one per runner and field."""
     steps_by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
     for verdict in new:
         steps_by_key[(verdict.other, verdict.field)].append(verdict.step)

@@ -1,11 +1,20 @@
-"""Render results.json as one self-contained HTML file (no network fetches): environment and
-counts, a cases x runners matrix coloured by status, filters that work without a server, and per
-case the steps, every submodule's mode after each step, and each divergence with its verdict,
-attribution, reason, upstream link and a per-channel plot. It computes nothing the record lacks."""
+"""Render results.json as one self-contained HTML file (no network fetches), read top down:
+
+1. the summary: against a baseline when one is given (new, vanished, moved, status and outcome
+   changes), else what the cases do not expect (new divergences, vanished expectations,
+   unverified ones), and the cases that did not pass;
+2. the cases x runners matrix, worst cases first, with a sticky header and case column;
+3. per case a collapsible section (open when something is wrong): steps, one mode table with the
+   runners as columns, each divergence with its verdict, attribution, reason, link and a
+   per-channel chart, and the commands to rerun, reproduce and list it (copyable);
+4. the full environment.
+
+It computes nothing the record lacks (the baseline comparison is the CLI's own)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,13 +24,16 @@ import jinja2
 from harness.core.records import CaseRecord, ComparisonRecord, ResultsDocument
 from harness.core.results import Verdict
 from harness.core.runner_table import SPEC_RUNNER, repro_runner_names
-from harness.judge.engine import case_location
+from harness.judge.engine import case_location, expect_snippet
+from harness.report.baseline import compare_results
 from harness.report.record import write_atomically
 
 # Worst first: the status a case shows in the matrix is its worst cell's.
 # A case that did not load (invalid) or that the harness could not run (error) has no runner cells.
-SEVERITY = ("invalid", "error", "crashed", "timed_out", "run_failed", "export_failed", "new", "vanished", "known", "skipped", "agree")
+SEVERITY = ("invalid", "error", "crashed", "timed_out", "run_failed", "export_failed", "new", "vanished", "known", "agree", "skipped")
+OPEN_STATUSES = frozenset(SEVERITY[:8])  # a case section starts open when its status is one of these
 _MODE_FIELD = re.compile(r"^module\.(?:(?P<path>.+)\.)?training$")
+SUMMARY_ROWS = 20  # changes or failing cases listed in the summary; the rest are counted
 
 
 def _environment() -> jinja2.Environment:
@@ -33,14 +45,11 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_report(results: ResultsDocument) -> str:
-    """The report's HTML for a results.json document."""
-    cases = [_case_view(case) for case in results.cases]
+def render_report(results: ResultsDocument, baseline: ResultsDocument | None = None) -> str:
+    """The report's HTML for a results.json document, against `baseline` when given."""
     runners = list(dict.fromkeys(runner for case in results.cases for runner in case.runners))
-    for case in cases:
-        case["cells"] = [
-            (case["cell_status"].get(runner, ""), case["cell_text"].get(runner, case["cell_status"].get(runner, ""))) for runner in runners
-        ]
+    cases = [_case_view(case, runners) for case in results.cases]
+    cases.sort(key=lambda case: SEVERITY.index(case["status"]))  # stable: file order within a status
     counts = Counter(case["status"] for case in cases)
     classes = Counter(d["attribution"] for case in cases for d in case["divergences"] if d["attribution"])
     return (
@@ -50,6 +59,7 @@ def render_report(results: ResultsDocument) -> str:
             environment=results.environment,
             created=results.created,
             schema_version=results.schema_version,
+            summary=_summary(results, cases, baseline),
             cases=cases,
             runners=runners,
             counts={status: counts.get(status, 0) for status in SEVERITY},
@@ -60,53 +70,88 @@ def render_report(results: ResultsDocument) -> str:
     )
 
 
-def write_report(results: ResultsDocument, path: Path) -> None:
+def write_report(results: ResultsDocument, path: Path, baseline: ResultsDocument | None = None) -> None:
     """Write the report atomically."""
+    write_atomically(path, render_report(results, baseline))
 
-    write_atomically(path, render_report(results))
+
+def _summary(results: ResultsDocument, cases: list[dict[str, Any]], baseline: ResultsDocument | None) -> dict[str, Any]:
+    """What a reader needs first: what changed (or what is unexpected), and which cases did not pass."""
+    not_passed = [case for case in cases if case["outcome"] not in ("passed", "skipped")]
+    summary: dict[str, Any] = {
+        "not_passed": not_passed[:SUMMARY_ROWS],
+        "not_passed_more": max(0, len(not_passed) - SUMMARY_ROWS),
+        "new": sum(1 for case in results.cases for c in case.divergences if c.classification == "new"),
+        "vanished": sum(len(case.vanished) for case in results.cases),
+        "unverified": sum(len(case.unverified) for case in results.cases),
+        "known": sum(1 for case in results.cases for c in case.divergences if c.classification == "known"),
+        "baseline": None,
+    }
+    if baseline is not None:
+        comparison = compare_results(baseline, results)
+        kinds = Counter(change.kind for change in comparison.changes)
+        summary["baseline"] = {
+            "kinds": sorted(kinds.items(), key=lambda item: -item[1]),
+            "changes": [change.describe() for change in comparison.changes[:SUMMARY_ROWS]],
+            "more": max(0, len(comparison.changes) - SUMMARY_ROWS),
+            "versions": comparison.version_differences,
+            "not_compared": comparison.not_compared,
+        }
+    return summary
 
 
-def _case_view(case: CaseRecord) -> dict[str, Any]:
-    runners = case.runners
-    cell_status: dict[str, str] = {}
-    divergent = case.divergences
-    vanished_runners = {entry.runner for entry in case.vanished}
-    reference = next(iter(runners), None)
-    expected_statuses = {(entry.runner, entry.status) for entry in case.statuses if entry.expected}
-    cell_text: dict[str, str] = {}
-    for runner, run in runners.items():
-        status = run.status
-        if (runner, status) in expected_statuses:  # a failure the case expects is a known result
-            cell_status[runner], cell_text[runner] = "known", f"{status} (known)"
-            continue
-        if status not in (None, "ok"):
-            cell_status[runner] = status
-            continue
-        mine = [c.classification for c in divergent if c.verdict.other == runner]
-        if "new" in mine:
-            cell_status[runner] = "new"
-        elif runner in vanished_runners:
-            cell_status[runner] = "vanished"
-        elif mine:
-            cell_status[runner] = "known"
-        else:
-            cell_status[runner] = "agree"
+def _cell(case: CaseRecord, runner: str, reference: str | None, expected: set[tuple[str, str]], vanished: set[str]) -> tuple[str, str, str]:
+    """(status, short text, hover text) of one matrix cell."""
+    run = case.runners.get(runner)
+    if run is None:
+        return "absent", "\u2013", f"{runner}: not a runner of this case"
+    hover = f"{runner}: {run.reason}" if run.reason else runner
+    if (runner, run.status) in expected:  # a failure the case expects is a known result
+        return "known", "known failure", f"{hover} ({run.status}, as the case expects)"
+    if run.status not in (None, "ok"):
+        return run.status, run.status, hover
+    if runner == reference:
+        return "reference", "ref", f"{runner}: the reference the others are compared with"
+    mine = [c.classification for c in case.divergences if c.verdict.other == runner]
+    if "new" in mine:
+        return "new", f"new {mine.count('new')}", hover
+    if runner in vanished:
+        return "vanished", "vanished", hover
+    if mine:
+        return "known", f"known {len(mine)}", hover
+    return "agree", "agree", hover
+
+
+def _case_view(case: CaseRecord, runners: list[str]) -> dict[str, Any]:
+    reference = next(iter(case.runners), None)
+    expected = {(entry.runner, entry.status) for entry in case.statuses if entry.expected}
+    vanished = {entry.runner for entry in case.vanished}
+    cells = [_cell(case, runner, reference, expected, vanished) for runner in runners]
+    judged = [status for status, _, _ in cells if status not in ("absent", "reference")]
     if case.outcome in ("invalid", "error"):
         status = case.outcome
+    elif reference is not None and cells[runners.index(reference)][0] != "reference":  # the reference failed (or failed as expected)
+        status = min((cells[runners.index(reference)][0], *judged), key=SEVERITY.index)
     else:
-        status = min(cell_status.values(), key=SEVERITY.index, default="agree")
+        # A runner that does not apply (skipped) beside others that ran does not make the case skipped.
+        ran = [status for status in judged if status != "skipped"]
+        status = min(ran, key=SEVERITY.index) if ran else ("skipped" if judged else "agree")
+    divergent = case.divergences
+    new = [c.verdict for c in divergent if c.classification == "new"]
     return {
         "id": case.case_id,
+        "anchor": "case-" + re.sub(r"[^A-Za-z0-9_.-]", "_", case.case_id),
         "file": case.file,
         "description": case.description,
         "outcome": case.outcome,
         "error": case.error,
         "steps": case.steps,
         "status": status,
+        "open": status in OPEN_STATUSES,
         "reference": reference,
-        "cell_status": cell_status,
-        "cell_text": cell_text,
-        "runner_reasons": {name: run.reason for name, run in runners.items() if run.reason},
+        "cells": cells,
+        "runner_statuses": {status for status, _, _ in cells if status != "absent"},
+        "runner_reasons": {name: (run.status, run.reason) for name, run in case.runners.items() if run.reason},
         "divergences": [_divergence_view(c) for c in divergent],
         "vanished": [
             {
@@ -121,16 +166,19 @@ def _case_view(case: CaseRecord) -> dict[str, Any]:
         "modes": _modes(case, reference),
         "classes": sorted({c.verdict.attribution for c in divergent if c.verdict.attribution}),
         "repro": _repro_command(case, {c.verdict.other for c in divergent}),
-        "diverging_runners": sorted(
-            {c.verdict.other for c in divergent} | {r for r, s in cell_status.items() if s not in ("agree", "known")}
-        ),
+        "rerun": _rerun_command(case),
+        "expect_snippet": expect_snippet(new) if new else None,
+        "cell_runners": " ".join(f"{runner}={status}" for runner, (status, _, _) in zip(runners, cells) if status != "absent"),
     }
+
+
+def _rerun_command(case: CaseRecord) -> str | None:
+    """The pytest command that runs this case alone (its node id: file::case id)."""
+    return f"python -m pytest {shlex.quote(f'{case.file}::{case.case_id}')}" if case.file else None
 
 
 def _repro_command(case: CaseRecord, diverging: set[str]) -> str | None:
     """The command that writes this case's repro bundles, where one can be written."""
-    import shlex
-
     graph_case = SPEC_RUNNER in case.runners
     if case.file and (graph_case and diverging or diverging & {*repro_runner_names("export"), *repro_runner_names("keras")}):
         # a grid point by its id, quoted: its brackets are shell patterns
@@ -150,41 +198,75 @@ def _divergence_view(comparison: ComparisonRecord) -> dict[str, Any]:
         "attribution": verdict.attribution,
         "reason": None if expectation is None else expectation.reason,
         "link": None if expectation is None else expectation.link,
-        "bars": _bars(verdict),
+        "chart": _chart(verdict),
     }
 
 
-def _bars(verdict: Verdict) -> dict[str, Any] | None:
-    """A per-channel bar chart of |difference| against the allowed tolerance, as SVG geometry."""
+CHART_BAR, CHART_HEIGHT, CHART_LEFT, CHART_TOP, CHART_BOTTOM, CHART_RIGHT = 24, 110, 48, 16, 34, 80  # px; the right margin labels atol
+
+
+def _chart(verdict: Verdict) -> dict[str, Any] | None:
+    """A bar chart of the greatest |difference| per channel against the allowed atol, as SVG
+    geometry: a y axis with its top value, a labelled tolerance line, a label per channel, and each
+    value written above its bar where they fit (16 channels or fewer; all are in each bar's tooltip)."""
     values = list(verdict.channel_abs_diff)
-    if len(values) < 1 or len(values) > 64:
+    if not 1 <= len(values) <= 64:
         return None
     finite = [value for value in values if value == value and value != float("inf")]
     top = max(finite + [verdict.atol or 0.0, 1e-30])
-    width, height = 18, 60
     bars = []
     for index, value in enumerate(values):
-        length = height if value != value or value == float("inf") else height * min(value / top, 1.0)
-        bars.append({"x": index * width + 2, "y": height - length, "h": max(length, 0.5), "label": f"channel {index}: {value:.3g}"})
+        length = CHART_HEIGHT if value != value or value == float("inf") else CHART_HEIGHT * min(value / top, 1.0)
+        x = CHART_LEFT + index * CHART_BAR + 3
+        bars.append(
+            {
+                "x": x,
+                "y": CHART_TOP + CHART_HEIGHT - length,
+                "h": max(length, 0.5),
+                "w": CHART_BAR - 6,
+                "centre": x + (CHART_BAR - 6) / 2,
+                "value": f"{value:.2g}",
+                "label": f"channel {index}: {value:.3g}",
+                "index": index,
+            }
+        )
     atol = verdict.atol
-    line = height - height * min(atol / top, 1.0) if atol else None
-    return {"bars": bars, "width": len(values) * width + 4, "height": height, "tolerance_y": line, "top": f"{top:.3g}"}
+    return {
+        "bars": bars,
+        "width": CHART_LEFT + len(values) * CHART_BAR + 8 + CHART_RIGHT,
+        "plot_right": CHART_LEFT + len(values) * CHART_BAR + 8,
+        "height": CHART_TOP + CHART_HEIGHT + CHART_BOTTOM,
+        "left": CHART_LEFT,
+        "top": CHART_TOP,
+        "bottom": CHART_TOP + CHART_HEIGHT,
+        "top_value": f"{top:.3g}",
+        "tolerance_y": CHART_TOP + CHART_HEIGHT - CHART_HEIGHT * min(atol / top, 1.0) if atol else None,
+        "atol": f"{atol:.3g}" if atol else None,
+        "values_shown": len(values) <= 16,
+    }
 
 
 def _modes(case: CaseRecord, reference: str | None) -> dict[str, Any]:
-    """Every submodule's training flag after each step, per runner, from the module.* verdicts."""
+    """Every submodule's training flag after each step, one row per (step, submodule), one column per
+    runner, from the module.* verdicts; a flag that differs from the reference's is marked."""
+    table: dict[tuple[int, str], dict[str, Any]] = defaultdict(dict)
+    runners: list[str] = []
     if reference is None:  # no runner ran: no modes
-        return {"paths": [], "runners": {}}
-    table: dict[str, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
-    paths: list[str] = []
+        return {"runners": runners, "rows": []}
     for comparison in case.comparisons:
         verdict = comparison.verdict
         match = _MODE_FIELD.match(verdict.field)
         if not match:
             continue
         path = match.group("path") or "(model)"
-        if path not in paths:
-            paths.append(path)
-        table[reference][verdict.step][path] = verdict.reference_value
-        table[verdict.other][verdict.step][path] = verdict.other_value
-    return {"paths": paths, "runners": {runner: dict(steps) for runner, steps in table.items()}}
+        for runner, value in ((reference, verdict.reference_value), (verdict.other, verdict.other_value)):
+            table[(verdict.step, path)][runner] = value
+            if runner not in runners:
+                runners.append(runner)
+    rows = []
+    for (step, path), flags in sorted(table.items(), key=lambda item: item[0][0]):
+        label = case.steps[step] if step < len(case.steps) else f"step {step}"
+        theirs = flags.get(reference)
+        cells = [(flags.get(runner), None not in (flags.get(runner), theirs) and flags.get(runner) != theirs) for runner in runners]
+        rows.append({"step": label, "path": path, "flags": cells})
+    return {"runners": runners, "rows": rows}
