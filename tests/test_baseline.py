@@ -84,10 +84,13 @@ def test_statuses_outcomes_and_cases():
 def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
     skipped = RunRecord("skipped", "onnxruntime is not installed")
     alone = forum([], runners={"torch-eager": "ok", "onnx-torchscript-ort": skipped})
-    assert [change.describe() for change in compare_results(BASELINE, changed(alone)).changes] == [
-        "runner not run: onnx-torchscript-ort ran in the baseline and was skipped in every case here "
+    line = (
+        "onnx-torchscript-ort ran in the baseline and was skipped in every case here "
         "(onnxruntime is not installed); its 2 divergence(s) in the baseline not compared"
-    ]
+    )
+    by_default = compare_results(BASELINE, changed(alone))
+    assert not by_default.regressed and by_default.not_compared == (line,), "an install without the framework: not run, not a change"
+    assert [change.describe() for change in compare_results(BASELINE, changed(alone), everything=True).changes] == [f"runner not run: {line}"]
     second = replace(alone, case_id="other", runners={"torch-eager": RunRecord("ok"), "onnx-torchscript-ort": RunRecord("ok")})
     assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(BASELINE, changed(alone, second)).report(), (
         "skipped in one case only: per case"

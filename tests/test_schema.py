@@ -207,3 +207,40 @@ def test_the_shared_expectations_take_the_runner_names_of_the_case_kind(tmp_path
 def test_a_near_miss_gets_a_did_you_mean(tmp_path, old, new, expected):
     (problem,) = problems(tmp_path, EVAL_BN2D.replace(old, new, 1))
     assert expected in problem, problem
+
+
+ROUNDS = """\
+description: many problems
+model: forum_net
+bn: {num_features: 3, momentum: 0.1}
+mode: {"": train, bnn: eval}
+input: {shape: [2, 3, 4, 4]}
+runners: [torch-eager, onnx-torchscrpt-ort]
+steps:
+  - forward
+  - export: {training: evl}
+expect:
+  - field: module.bn.runing_var
+    step: 7
+    runners: [onnx-torchscript-ort]
+    reason: r
+    link: not a link
+"""
+
+
+def test_a_files_problems_come_at_once_each_once(tmp_path):
+    """The schema's and the rules between fields together: a misspelt runner or export option does
+    not hide a mode path or an expectation's field that name nothing (they came in rounds)."""
+    path = tmp_path / "rounds.yaml"
+    path.write_text(ROUNDS)
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    problems = [(problem.line, problem.field) for problem in caught.value.problems]
+    assert problems == [
+        (4, "mode.bnn"),
+        (6, "runners[1]"),
+        (9, "steps[1].export.training"),
+        (11, "expect[0].field"),
+        (15, "expect[0].link"),
+    ], "the step index is not checked while a step is malformed (the count may be wrong)"
+    assert len(set(map(str, caught.value.problems))) == len(caught.value.problems)

@@ -31,18 +31,25 @@ MAX_INPUT_ELEMENTS = 1 << 22
 NON_FINITE_ALLOWED = (("input", "values"),)
 
 
-def validation_problems(
-    document: LoadedDocument, schema: dict[str, Any], cross_field: Callable[[LoadedDocument], Iterable[CaseProblem]]
-) -> list[CaseProblem]:
-    """Every problem of a document, in file order: the schema's violations, else the rules between
-    fields (they read what the schema guarantees); and every NaN or infinity where a number must
-    be finite, in either case."""
+CrossFieldRules = Callable[[LoadedDocument, frozenset[str]], Iterable[CaseProblem]]
+
+
+def validation_problems(document: LoadedDocument, schema: dict[str, Any], cross_field: CrossFieldRules) -> list[CaseProblem]:
+    """Every problem of a document at once, each once, in file order: the schema's violations, the
+    rules between fields (given the fields the schema refused, so that each rule can leave out
+    what it cannot read), and every NaN or infinity where a number must be finite."""
     problems = list(schema_problems(document, schema))
-    if not problems:
-        problems = list(cross_field(document))
+    problems += cross_field(document, frozenset(problem.field for problem in problems))
     named = {problem.field for problem in problems}
     problems += [problem for problem in non_finite_problems(document) if problem.field not in named]
-    return sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
+    unique = {(problem.line, problem.field, problem.message): problem for problem in problems}  # one message per place
+    return sorted(unique.values(), key=lambda problem: (problem.line or 0, problem.field))
+
+
+def refused_under(refused: frozenset[str], *roots: str) -> bool:
+    """Whether the schema refused a field at or under one of `roots` (`expect[0]` covers
+    `expect[0].link`; `mode` does not cover `model`): a rule reading it would read malformed data."""
+    return any(field == root or field.startswith((root + ".", root + "[")) for field in refused for root in roots)
 
 
 def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = None) -> Iterator[CaseProblem]:

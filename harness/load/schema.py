@@ -26,6 +26,7 @@ from harness.load.build import (
     expand_steps,
     input_size_problems,
     mode_setting,
+    refused_under,
     validation_problems,
 )
 from harness.load.graph_schema import graph_case_from_document, is_graph_case
@@ -92,30 +93,61 @@ def case_from_document(document: LoadedDocument, case_id: str, source: str) -> C
     return build_case(document, case_id=case_id, source=source)
 
 
-def cross_field_problems(document: LoadedDocument) -> Iterator[CaseProblem]:
-    """Rules between fields: shapes against the model and num_features, paths, expectations."""
+def cross_field_problems(document: LoadedDocument, refused: frozenset[str] = frozenset()) -> list[CaseProblem]:
+    """Rules between fields: shapes against the model and num_features, paths, expectations. Each
+    rule runs when the fields it reads are present and the schema did not refuse them (`refused`),
+    so that a file's problems come at once, not in rounds: a misspelt runner does not hide a mode
+    path that names no submodule."""
     data = document.data
-    spec = MODEL_SPECS[data["model"]]
-    checks = _CrossFieldChecks(document, spec)
-    yield from checks.input_shape()
-    yield from checks.bn_vectors()
-    yield from checks.mode_paths(("mode",), data["mode"])
-    steps = list(expand_steps(data["steps"], data["input"].get("seed", 0)))
-    for index, raw in enumerate(data["steps"]):
+    if not isinstance(data, dict) or not _readable(data, refused, "model") or data["model"] not in MODEL_SPECS:
+        return []  # every rule reads the model
+    problems: list[CaseProblem] = []
+    try:
+        for problem in _cross_field_rules(document, _CrossFieldChecks(document, MODEL_SPECS[data["model"]]), refused):
+            problems.append(problem)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        if not refused:  # a well-formed file: a rule that fails on it is a bug, reported as one
+            raise
+        # else a rule met a malformed part the schema has already reported: the problems found stand
+    return problems
+
+
+def _readable(data: dict[str, Any], refused: frozenset[str], *roots: str) -> bool:
+    """The top-level fields `roots` are present and the schema refused nothing in them."""
+    return all(root in data for root in roots) and not refused_under(refused, *roots)
+
+
+def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refused: frozenset[str]) -> Iterator[CaseProblem]:
+    data = document.data
+    if _readable(data, refused, "input", "bn"):
+        yield from checks.input_shape()
+    if _readable(data, refused, "bn"):
+        yield from checks.bn_vectors()
+    if _readable(data, refused, "mode"):
+        yield from checks.mode_paths(("mode",), data["mode"])
+    raw_steps = data["steps"] if isinstance(data.get("steps"), list) else []
+    for index, raw in enumerate(raw_steps):
+        if refused_under(refused, f"steps[{index}]"):
+            continue
         if isinstance(raw, dict) and "set_mode" in raw:
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
-        if step_kind(raw) == "train_step" and "values" in data["input"]:
+        if step_kind(raw) == "train_step" and _readable(data, refused, "input") and "values" in data["input"]:
             yield checks.problem(
                 ("steps", index),
                 "train_step draws new seeded batches, but the input is literal values",
                 "forward steps, or a seeded distribution under input",
             )
-    for index, raw in enumerate(data.get("expect", [])):
-        yield from checks.expectation(("expect", index), raw, len(steps))
-    axis = data.get("keras", {}).get("axis")
-    rank = len(data["input"]["shape"])
-    if axis is not None and not -rank <= axis < rank:
-        yield checks.problem(("keras", "axis"), f"axis {axis} is outside an input of rank {rank}", f"{-rank}..{rank - 1}")
+    # The step count is known while every step is well formed (train_step repeats count one each).
+    readable_steps = _readable(data, refused, "steps", "input")
+    step_count = len(list(expand_steps(data["steps"], data["input"].get("seed", 0)))) if readable_steps else None
+    for index, raw in enumerate(data["expect"] if isinstance(data.get("expect"), list) else []):
+        if isinstance(raw, dict) and f"expect[{index}]" not in refused:  # its own malformed parts are left out below
+            yield from checks.expectation(("expect", index), raw, step_count, refused)
+    axis = data["keras"].get("axis") if _readable(data, refused, "keras") else None
+    if axis is not None and _readable(data, refused, "input"):
+        rank = len(data["input"]["shape"])
+        if not -rank <= axis < rank:
+            yield checks.problem(("keras", "axis"), f"axis {axis} is outside an input of rank {rank}", f"{-rank}..{rank - 1}")
 
 
 class _CrossFieldChecks:
@@ -180,27 +212,31 @@ class _CrossFieldChecks:
             if submodule not in self.spec.submodule_paths:
                 yield self.problem((*path, submodule), f"no submodule {quoted(submodule)} in model {self.spec.name!r}", known)
 
-    def expectation(self, path: PathKey, raw: dict[str, Any], step_count: int) -> Iterator[CaseProblem]:
+    def expectation(self, path: PathKey, raw: dict[str, Any], step_count: int | None, refused: frozenset[str]) -> Iterator[CaseProblem]:
+        where = format_path(path)
         has_fields = "field" in raw or "fields" in raw
         if has_fields == ("status" in raw) or ("field" in raw and "fields" in raw):
             yield self.problem(path, "an expectation names either field / fields or status", "exactly one of them")
             return
         if "status" in raw and "step" in raw:
             yield self.problem((*path, "step"), "a status expectation has no step", "field / fields with step")
-        if has_fields and REFERENCE_RUNNER in raw["runners"]:
+        if has_fields and not refused_under(refused, f"{where}.runners") and REFERENCE_RUNNER in raw.get("runners", ()):
             others = ", ".join(name for name in runner_names() if name != REFERENCE_RUNNER)
             yield self.problem(
                 (*path, "runners"),
                 f"{REFERENCE_RUNNER} is the reference every other runner is compared with",
                 f"the runner(s) that differ from it: {others}",
             )
-        fields = known_fields(self.spec)
-        patterns = [raw["field"]] if "field" in raw else raw.get("fields", [])
-        for index, pattern in enumerate(patterns):
-            if not any(field_matches(pattern, name) for name in fields):
-                key = (*path, "field") if "field" in raw else (*path, "fields", index)
-                yield self.problem(key, f"{quoted(pattern)} matches no field of model {self.spec.name!r}", ", ".join(fields))
+        if not refused_under(refused, f"{where}.field", f"{where}.fields"):
+            fields = known_fields(self.spec)
+            patterns = [raw["field"]] if "field" in raw else raw.get("fields", [])
+            for index, pattern in enumerate(patterns):
+                if not any(field_matches(pattern, name) for name in fields):
+                    key = (*path, "field") if "field" in raw else (*path, "fields", index)
+                    yield self.problem(key, f"{quoted(pattern)} matches no field of model {self.spec.name!r}", ", ".join(fields))
         steps = raw.get("step")
+        if step_count is None or refused_under(refused, f"{where}.step"):
+            return
         for step in [steps] if isinstance(steps, int) else steps or []:
             if step >= step_count:
                 yield self.problem(

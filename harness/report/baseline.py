@@ -4,8 +4,8 @@ A divergence is identified by (case, runner, field, step). Reported: divergences
 vanished, attribution classes that changed, magnitudes that moved by more than a factor, runner
 statuses and case outcomes that changed. A baseline from another environment is compared all the
 same, with the version differences listed first. A runner the baseline ran that the new run
-skipped in every case (its framework not installed, say) is one change, with the skip reason,
-instead of one per status and divergence it had.
+skipped in every case (its framework not installed, say) is one line, with the skip reason,
+instead of one per status and divergence it had: "not compared" by default, a change with --all.
 """
 
 from __future__ import annotations
@@ -104,7 +104,11 @@ def compare_results(
     if not everything:
         baseline, not_compared = _what_both_ran(baseline, new)
     versions = tuple(version_differences(baseline.environment, new.environment))
-    return BaselineComparison(versions, tuple(_changes(baseline, new, factor)), tuple(not_compared))
+    changes = list(_changes(baseline, new, factor))
+    if not everything:  # a runner this install cannot run (jax absent, say) is not run here, not a change
+        not_compared += [change.what for change in changes if change.kind == "runner not run"]
+        changes = [change for change in changes if change.kind != "runner not run"]
+    return BaselineComparison(versions, tuple(changes), tuple(not_compared))
 
 
 def _what_both_ran(baseline: ResultsDocument, new: ResultsDocument) -> tuple[ResultsDocument, list[str]]:
