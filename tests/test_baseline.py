@@ -90,7 +90,9 @@ def test_a_runner_skipped_everywhere_is_one_change_not_one_per_divergence():
     )
     by_default = compare_results(BASELINE, changed(alone))
     assert not by_default.regressed and by_default.not_compared == (line,), "an install without the framework: not run, not a change"
-    assert [change.describe() for change in compare_results(BASELINE, changed(alone), everything=True).changes] == [f"runner not run: {line}"]
+    assert [change.describe() for change in compare_results(BASELINE, changed(alone), everything=True).changes] == [
+        f"runner not run: {line}"
+    ]
     second = replace(alone, case_id="other", runners={"torch-eager": RunRecord("ok"), "onnx-torchscript-ort": RunRecord("ok")})
     assert "status changed: onnx-torchscript-ort in forum: ok -> skipped" in compare_results(BASELINE, changed(alone, second)).report(), (
         "skipped in one case only: per case"
@@ -129,7 +131,10 @@ def test_the_pytest_option_fails_the_session_on_a_change(pytester):
     pytest.importorskip("onnxruntime")
     write_case(pytester.path / "cases", "forum", FORUM_FLIP + FORUM_FLIP_EXPECT)
     runners = "--harness-runners=torch-eager,onnx-torchscript-ort"
-    pytester.runpytest_subprocess("cases", runners, "--harness-results=base.json").assert_outcomes(passed=1)
+    first = pytester.runpytest_subprocess("cases", runners, "--harness-results=base.json")
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["results written to base.json, the report to base.html"])
+    assert "Against the baseline" not in (pytester.path / "base.html").read_text(), "no baseline given"
     same = pytester.runpytest_subprocess("cases", runners, "--harness-baseline=base.json")
     assert same.ret == 0 and "no change against the baseline" in same.stdout.str()
     record = json.loads((pytester.path / "base.json").read_text())
@@ -137,7 +142,18 @@ def test_the_pytest_option_fails_the_session_on_a_change(pytester):
     (pytester.path / "base.json").write_text(json.dumps(record))
     regressed = pytester.runpytest_subprocess("cases", runners, "--harness-baseline=base.json")
     assert regressed.ret == pytest.ExitCode.TESTS_FAILED
-    regressed.stdout.fnmatch_lines(["new divergence: onnx-torchscript-ort module.bn.training after step 1 in forum"])
+    regressed.stdout.fnmatch_lines(
+        [
+            "new divergence: onnx-torchscript-ort module.bn.training after step 1 in forum",
+            "*the session fails: 2 change(s) against the baseline base.json",
+            "*1 passed*",
+        ]
+    )
+    missing = pytester.runpytest_subprocess("cases", runners, "--harness-baseline=missing.json")
+    assert (
+        missing.ret == pytest.ExitCode.USAGE_ERROR
+        and "--harness-baseline: missing.json: cannot read a results record" in missing.stderr.str()
+    )
 
 
 def test_a_saved_baseline_keeps_what_comparing_needs(tmp_path):

@@ -352,7 +352,10 @@ def test_the_report_summarises_against_a_baseline_when_given_one(tmp_path, capsy
     results = tmp_path / "results.json"
     assert cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--runners", "torch-eager"]) == 0
     assert cli.main(["report", str(results), "--baseline", str(results), "-o", str(tmp_path / "vs.html")]) == 0
-    assert "Against the baseline" in (tmp_path / "vs.html").read_text() and "changes: the same as the baseline" in (tmp_path / "vs.html").read_text()
+    assert (
+        "Against the baseline" in (tmp_path / "vs.html").read_text()
+        and "changes: the same as the baseline" in (tmp_path / "vs.html").read_text()
+    )
     with pytest.raises(SystemExit):
         cli.main(["run", str(tmp_path / "cases"), "--results", str(results), "--baseline", str(tmp_path / "nope.json")])
     assert f"--baseline: no such file: {tmp_path}/nope.json" in capsys.readouterr().err

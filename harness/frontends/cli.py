@@ -35,7 +35,7 @@ from harness.report.record import (
     write_document,
     write_results,
 )
-from harness.report.render import write_report
+from harness.report.render import report_path, write_report
 from harness.report.repro import bundle_runners, write_bundle, write_graph_bundle
 from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
@@ -48,12 +48,6 @@ def case_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
         else:
             yield path
-
-
-def report_path(results: Path) -> Path:
-    """The report beside a results file, named after it: `runs/a.json` -> `runs/a.html`, so that
-    runs sharing a folder keep their own; the default `results.json` -> `report.html`."""
-    return results.with_name("report.html") if results.name == "results.json" else results.with_suffix(".html")
 
 
 def journal_path(results: Path) -> Path:

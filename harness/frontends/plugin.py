@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import HarnessError
-from harness.core.records import CaseRecord
+from harness.core.records import CaseRecord, ResultsDocument
 from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.collect import CASE_RECORD_PROPERTY, RECOGNISED_CASE_DIR, SESSION_KEY, CaseFile, display_path, looks_like_a_case
 from harness.frontends.session import Session, known_divergence_lines, summary_line, totals_line
 from harness.report.baseline import BaselineComparison, compare_results, load_results
 from harness.report.record import check_output_path, document_of, write_document
+from harness.report.render import report_path, write_report
 from harness.run import execution
 from harness.run.execution import DEFAULT_TIMEOUT_S
 
 BASELINE_KEY = pytest.StashKey[BaselineComparison]()  # of --harness-baseline
+BASELINE_DOCUMENT_KEY = pytest.StashKey[ResultsDocument]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,6 +85,12 @@ def pytest_configure(config: pytest.Config) -> None:
             check_output_path(Path(target))
         except HarnessError as error:
             raise pytest.UsageError(f"--harness-results: {error}") from None
+    baseline = config.getoption("harness_baseline")
+    if baseline and not hasattr(config, "workerinput"):  # read up front: a bad path is a usage error, not a crash at the end
+        try:
+            config.stash[BASELINE_DOCUMENT_KEY] = load_results(Path(baseline))
+        except HarnessError as error:
+            raise pytest.UsageError(f"--harness-baseline: {error}") from None
     execution.configure(jobs=jobs, timeout_s=timeout)
     config.stash[SESSION_KEY] = Session(only)
     config.stash[FINISHED_KEY] = []
@@ -148,16 +156,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not records:
         return
     document = document_of(records)
+    baseline = session.config.stash.get(BASELINE_DOCUMENT_KEY, None)
     target = session.config.getoption("harness_results")
-    if target:
+    if target:  # results.json, and the report beside it as the CLI writes them
         try:
             write_document(Path(target), document)
+            write_report(document, report_path(Path(target)), baseline)
         except HarnessError as error:  # the path changed since configure checked it
             session.config.stash[HINT_KEY] = f"--harness-results: not written: {error}"
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
-    baseline = session.config.getoption("harness_baseline")
-    if baseline:
-        comparison = compare_results(load_results(Path(baseline)), document)
+    if baseline is not None:
+        comparison = compare_results(baseline, document)
         session.config.stash[BASELINE_KEY] = comparison
         if comparison.regressed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -210,11 +219,16 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.write_line(totals_line([entry.record for entry in finished]))
     target = config.getoption("harness_results")
     if target:
-        terminalreporter.write_line(f"results written to {target}")
+        terminalreporter.write_line(f"results written to {target}, the report to {report_path(Path(target))}")
     comparison = config.stash.get(BASELINE_KEY, None)
     if comparison is not None:
         terminalreporter.section("against the baseline")
         terminalreporter.write_line(comparison.report())
+        if comparison.regressed:  # the cases may all pass: say why the session fails
+            terminalreporter.write_line(
+                f"the session fails: {len(comparison.changes)} change(s) against the baseline {config.getoption('harness_baseline')}",
+                red=True,
+            )
 
 
 FINISHED_KEY = pytest.StashKey[list[FinishedCase]]()

@@ -70,6 +70,12 @@ def render_report(results: ResultsDocument, baseline: ResultsDocument | None = N
     )
 
 
+def report_path(results: Path) -> Path:
+    """The report beside a results file, named after it: `runs/a.json` -> `runs/a.html`, so that
+    runs sharing a folder keep their own; the default `results.json` -> `report.html`."""
+    return results.with_name("report.html") if results.name == "results.json" else results.with_suffix(".html")
+
+
 def write_report(results: ResultsDocument, path: Path, baseline: ResultsDocument | None = None) -> None:
     """Write the report atomically."""
     write_atomically(path, render_report(results, baseline))
