@@ -13,8 +13,8 @@ from tests import records
 from tests.tiny_cases import FORUM_FLIP, FORUM_FLIP_EXPECT, write_case
 
 
-def divergence(runner="onnx-torchscript-ort", field="module.bn.training", step=1, size=None, kind="state changed by a step"):
-    return records.comparison(runner, field, step, "known", attribution=kind, max_abs_diff=size)
+def divergence(runner="onnx-torchscript-ort", field="module.bn.training", step=1, size=None, kind="state changed by a step", **verdict):
+    return records.comparison(runner, field, step, "known", attribution=kind, max_abs_diff=size, **verdict)
 
 
 AGREEING_OUTPUT = records.comparison("onnx-torchscript-ort", "output", 2, "agree")
@@ -169,6 +169,8 @@ def test_a_saved_baseline_keeps_what_comparing_needs(tmp_path):
         "attribution",
         "max_abs_diff",
         "dtype",
+        "nan_count",
+        "inf_count",
     }, "a baseline keeps the keys comparing reads, and no verdict text"
     assert not compare_results(saved, BASELINE).regressed
 
@@ -236,3 +238,13 @@ def test_baseline_update_refuses_a_run_of_other_package_versions(tmp_path, capsy
         f"error: {tmp_path}/run.json comes from other package versions than {tmp_path}/baseline.json: onnxruntime: 1.32.0 -> 1.33.0"
     )
     assert (tmp_path / "baseline.json").read_text() == before
+
+
+def test_a_change_in_how_many_elements_are_nan_is_reported():
+    """The same greatest difference (NaN) over 128 or 512 NaN elements is another divergence."""
+    old = forum([divergence(field="module.output", step=2, size=float("nan"), nan_count=(0, 128))])
+    new = forum([divergence(field="module.output", step=2, size=float("nan"), nan_count=(0, 512))])
+    comparison = compare_results(records.written(records.document(old)), records.written(records.document(new)))
+    assert [change.describe() for change in comparison.changes] == [
+        "non-finite count changed: onnx-torchscript-ort module.output after step 2 in forum: NaN 0/128, Inf 0/0 -> NaN 0/512, Inf 0/0"
+    ]

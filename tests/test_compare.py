@@ -108,3 +108,18 @@ def test_shapes_and_scalars():
     )
     assert verdict(None, None, field="module.bn.momentum")
     assert not verdict(1, True, field="module.bn.num_batches_tracked"), "a flag is not a count"
+
+
+def test_every_verdict_counts_the_nan_and_infinite_elements_of_each_side():
+    """A divergence of 128 NaNs and one of 512 read alike by their greatest difference (NaN)."""
+    reference = [[0.0] * 4] * 2
+    other = [[np.nan, np.nan, np.nan, 0.0], [np.inf, 0.0, 0.0, 0.0]]
+    diverging = verdict(reference, other)
+    assert (diverging.nan_count, diverging.inf_count) == ((0, 3), (0, 1))
+    assert (
+        "Non-finite elements: NaN 0 (torch-eager), 3 (onnx-torchscript-ort); Inf 0 (torch-eager), 1 (onnx-torchscript-ort)"
+        in diverging.text
+    )
+    agreeing = verdict([np.nan] * 3, [np.nan] * 3)
+    assert agreeing.close and agreeing.nan_count == (3, 3) and agreeing.text.endswith("; NaN at the same 3 indices on both sides)")
+    assert verdict(reference, reference).text.endswith("(torch.testing default))"), "no count said where there is none"

@@ -66,7 +66,13 @@ FRESH = records.case(  # an unlisted divergence, a vanished expectation and a ru
     runners={"torch-eager": "ok", "onnx-dynamo-ort": "ok", "keras-tensorflow": RunRecord("skipped", "does not apply")},
     comparisons=[
         records.comparison(
-            "onnx-dynamo-ort", "module.bn.running_mean", 0, "new", text="running_mean differs", attribution="conventions differ"
+            "onnx-dynamo-ort",
+            "module.bn.running_mean",
+            0,
+            "new",
+            text="running_mean differs",
+            attribution="conventions differ",
+            nan_count=(0, 2),
         )
     ],
     vanished=(VanishedRecord(records.expectation("was there"), "onnx-dynamo-ort", "now agrees"),),
@@ -134,6 +140,7 @@ def test_each_case_has_one_mode_table_its_charts_links_and_commands():
     assert "<pre>  - field: module.bn.running_mean\n    step: 0\n    runners: [onnx-dynamo-ort]\n" in fresh, (
         "the expect snippet of a new divergence"
     )
+    assert '<span class="badge nonfinite" title="non-finite elements, torch-eager / onnx-dynamo-ort">NaN 0 / 2</span>' in fresh
 
 
 def test_what_needs_reading_is_open_and_what_is_known_is_collapsed():

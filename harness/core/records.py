@@ -17,7 +17,7 @@ from harness.core.errors import HarnessError
 from harness.core.results import Verdict
 
 SCHEMA_VERSION = 1
-BASELINE_COMPARISON_KEYS = ("other", "field", "step", "classification", "attribution", "max_abs_diff", "dtype")
+BASELINE_COMPARISON_KEYS = ("other", "field", "step", "classification", "attribution", "max_abs_diff", "dtype", "nan_count", "inf_count")
 # Verdict fields that hold numbers: results.json writes their non-finite values as strings.
 _NUMERIC_VERDICT_FIELDS = ("rtol", "atol", "max_abs_diff", "max_rel_diff", "min_atol_to_pass", "min_rtol_to_pass", "rounding_floor")
 
@@ -118,6 +118,8 @@ class ComparisonRecord:
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         values["channel_abs_diff"] = tuple(float(value) for value in values.get("channel_abs_diff") or ())
+        for name in ("nan_count", "inf_count"):  # absent from records written before they were counted
+            values[name] = tuple(int(count) for count in values.get(name) or (0, 0))
         values["attribution_sides"] = tuple(values.get("attribution_sides") or ())
         expectation = data.get("expectation")
         return cls(Verdict(**values), classification, None if expectation is None else ExpectationRecord.from_json(expectation))

@@ -92,6 +92,8 @@ class Verdict:
     reference_value: Scalar = None
     other_value: Scalar = None
     channel_abs_diff: tuple[float, ...] = ()  # greatest |difference| per channel (axis 1, or per element of a vector)
+    nan_count: tuple[int, int] = (0, 0)  # NaN elements of (reference, other): 128 NaNs and 512 read apart
+    inf_count: tuple[int, int] = (0, 0)  # infinite elements of (reference, other)
     attribution: str | None = None  # a class of harness.judge.attribution.CLASSES, for divergences
     attribution_text: str | None = None
     attribution_sides: tuple[dict[str, Any], ...] = ()  # each side against its own spec's oracle

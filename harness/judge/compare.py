@@ -92,10 +92,13 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
     mismatch = ~close_mask
     mismatched, total = int(mismatch.sum()), int(expected.size)
     common["channel_abs_diff"] = _per_channel(abs_diff, both_nan | (expected == actual))
+    nans = common["nan_count"] = (int(np.isnan(expected).sum()), int(np.isnan(actual).sum()))
+    infs = common["inf_count"] = (int(np.isinf(expected).sum()), int(np.isinf(actual).sum()))
     min_atol, min_rtol = _minimum_tolerances(expected, actual, abs_diff, both_nan, tolerance)
     if mismatched == 0:
         worst = float(np.nanmax(np.where(both_nan, 0.0, abs_diff))) if total else 0.0
-        text = f"{what} are close (greatest absolute difference {worst:.3g}; {tolerance.describe()})"
+        same_nans = f"; NaN at the same {nans[0]} indices on both sides" if nans[0] else ""
+        text = f"{what} are close (greatest absolute difference {worst:.3g}; {tolerance.describe()}{same_nans})"
         return Verdict(
             close=True,
             text=text,
@@ -115,6 +118,14 @@ def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name
     lines = [
         f"{what} are not close!",
         f"Mismatched elements: {mismatched} / {total} ({100.0 * mismatched / total:.1f}%)",
+        *(
+            [
+                f"Non-finite elements: NaN {nans[0]} ({reference_name}), {nans[1]} ({other_name}); "
+                f"Inf {infs[0]} ({reference_name}), {infs[1]} ({other_name})"
+            ]
+            if any(nans) or any(infs)
+            else []
+        ),
         f"Greatest absolute difference: {max_abs:.3g} at index {_index(abs_index)} (up to {tolerance.atol:g} allowed)",
         f"Greatest relative difference: {max_rel:.3g} at index {_index(rel_index)} (up to {tolerance.rtol:g} allowed)",
         f"Tolerance: {tolerance.describe()}; {NAN_POLICY}",

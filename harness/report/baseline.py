@@ -1,8 +1,8 @@
 """Compare a run's results.json with a stored baseline: what the nightly regression reports.
 
 A divergence is identified by (case, runner, field, step). Reported: divergences that are new or
-vanished, attribution classes that changed, magnitudes that moved by more than a factor, runner
-statuses and case outcomes that changed. A baseline from another environment is compared all the
+vanished, attribution classes that changed, magnitudes that moved by more than a factor, NaN or
+infinity counts that changed, runner statuses and case outcomes that changed. A baseline from another environment is compared all the
 same, with the version differences listed first. A runner the baseline ran that the new run
 skipped in every case (its framework not installed, say) is one line, with the skip reason,
 instead of one per status and divergence it had: "not compared" by default, a change with --all.
@@ -29,7 +29,8 @@ DivergenceKey = tuple[str, str, str, int]  # (case id, runner, field, step)
 class Change:
     """One difference between the baseline and the new run."""
 
-    kind: str  # new | vanished | class changed | magnitude moved | status changed | outcome changed | runner not run
+    # new | vanished | class changed | magnitude moved | non-finite count changed | status changed | outcome changed | runner not run
+    kind: str
     what: str
     before: Any = None
     after: Any = None
@@ -226,6 +227,15 @@ def _divergence_changes(case_id: str, old: CaseRecord, current: CaseRecord, fact
             old_size, new_size = before[key].verdict.max_abs_diff, after[key].verdict.max_abs_diff
             if _moved(old_size, new_size, factor):
                 yield Change("magnitude moved", what, f"{old_size:.3g}", f"{new_size:.3g}")
+            old_counts, new_counts = _nonfinite(before[key]), _nonfinite(after[key])
+            if old_counts != new_counts:  # NaN everywhere and NaN in one channel have the same greatest difference
+                yield Change("non-finite count changed", what, old_counts, new_counts)
+
+
+def _nonfinite(comparison: ComparisonRecord) -> str:
+    """`NaN 128/0, Inf 0/0` (reference/other)."""
+    nans, infs = comparison.verdict.nan_count, comparison.verdict.inf_count
+    return f"NaN {nans[0]}/{nans[1]}, Inf {infs[0]}/{infs[1]}"
 
 
 def _moved(old: float | None, new: float | None, factor: float) -> bool:

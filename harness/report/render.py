@@ -205,7 +205,16 @@ def _divergence_view(comparison: ComparisonRecord) -> dict[str, Any]:
         "reason": None if expectation is None else expectation.reason,
         "link": None if expectation is None else expectation.link,
         "chart": _chart(verdict),
+        "nonfinite": _nonfinite_label(verdict),
     }
+
+
+def _nonfinite_label(verdict: Verdict) -> str | None:
+    """`NaN 0 / 128` (reference / other), and the same for infinities, where any side has one."""
+    parts = [
+        f"{name} {counts[0]} / {counts[1]}" for name, counts in (("NaN", verdict.nan_count), ("Inf", verdict.inf_count)) if any(counts)
+    ]
+    return ", ".join(parts) or None
 
 
 CHART_BAR, CHART_HEIGHT, CHART_LEFT, CHART_TOP, CHART_BOTTOM, CHART_RIGHT = 24, 110, 48, 16, 34, 80  # px; the right margin labels atol
