@@ -123,3 +123,18 @@ def test_every_verdict_counts_the_nan_and_infinite_elements_of_each_side():
     agreeing = verdict([np.nan] * 3, [np.nan] * 3)
     assert agreeing.close and agreeing.nan_count == (3, 3) and agreeing.text.endswith("; NaN at the same 3 indices on both sides)")
     assert verdict(reference, reference).text.endswith("(torch.testing default))"), "no count said where there is none"
+
+
+def test_a_magnitude_relative_tolerance_allows_rounding_at_the_tensors_scale():
+    """Outputs of 3e5 (conv+BN folding) round by about 0.03 in float32: an element-wise rtol fails the
+    elements near zero and an absolute atol fails the large ones; magnitude_rtol scales with the
+    reference's greatest |value|."""
+    reference = [3.0e5, -2.5e5, 1.0e-3, 0.0]
+    other = [3.0e5 + 0.03, -2.5e5 - 0.02, 1.0e-3 + 0.02, 0.01]
+    assert not verdict(reference, other), "the default tolerance fails near zero"
+    relative = ToleranceOverride("folding rounds at the output's scale", (("float32", 1.3e-6, 1e-5),), (("float32", 1e-6),))
+    found = verdict(reference, other, tolerance=relative)
+    assert found.close and found.atol == 1e-5 + 1e-6 * 3.0e5
+    assert "magnitude_rtol=1e-06 (case override: folding rounds at the output's scale), at this magnitude" in found.text
+    tighter = verdict(reference, other, tolerance=ToleranceOverride("too tight", (("float32", 1.3e-6, 1e-5),), (("float32", 1e-8),)))
+    assert not tighter and "(up to 0.00301 allowed)" in tighter.text

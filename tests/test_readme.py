@@ -48,7 +48,7 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
     assert case.bn.eps == 1e-5 and case.input.constant_channels == ((2, 0.5),)
     assert case.timeout_s == 600 and case.runners == ("torch-eager", "onnx-torchscript-ort")
     assert case.keras.running_var == "unbiased" and case.keras.training_argument == "explicit"
-    assert case.tolerance.by_dtype == (("float32", 1e-5, 1e-5),)
+    assert case.tolerance.by_dtype == (("float32", 1e-5, 1e-5),) and case.tolerance.magnitude_rtol == (("float32", 1e-7),)
 
 
 def test_the_small_case_in_the_readme_loads_and_is_the_bundled_one(tmp_path):

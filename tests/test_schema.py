@@ -244,3 +244,13 @@ def test_a_files_problems_come_at_once_each_once(tmp_path):
         (15, "expect[0].link"),
     ], "the step index is not checked while a step is malformed (the count may be wrong)"
     assert len(set(map(str, caught.value.problems))) == len(caught.value.problems)
+
+
+def test_a_negative_magnitude_rtol_is_refused_at_its_line(tmp_path):
+    path = tmp_path / "magnitude.yaml"
+    path.write_text(EVAL_BN2D + "tolerance:\n  reason: scale\n  float32: {rtol: 1.0e-6, atol: 1.0e-5, magnitude_rtol: -1.0e-6}\n")
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.line, p.field, p.message, p.allowed) for p in caught.value.problems] == [
+        (17, "tolerance.float32.magnitude_rtol", "got -1e-06", ">= 0")
+    ]

@@ -123,6 +123,7 @@ class ToleranceOverride:
 
     reason: str
     by_dtype: tuple[tuple[str, float, float], ...] = ()  # (dtype, rtol, atol)
+    magnitude_rtol: tuple[tuple[str, float], ...] = ()  # (dtype, share of the reference's greatest |value| also allowed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,10 @@ def compare_observed(
 
 
 def _compare_arrays(what, expected, actual, tolerance: Tolerance, reference_name, other_name, common, tolerance_fields) -> Verdict:
+    atol = tolerance.atol_for(expected)
+    if atol != tolerance.atol:  # a magnitude-relative part: the atol this comparison allowed
+        tolerance = dataclasses.replace(tolerance, atol=atol, magnitude_rtol=0.0, source=f"{tolerance.describe()}, at this magnitude")
+        tolerance_fields = {**tolerance_fields, "atol": atol}
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         abs_diff = np.abs(expected - actual)
         allowed = tolerance.atol + tolerance.rtol * np.abs(expected)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from harness.core.case import ToleranceOverride
 
@@ -25,10 +28,21 @@ class Tolerance:
     rtol: float
     atol: float
     source: str
+    magnitude_rtol: float = 0.0  # also allowed: this share of the reference's greatest finite |value|
 
     def describe(self) -> str:
         """`float32 rtol=1.3e-06 atol=1e-05 (torch.testing default)`."""
-        return f"{self.dtype} rtol={self.rtol:g} atol={self.atol:g} ({self.source})"
+        magnitude = f" magnitude_rtol={self.magnitude_rtol:g}" if self.magnitude_rtol else ""
+        return f"{self.dtype} rtol={self.rtol:g} atol={self.atol:g}{magnitude} ({self.source})"
+
+    def atol_for(self, reference: Any) -> float:
+        """The atol a comparison with this reference array allows: atol, plus magnitude_rtol times the
+        reference's greatest finite |value| (a difference relative to the tensor's magnitude: conv+BN
+        folding rounds at 3e5 where an element-wise rtol fails the elements near zero)."""
+        if not self.magnitude_rtol:
+            return self.atol
+        finite = np.abs(reference[np.isfinite(reference)])
+        return self.atol + self.magnitude_rtol * (float(finite.max()) if finite.size else 0.0)
 
 
 def tolerance_for(dtypes: Iterable[str], override: ToleranceOverride | None = None) -> Tolerance:
@@ -39,6 +53,7 @@ def tolerance_for(dtypes: Iterable[str], override: ToleranceOverride | None = No
     label = chosen if len(names) == 1 else f"{'/'.join(names)} -> {chosen}"
     if chosen in overrides:
         rtol, atol = overrides[chosen]
-        return Tolerance(label, rtol, atol, f"case override: {override.reason if override else ''}")
+        magnitude = dict(override.magnitude_rtol).get(chosen, 0.0) if override else 0.0
+        return Tolerance(label, rtol, atol, f"case override: {override.reason if override else ''}", magnitude)
     rtol, atol = DEFAULT_TOLERANCES[chosen]
     return Tolerance(label, rtol, atol, "torch.testing default")

@@ -182,6 +182,11 @@ def build_tolerance(data: dict[str, Any]) -> ToleranceOverride | None:
     return ToleranceOverride(
         reason=" ".join(raw_tolerance["reason"].split()),
         by_dtype=tuple((dtype, float(pair["rtol"]), float(pair["atol"])) for dtype, pair in raw_tolerance.items() if dtype != "reason"),
+        magnitude_rtol=tuple(
+            (dtype, float(pair["magnitude_rtol"]))
+            for dtype, pair in raw_tolerance.items()
+            if dtype != "reason" and "magnitude_rtol" in pair
+        ),
     )
 
 
