@@ -26,3 +26,17 @@ def test_per_channel_offset_scale_and_constant_channels():
 def test_literal_values_keep_their_layout():
     spec = InputSpec((2, 2), "float64", values=(1.0, 2.0, 3.0, 4.0))
     assert make_batch(spec, 99).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_a_step_draws_from_its_own_input_else_from_the_cases(tmp_path):
+    from harness.core.inputs import step_batch
+    from harness.load.schema import load_case
+    from tests.tiny_cases import EVAL_BN2D
+
+    path = tmp_path / "own.yaml"
+    path.write_text(EVAL_BN2D.split("steps:")[0] + "steps:\n  - forward\n  - forward: {input: {shape: [5, 2, 3, 3], mean: 4.0}}\n")
+    case = load_case(path)
+    plain, own = (step_batch(case.input, step) for step in case.steps)
+    assert np.array_equal(plain, make_batch(case.input, case.input.seed))
+    assert own.shape == (5, 2, 3, 3) and abs(float(own.mean()) - 4.0) < 0.5
+    assert case.steps[1].label() == "forward(input shape=5x2x3x3, mean=4)"

@@ -125,7 +125,7 @@ def test_literal_values_must_have_the_input_shape_and_exclude_train_steps(tmp_pa
     text = text.replace("[[1, 2], [3]]", "[[1, 2], [3, 4]]").replace("  - export\n", "  - train_step\n")
     assert problems(tmp_path, text) == [
         "cases/case.yaml:14: steps[1]: train_step draws new seeded batches, but the input is literal values; "
-        "allowed: forward steps, or a seeded distribution under input"
+        "allowed: forward steps, a seeded distribution under input, or the train_step's own input"
     ]
 
 
@@ -254,3 +254,37 @@ def test_a_negative_magnitude_rtol_is_refused_at_its_line(tmp_path):
     assert [(p.line, p.field, p.message, p.allowed) for p in caught.value.problems] == [
         (17, "tolerance.float32.magnitude_rtol", "got -1e-06", ">= 0")
     ]
+
+
+STEP_INPUTS = """\
+description: step inputs
+model: batchnorm2d
+bn: {num_features: 3}
+mode: train
+input: {shape: [4, 3, 2, 2], seed: 1, values: %s}
+steps:
+  - train_step: {input: {channel_offset: [1.0, 2.0]}}
+  - forward: {input: {shape: [8, 4, 2, 2]}}
+  - forward: {input: {values: [[1, 2]]}}
+  - forward: {input: {dtype: float64}}
+  - forward: {input: {}}
+  - forward: {input: {shape: [8, 3, 2, 2]}}
+  - train_step: {input: {mean: 3.0}}
+""" % ([[[[0.5] * 2] * 2] * 3] * 4)
+
+
+def test_a_steps_own_input_is_checked_as_an_input_section_at_the_step(tmp_path):
+    """Its fields merged with the case's: a field the step inherits is reported at the step's input."""
+    path = tmp_path / "steps.yaml"
+    path.write_text(STEP_INPUTS)
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [
+        (7, "steps[0].train_step.input.channel_offset", "2 values for 3 channels"),
+        (8, "steps[1].forward.input", "nested lists of shape (4, 3, 2, 2)"),
+        (8, "steps[1].forward.input.shape[1]", "4 channels but bn.num_features is 3"),
+        (9, "steps[2].forward.input.values", "nested lists of shape (1, 2)"),
+        (10, "steps[3].forward.input.dtype", "unknown field"),
+        (11, "steps[4].forward.input", "got 0 keys"),
+        (12, "steps[5].forward.input", "nested lists of shape (4, 3, 2, 2)"),
+    ], "the case's literal values do not fit a step's other shape; a step that sets a distribution draws its batch"

@@ -77,6 +77,8 @@ class Step:
     seed: int | None = None  # the input batch of a forward / train_step
     export: ExportOptions | None = None
     mode: ModeSetting | None = None
+    input: InputSpec | None = None  # this step's own batch (the case's input with the step's fields); None: the case's
+    input_label: str = ""  # what the step's input changes, for the label: `shape=8x3x4x4`, `values`
 
     def label(self) -> str:
         """A short human name: `forward`, `export(training=eval)`, `set_mode(eval)`."""
@@ -93,6 +95,8 @@ class Step:
             return f"export({', '.join(options)})"
         if self.kind == "set_mode" and self.mode is not None:
             return f"set_mode({self.mode.describe()})"
+        if self.input_label:
+            return f"{self.kind}(input {self.input_label})"
         return self.kind
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.core.case import InputSpec
+from harness.core.case import InputSpec, Step
 
 
 def make_batch(spec: InputSpec, seed: int) -> np.ndarray:
@@ -20,3 +20,9 @@ def make_batch(spec: InputSpec, seed: int) -> np.ndarray:
     for channel, value in spec.constant_channels:
         batch[:, channel] = value
     return batch
+
+
+def step_batch(case_input: InputSpec, step: Step) -> np.ndarray:
+    """The batch a forward or train_step feeds: drawn from its own input when the step has one
+    (another shape, distribution or literal values), else from the case's, with the step's seed."""
+    return make_batch(step.input or case_input, step.seed if step.seed is not None else case_input.seed)

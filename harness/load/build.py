@@ -4,7 +4,7 @@ from a validated document, and check a document against a JSON schema."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jsonschema
@@ -59,11 +59,13 @@ def schema_problems(document: LoadedDocument, schema: dict[str, Any] | None = No
     yield from sorted(problems, key=lambda problem: (problem.line or 0, problem.field))
 
 
-def input_size_problems(document: LoadedDocument, sizes: Iterable[tuple[str, int]] = ()) -> Iterator[CaseProblem]:
+def input_size_problems(
+    document: LoadedDocument, sizes: Iterable[tuple[str, int]] = (), shape: Sequence[int] | None = None, path: PathKey = ("input", "shape")
+) -> Iterator[CaseProblem]:
     """An input batch above MAX_INPUT_ELEMENTS, or a tensor of the model (`sizes`: what, elements)
-    above it: it would be allocated for real, in every runner."""
-    shape = document.data.get("input", {}).get("shape", [])
-    path = ("input", "shape")
+    above it: it would be allocated for real, in every runner. `shape` at `path`: a step's own."""
+    if shape is None:
+        shape = document.data.get("input", {}).get("shape", [])
     elements = math.prod(shape)
     if elements > MAX_INPUT_ELEMENTS:
         yield CaseProblem(document.line_of(path), format_path(path), f"{elements} elements per batch", f"at most {MAX_INPUT_ELEMENTS}")
@@ -121,16 +123,24 @@ def mode_setting(raw: str | dict[str, str]) -> ModeSetting:
     return ModeSetting(tuple((path, value == "train") for path, value in ordered))
 
 
-def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> Iterator[Step]:
-    """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed."""
+def expand_steps(raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[str, Any] | None, dtype: str) -> Iterator[Step]:
+    """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed; a
+    forward or train_step with its own `input:` draws from the case's input with those fields."""
+    input_seed = (raw_input or {}).get("seed", 0)
     index = 0
     for raw in raw_steps:
         kind = step_kind(raw) or ""  # a validated step always has a kind
         options = (raw.get(kind) if isinstance(raw, dict) else None) or {}
+        own: dict[str, Any] = {}
+        if "input" in options:
+            own = {
+                "input": build_input(merged_step_input(raw_input, options["input"]), dtype),
+                "input_label": _input_label(options["input"]),
+            }
         if kind == "forward":
-            steps = [Step("forward", seed=options.get("seed", input_seed))]
+            steps = [Step("forward", seed=options.get("seed", input_seed), **own)]
         elif kind == "train_step":
-            steps = [Step("train_step", seed=input_seed + index + offset + 1) for offset in range(options.get("repeat", 1))]
+            steps = [Step("train_step", seed=input_seed + index + offset + 1, **own) for offset in range(options.get("repeat", 1))]
         elif kind == "export":
             steps = [Step("export", export=ExportOptions(**options))]
         else:
@@ -138,6 +148,32 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], input_seed: int) -> 
         for step in steps:
             yield step
             index += 1
+
+
+DRAWN_INPUT_FIELDS = ("mean", "std", "channel_offset", "channel_scale", "constant_channels")
+
+
+def merged_step_input(raw_input: Mapping[str, Any] | None, own: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's input: the case's `input:` with the step's fields in place. A step that sets how the
+    batch is drawn (mean, std, channel_*) and no values draws it, even where the case's is literal."""
+    merged = dict(raw_input or {})
+    if "values" not in own and any(name in own for name in DRAWN_INPUT_FIELDS):
+        merged.pop("values", None)
+    merged.update(own)
+    return merged
+
+
+def _input_label(own: Mapping[str, Any]) -> str:
+    """`shape=8x3x4x4, channel_offset`: what a step's input changes, for its label."""
+    parts = []
+    for name, value in own.items():
+        if name == "shape" and isinstance(value, list):
+            parts.append("shape=" + "x".join(map(str, value)))
+        elif name in ("mean", "std"):
+            parts.append(f"{name}={value:g}")
+        else:
+            parts.append(name)
+    return ", ".join(parts)
 
 
 def build_input(raw_input: dict[str, Any], default_dtype: str) -> InputSpec:

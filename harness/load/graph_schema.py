@@ -56,7 +56,7 @@ def graph_case_from_document(document: LoadedDocument, case_id: str, source: str
         node=node,
         backend_test=data.get("onnx_backend_test"),
         input=input_spec,
-        steps=tuple(expand_steps(data.get("steps", []), input_spec.seed if input_spec else 0)),
+        steps=tuple(expand_steps(data.get("steps", []), data.get("input"), input_spec.dtype if input_spec else "float32")),
         expectations=build_expectations(document),
         tolerance=build_tolerance(data),
         runners=tuple(data["runners"]) if "runners" in data else None,
@@ -145,4 +145,4 @@ def backend_test_problems(name: str, directory: Path) -> Iterator[tuple[str, str
 
 
 def _expanded(data: dict[str, Any]):
-    return expand_steps(data.get("steps", []), data.get("input", {}).get("seed", 0))
+    return expand_steps(data.get("steps", []), data.get("input"), "float32")  # for the count of steps

@@ -25,6 +25,7 @@ from harness.load.build import (
     build_tolerance,
     expand_steps,
     input_size_problems,
+    merged_step_input,
     mode_setting,
     refused_under,
     validation_problems,
@@ -131,15 +132,18 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             continue
         if isinstance(raw, dict) and "set_mode" in raw:
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
-        if step_kind(raw) == "train_step" and _readable(data, refused, "input") and "values" in data["input"]:
+        if _readable(data, refused, "input", "bn"):
+            yield from checks.step_inputs(index, raw)
+        own_values = isinstance(raw, dict) and isinstance(raw.get("train_step"), dict) and "input" in raw["train_step"]
+        if step_kind(raw) == "train_step" and not own_values and _readable(data, refused, "input") and "values" in data["input"]:
             yield checks.problem(
                 ("steps", index),
                 "train_step draws new seeded batches, but the input is literal values",
-                "forward steps, or a seeded distribution under input",
+                "forward steps, a seeded distribution under input, or the train_step's own input",
             )
     # The step count is known while every step is well formed (train_step repeats count one each).
     readable_steps = _readable(data, refused, "steps", "input")
-    step_count = len(list(expand_steps(data["steps"], data["input"].get("seed", 0)))) if readable_steps else None
+    step_count = len(list(expand_steps(data["steps"], data["input"], "float32"))) if readable_steps else None
     for index, raw in enumerate(data["expect"] if isinstance(data.get("expect"), list) else []):
         if isinstance(raw, dict) and f"expect[{index}]" not in refused:  # its own malformed parts are left out below
             yield from checks.expectation(("expect", index), raw, step_count, refused)
@@ -157,42 +161,57 @@ class _CrossFieldChecks:
     def problem(self, path: PathKey, message: str, allowed: str | None = None) -> CaseProblem:
         return CaseProblem(self.document.line_of(path), format_path(path), message, allowed)
 
-    def input_shape(self) -> Iterator[CaseProblem]:
-        shape, num_features = self.data["input"]["shape"], self.data["bn"]["num_features"]
+    def input_shape(self, raw_input: dict[str, Any] | None = None, at: PathKey = ("input",), own: Any = None) -> Iterator[CaseProblem]:
+        """The input section against the model and num_features: the case's, or (`raw_input` at
+        `at`) a step's, merged with the case's; a problem in a field the step inherits (`own`: the
+        fields it sets) is reported at the step's input, where the mismatch was made."""
+        raw = self.data["input"] if raw_input is None else raw_input
+
+        def where(name: str, *rest: Any) -> PathKey:
+            return (*at, name, *rest) if own is None or name in own else at
+
+        shape, num_features = raw["shape"], self.data["bn"]["num_features"]
         if len(shape) not in self.spec.input_ranks:
             ranks = " or ".join(str(rank) for rank in self.spec.input_ranks)
-            yield self.problem(("input", "shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
+            yield self.problem(where("shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
             return
         sizes = (
             layer_sizes(self.spec.root, list(shape), num_features)
             if not self.spec.spatial_shrink or min(shape[2:]) > self.spec.spatial_shrink
             else ()
         )
-        yield from input_size_problems(self.document, sizes)
+        yield from input_size_problems(self.document, sizes, shape, where("shape"))
         if self.spec.is_bare_batchnorm and shape[1] != num_features:
-            yield self.problem(("input", "shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
+            yield self.problem(where("shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
         shrink = self.spec.spatial_shrink
         if shrink and min(shape[2:]) <= shrink:
             yield self.problem(
-                ("input", "shape"), f"the model's convolutions shrink each spatial size by {shrink}", f"spatial sizes >= {shrink + 1}"
+                where("shape"), f"the model's convolutions shrink each spatial size by {shrink}", f"spatial sizes >= {shrink + 1}"
             )
         channels = shape[1]
         for name in ("channel_offset", "channel_scale"):
-            values = self.data["input"].get(name)
+            values = raw.get(name)
             if values is not None and len(values) != channels:
-                yield self.problem(("input", name), f"{len(values)} values for {channels} channels", f"{channels} values")
-        for index, entry in enumerate(self.data["input"].get("constant_channels", [])):
+                yield self.problem(where(name), f"{len(values)} values for {channels} channels", f"{channels} values")
+        for index, entry in enumerate(raw.get("constant_channels", [])):
             if entry["channel"] >= channels:
                 yield self.problem(
-                    ("input", "constant_channels", index, "channel"), f"channel {entry['channel']} out of range", f"0..{channels - 1}"
+                    where("constant_channels", index, "channel"), f"channel {entry['channel']} out of range", f"0..{channels - 1}"
                 )
-        values = self.data["input"].get("values")
+        values = raw.get("values")
         if values is not None:
             found = _nested_shape(values)
             if found != tuple(shape):
                 yield self.problem(
-                    ("input", "values"), f"nested lists of shape {found or 'ragged/non-numeric'}", f"numbers of shape {tuple(shape)}"
+                    where("values"), f"nested lists of shape {found or 'ragged/non-numeric'}", f"numbers of shape {tuple(shape)}"
                 )
+
+    def step_inputs(self, index: int, raw: Any) -> Iterator[CaseProblem]:
+        """A forward's or train_step's own input, merged with the case's, checked as an input section."""
+        kind = step_kind(raw)
+        own = raw[kind].get("input") if isinstance(raw, dict) and isinstance(raw.get(kind), dict) else None
+        if own is not None:
+            yield from self.input_shape(merged_step_input(self.data["input"], own), ("steps", index, kind or "", "input"), own)
 
     def bn_vectors(self) -> Iterator[CaseProblem]:
         num_features = self.data["bn"]["num_features"]  # NaN and Inf: refused with the schema problems
@@ -270,7 +289,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         bn=bn,
         mode=mode_setting(data["mode"]),
         input=input_spec,
-        steps=tuple(expand_steps(data["steps"], input_spec.seed)),
+        steps=tuple(expand_steps(data["steps"], data["input"], input_spec.dtype)),
         model_seed=data.get("model_seed", 0),
         expectations=build_expectations(document),
         tolerance=build_tolerance(data),

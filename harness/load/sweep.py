@@ -12,6 +12,9 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
   of Keras's torch and numpy backends cancels on fewer: see keras_backends_moment_stress).
 - compile family: torch.compile (inductor) against eager, train steps then an eval forward, or
   eval only; float32 and float64.
+
+Some cases give steps their own batches: an export with a dynamic batch axis then fed another
+batch size (onnx), train steps on a drifted distribution (keras, compile).
 """
 
 from __future__ import annotations
@@ -111,4 +114,19 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
             else ["forward", "forward"]
         )
         data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["compile"], steps=steps)
+    _own_step_inputs(rng, family, data)  # drawn last: the draws above, and so the cases, stay as they were
     return data
+
+
+def _own_step_inputs(rng: np.random.Generator, family: str, data: dict[str, Any]) -> None:
+    """Steps with their own batches, in the agreement regime: an exported model fed another batch
+    size (with a dynamic batch axis), or train steps on drifting data."""
+    steps, shape = data["steps"], data["input"]["shape"]
+    if family == "onnx" and rng.random() < 0.3:
+        steps[1]["export"]["dynamic_batch"] = True
+        steps[-1] = {"forward": {"input": {"shape": [shape[0] + int(rng.integers(1, 5)), *shape[1:]]}}}
+    elif family != "onnx" and rng.random() < 0.4:
+        for index, step in enumerate(steps):
+            if isinstance(step, dict) and "train_step" in step:
+                drift = [float(v) for v in rng.uniform(-3, 3, shape[1])]
+                steps[index] = {"train_step": {**step["train_step"], "input": {"channel_offset": drift}}}

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
-from harness.core.inputs import make_batch
+from harness.core.inputs import make_batch, step_batch
 from harness.core.keras_mapping import Unmappable, keras_mapping
 from harness.core.models import MODEL_SPECS, layer_output_shape
 from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
@@ -73,9 +73,7 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     if forward_after is not None and (forward_after, "output") in reference.observations:
         data = bundle / "test_data_set_0"
         data.mkdir(exist_ok=True)
-        seed = case.steps[forward_after].seed
-        assert seed is not None  # forward_after is a step with a batch
-        batch = make_batch(case.input, seed).astype(dtype)
+        batch = step_batch(case.input, case.steps[forward_after]).astype(dtype)
         expected = np.asarray(reference.observations[(forward_after, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
         (data / "input_0.pb").write_bytes(numpy_helper.from_array(batch).SerializeToString())
         (data / "output_0.pb").write_bytes(numpy_helper.from_array(expected).SerializeToString())
@@ -93,7 +91,7 @@ def _write_batches(case: Case, bundle: Path) -> None:
     dtype = NUMPY_DTYPES[case.input.dtype]
     for index, step in enumerate(case.steps):
         if step.seed is not None:
-            np.save(bundle / "inputs" / f"step_{index}.npy", make_batch(case.input, step.seed).astype(dtype))
+            np.save(bundle / "inputs" / f"step_{index}.npy", step_batch(case.input, step).astype(dtype))
 
 
 def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 from harness.core.case import GraphCase
 from harness.core.errors import RunnerError
 from harness.core.fields import GRAPH_OUTPUT_FIELDS
-from harness.core.inputs import make_batch
+from harness.core.inputs import step_batch
 from harness.core.results import BNCall, RunResult
 from harness.core.semantics import oracle
 from harness.load.graph_schema import backend_test_problems
@@ -54,7 +54,7 @@ class GraphSource:
             return
         dtype = NUMPY_DTYPES.get(case.node.dtype, np.float32)
         for step in case.steps:
-            yield {"x": make_batch(case.input, step.seed).astype(dtype), **state}
+            yield {"x": step_batch(case.input, step).astype(dtype), **state}
 
 
 def build_node_graph(case: GraphCase) -> GraphSource:

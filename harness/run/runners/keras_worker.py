@@ -7,7 +7,7 @@ import numpy as np
 
 from harness.core.case import Case
 from harness.core.fields import OUTPUT, deployed_field
-from harness.core.inputs import make_batch
+from harness.core.inputs import step_batch
 from harness.core.keras_mapping import KerasMapping
 from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult
@@ -36,7 +36,7 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
     for index, step in enumerate(case.steps):
         if step.kind in ("forward", "train_step"):
             try:
-                output = port(make_batch(case.input, step.seed))
+                output = port(step_batch(case.input, step))
             except Exception as error:  # the backend's own error types
                 log.details["failed_step"] = index
                 return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))

@@ -24,7 +24,7 @@ from torch import nn
 
 from harness.core.case import Case, Step
 from harness.core.fields import OUTPUT, deployed_field, module_field
-from harness.core.inputs import make_batch
+from harness.core.inputs import make_batch, step_batch
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason
 from harness.run.runners.torch_models import (
@@ -112,7 +112,7 @@ def run_steps(
             break
         try:
             if step.kind in ("forward", "train_step"):
-                batch = to_tensor(make_batch(case.input, step.seed), case.input.dtype)
+                batch = to_tensor(step_batch(case.input, step), case.input.dtype)
                 module_calls.clear()
                 in_float64 = _float64_output(model, batch) if "" not in taps.bns else None
                 module_output = _module_forward(forward, batch)
