@@ -503,3 +503,37 @@ def test_an_export_step_is_not_blamed_on_a_runner_that_makes_no_export():
     (verdict,) = [v for v in attribute_all(export_first, reference, keras, list(compare_runs(export_first, reference, keras))) if not v]
     assert verdict.attribution != "state changed by a step"
     assert "keras-tensorflow makes no export" in verdict.attribution_text
+
+
+def test_state_set_on_the_module_after_an_export_is_that_step_not_the_runtime():
+    """A known cause: the module's statistics set after the export; the graph keeps the exported
+    ones. Against the float64 model (the module's new state) the runtime would read as deviating."""
+    from harness.core.case import StateAssignment
+
+    conv_case = dataclasses.replace(
+        CASE,
+        model="forum_net",
+        steps=(
+            Step("export", export=ExportOptions()),
+            Step("set_state", state=(StateAssignment("bn", "running_mean", (0.0, 0.0)),)),
+            Step("forward", seed=0),
+        ),
+    )
+    exact = np.array([1.0, -1.0, 0.5])
+
+    def judged_after(runner_details):
+        reference = RunResult("torch-eager", "ok", observations={(2, "output"): Observed(exact, "float32")}, model_oracle={2: exact})
+        other = RunResult(
+            "onnx-torchscript-ort", "ok", observations={(2, "output"): Observed(exact + 0.5, "float32")}, details=runner_details
+        )
+        (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
+        return verdict
+
+    exported = judged_after({"exporter": {"dynamo": False}})
+    assert exported.attribution == "state changed by a step"
+    assert exported.attribution_text.startswith(
+        "step 1 (set_state(bn.running_mean)) changed the user's torch module after step 0 (export(training=eval)); "
+        "onnx-torchscript-ort runs the exported graph"
+    )
+    no_export = judged_after({})  # a runner that deployed nothing follows the module: its gap is its own
+    assert no_export.attribution == "implementation deviates"

@@ -40,7 +40,7 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
         f"readme_example[momentum_{momentum}-opset_{opset}]" for momentum in ("0.1", "None") for opset in (9, 18)
     ]
     case = cases[-1]
-    assert case.model == "forum_net" and len(case.steps) == 7 and case.bn.momentum is None
+    assert case.model == "forum_net" and len(case.steps) == 9 and case.bn.momentum is None
     assert [step.label() for step in case.steps] == [
         "forward",
         "export(training=eval, opset=18)",
@@ -49,6 +49,8 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
         "train_step",
         "train_step(input channel_offset)",
         "set_mode({bn: train})",
+        "set_state(bn.running_mean, bn.running_var)",
+        "reset_running_stats",
     ]
     assert case.steps[2].input.shape == (8, 3, 4, 4) and case.steps[5].input.channel_offset == (2.0, 2.0, 2.0)
     assert case.steps[1].export.opset == 18 and case.steps[1].export.graph_state == "as_exported"

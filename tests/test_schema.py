@@ -52,8 +52,8 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
         "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_seed, bn, mode, input, "
         "steps, expect, tolerance, runners, timeout, keras",
-        "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, "
-        "or a mapping with one key of: forward, train_step, export, set_mode",
+        "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
+        "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
         "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state",
     ]
 
@@ -288,3 +288,34 @@ def test_a_steps_own_input_is_checked_as_an_input_section_at_the_step(tmp_path):
         (11, "steps[4].forward.input", "got 0 keys"),
         (12, "steps[5].forward.input", "nested lists of shape (4, 3, 2, 2)"),
     ], "the case's literal values do not fit a step's other shape; a step that sets a distribution draws its batch"
+
+
+STATE_STEPS = """\
+description: state steps
+model: forum_net
+bn: {num_features: 2, affine: false}
+mode: eval
+input: {shape: [2, 3, 4, 4]}
+steps:
+  - set_state: {bnn: {running_mean: [0.0, 0.0]}}
+  - set_state: {bn: {running_var: [1.0, -1.0], weight: [1.0, 1.0]}}
+  - set_state: {bn: {running_mean: [0.0]}}
+  - set_state: {bn: {momentum: [0.1, 0.1]}}
+  - reset_running_stats: [bn, conv1]
+  - reset_running_stats
+"""
+
+
+def test_state_steps_name_batchnorms_of_the_model_and_fit_the_bn(tmp_path):
+    path = tmp_path / "state.yaml"
+    path.write_text(STATE_STEPS)
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [
+        (7, "steps[0].set_state.bnn", "no BatchNorm 'bnn' in model 'forum_net'"),
+        (8, "steps[1].set_state.bn.running_var", "a variance is negative"),
+        (8, "steps[1].set_state.bn.weight", "this BatchNorm has no weight or bias"),
+        (9, "steps[2].set_state.bn.running_mean", "1 values for num_features=2"),
+        (10, "steps[3].set_state.bn.momentum", "unknown field"),
+        (11, "steps[4].reset_running_stats[1]", "no BatchNorm 'conv1' in model 'forum_net'"),
+    ]

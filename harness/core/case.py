@@ -70,6 +70,18 @@ class ExportOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class StateAssignment:
+    """One tensor a `set_state` step writes, as `model.bn.running_var.copy_(values)` does."""
+
+    path: str  # the BatchNorm's submodule path; "" for a bare BatchNorm
+    name: str  # running_mean | running_var | weight | bias
+    values: tuple[float, ...]
+
+
+STATE_TENSORS = ("running_mean", "running_var", "weight", "bias")
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """One step of a case, after `train_step: {repeat: N}` has been expanded."""
 
@@ -79,6 +91,8 @@ class Step:
     mode: ModeSetting | None = None
     input: InputSpec | None = None  # this step's own batch (the case's input with the step's fields); None: the case's
     input_label: str = ""  # what the step's input changes, for the label: `shape=8x3x4x4`, `values`
+    state: tuple[StateAssignment, ...] = ()  # of a set_state step
+    reset: tuple[str, ...] = ()  # of a reset_running_stats step: the BatchNorms' paths; empty: every one
 
     def label(self) -> str:
         """A short human name: `forward`, `export(training=eval)`, `set_mode(eval)`."""
@@ -97,6 +111,10 @@ class Step:
             return f"set_mode({self.mode.describe()})"
         if self.input_label:
             return f"{self.kind}(input {self.input_label})"
+        if self.kind == "set_state":
+            return f"set_state({', '.join(f'{item.path}.{item.name}' if item.path else item.name for item in self.state)})"
+        if self.kind == "reset_running_stats" and self.reset:
+            return f"reset_running_stats({', '.join(path or '(model)' for path in self.reset)})"
         return self.kind
 
 

@@ -5,7 +5,8 @@
 - conventions differ: both follow their specs, and the other side's spec applied to the
   reference's own input and state gives another value;
 - state changed by a step: a step that should not change the model did (an export changing the
-  user's module or the deployed state), or the states had already parted at an earlier step;
+  user's module or the deployed state), a step changed one side's state and not the other's (the
+  module's statistics set after an export), or the states had already parted at an earlier step;
 - precision: both within their specs, the specs agree, and the values still differ.
 """
 
@@ -201,6 +202,9 @@ def attribute(
         return carried
     field = verdict.field
     step_kind = case.steps[verdict.step].kind
+    set_after_export = _state_set_after_export(case, other, verdict, divergent)
+    if set_after_export is not None:
+        return set_after_export
     if field.startswith(MODULE + "."):
         module_divergences = [v for v in divergent if v.field.startswith(MODULE + ".") and v.other == other.runner]
         first = min(module_divergences, key=lambda v: v.step, default=verdict)
@@ -615,6 +619,35 @@ def _state_changed(case: Case, other: RunResult, verdict: Verdict, related: Sequ
     return Attribution(
         "state changed by a step",
         f"{case.step_label(first.step)} changed {what} in {other.runner} (first seen in {first.field}){mechanism}",
+    )
+
+
+STATE_STEPS = ("set_state", "reset_running_stats")
+
+
+def _state_set_after_export(case: Case, other: RunResult, verdict: Verdict, divergent: Sequence[Verdict]) -> Attribution | None:
+    """A deployed field that parts after the user set the module's state (set_state,
+    reset_running_stats) once the export had copied it into the graph: the two sides run different
+    states, and the step that made them differ is the user's, not a fault of the runtime. None
+    when that is not the case (no export before, no such step, or the sides had parted before it)."""
+    if verdict.field.startswith(MODULE + ".") or not other.details.get("exporter"):
+        return None
+    exports = [index for index, step in enumerate(case.steps[: verdict.step + 1]) if step.kind == "export"]
+    if not exports:
+        return None
+    setting = [index for index, step in enumerate(case.steps[: verdict.step + 1]) if step.kind in STATE_STEPS and index > exports[-1]]
+    if not setting:
+        return None
+    parted_before = [
+        v for v in divergent if v.other == other.runner and not v.field.startswith(MODULE + ".") and exports[-1] < v.step < setting[0]
+    ]
+    if parted_before:
+        return None
+    return Attribution(
+        "state changed by a step",
+        f"{case.step_label(setting[0])} changed the user's torch module after {case.step_label(exports[-1])}; "
+        f"{other.runner} runs the exported graph, which keeps the statistics and weights the export copied into it "
+        "(an exported model does not follow later changes to the module's buffers): the sides run different states",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from harness.core.case import Expectation, ExportOptions, InputSpec, ModeSetting, Step, ToleranceOverride
+from harness.core.case import Expectation, ExportOptions, InputSpec, ModeSetting, StateAssignment, Step, ToleranceOverride
 from harness.core.errors import CaseProblem
 from harness.load.grid import step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path
@@ -132,7 +132,7 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[s
         kind = step_kind(raw) or ""  # a validated step always has a kind
         options = (raw.get(kind) if isinstance(raw, dict) else None) or {}
         own: dict[str, Any] = {}
-        if "input" in options:
+        if isinstance(options, dict) and "input" in options:
             own = {
                 "input": build_input(merged_step_input(raw_input, options["input"]), dtype),
                 "input_label": _input_label(options["input"]),
@@ -143,6 +143,15 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[s
             steps = [Step("train_step", seed=input_seed + index + offset + 1, **own) for offset in range(options.get("repeat", 1))]
         elif kind == "export":
             steps = [Step("export", export=ExportOptions(**options))]
+        elif kind == "set_state":
+            state = tuple(
+                StateAssignment(path, name, tuple(float(v) for v in values))
+                for path, tensors in options.items()
+                for name, values in tensors.items()
+            )
+            steps = [Step("set_state", state=state)]
+        elif kind == "reset_running_stats":
+            steps = [Step("reset_running_stats", reset=tuple(raw.get(kind) or ()) if isinstance(raw, dict) else ())]
         else:
             steps = [Step("set_mode", mode=mode_setting(options))]
         for step in steps:

@@ -134,6 +134,8 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
         if _readable(data, refused, "input", "bn"):
             yield from checks.step_inputs(index, raw)
+        if _readable(data, refused, "bn"):
+            yield from checks.state_steps(index, raw)
         own_values = isinstance(raw, dict) and isinstance(raw.get("train_step"), dict) and "input" in raw["train_step"]
         if step_kind(raw) == "train_step" and not own_values and _readable(data, refused, "input") and "values" in data["input"]:
             yield checks.problem(
@@ -222,6 +224,38 @@ class _CrossFieldChecks:
         running_var = self.data["bn"].get("running_var") or []
         if any(value < 0 for value in running_var):
             yield self.problem(("bn", "running_var"), "a variance is negative", "values >= 0")
+
+    def state_steps(self, index: int, raw: Any) -> Iterator[CaseProblem]:
+        """A set_state's or reset_running_stats's BatchNorm paths and tensors, against the model and bn."""
+        kind = step_kind(raw)
+        bn, paths = self.data["bn"], self.spec.batchnorm_paths
+        known = ", ".join(repr(name) for name in paths)
+        tracks = bn.get("track_running_stats", True)
+        if kind == "reset_running_stats":
+            if not tracks:
+                yield self.problem(("steps", index), "there are no running statistics to reset", "bn.track_running_stats: true")
+            for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
+                if path not in paths:
+                    yield self.problem(("steps", index, kind, position), f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
+            return
+        if kind != "set_state" or not isinstance(raw, dict):
+            return
+        for path, tensors in raw[kind].items():
+            where = ("steps", index, kind, path)
+            if path not in paths:
+                yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
+                continue
+            for name, values in tensors.items():
+                if name in ("running_mean", "running_var") and not tracks:
+                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", "bn.track_running_stats: true")
+                elif name in ("weight", "bias") and not bn.get("affine", True):
+                    yield self.problem((*where, name), "this BatchNorm has no weight or bias", "bn.affine: true")
+                elif len(values) != bn["num_features"]:
+                    yield self.problem(
+                        (*where, name), f"{len(values)} values for num_features={bn['num_features']}", f"{bn['num_features']} values"
+                    )
+                elif name == "running_var" and any(value < 0 for value in values):
+                    yield self.problem((*where, name), "a variance is negative", "values >= 0")
 
     def mode_paths(self, path: PathKey, mode: Any) -> Iterator[CaseProblem]:
         if isinstance(mode, str):

@@ -183,6 +183,8 @@ def _render(template: str, case: Case, **values: Any) -> str:
                 "constant_folding": step.export.constant_folding,
             },
             "mode": None if step.mode is None else [list(item) for item in step.mode.assignments],
+            "state": [[item.path, item.name, list(item.values)] for item in step.state],
+            "reset": None if step.kind != "reset_running_stats" else list(step.reset),
         }
         for step in case.steps
     ]

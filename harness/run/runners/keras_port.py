@@ -63,6 +63,22 @@ class KerasPort:
                 if path == "" or name == path or name.startswith(path + "."):
                     self.training[name] = training
 
+    def apply_state(self, assignments, reset: bool = False, reset_paths=()) -> None:
+        """What a set_state or reset_running_stats step does to the torch module, done to the port's
+        BatchNormalization variables (weight -> gamma, bias -> beta, running_* -> moving_*); the
+        value written is also where the unbiased re-expression of the variance starts again."""
+        names = dict(zip(BN_WEIGHT_ORDER, ("gamma", "beta", "moving_mean", "moving_variance")))
+        writes = [(path, name, np.asarray(values, dtype=np.float64)) for path, name, values in assignments]
+        if reset:
+            for path in self.unbiased_var:
+                if not reset_paths or path in reset_paths:
+                    writes += [(path, "running_mean", np.zeros(self.num_features)), (path, "running_var", np.ones(self.num_features))]
+        for path, name, values in writes:
+            variable = getattr(self.layers[path], names[name])
+            variable.assign(values.astype(self._numpy_dtype(self.dtype)))
+            if name == "running_var":
+                self.unbiased_var[path] = self.last_stored_var[path] = self.stored(path, "moving_variance")
+
     def _build(self, weights: dict[str, np.ndarray]) -> None:
         shape = self.shape
         if self.channels_last:

@@ -44,6 +44,8 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
         elif step.kind == "set_mode":
             assert step.mode is not None
             port.apply_mode(step.mode.assignments)
+        elif step.kind in ("set_state", "reset_running_stats"):
+            port.apply_state([(item.path, item.name, item.values) for item in step.state], step.kind == "reset_running_stats", step.reset)
         record_state(port, case, index, log)
     return log.result()
 

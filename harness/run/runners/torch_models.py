@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.core.case import BNConfig, Case, ModeSetting
+from harness.core.case import BNConfig, Case, ModeSetting, Step
 from harness.core.fields import MODULE_BN_ATTRIBUTES, MODULE_BN_BUFFERS, module_field
 from harness.core.models import MODEL_SPECS, layer_output_shape
 from harness.run.runners.base import ObservationLog
@@ -89,6 +89,19 @@ def apply_mode(model: nn.Module, mode: ModeSetting) -> None:
     """`model.train()` / `model.get_submodule(path).eval()`, in the order given, parents first."""
     for path, training in mode.assignments:
         model.get_submodule(path).train(training)
+
+
+def apply_state(model: nn.Module, case: Case, step: Step) -> None:
+    """A set_state step (`model.bn.running_var.copy_(values)`) or a reset_running_stats one
+    (`bn.reset_running_stats()` on each BatchNorm named, or on every one), as the user would."""
+    with torch.no_grad():
+        for item in step.state:
+            tensor = getattr(model.get_submodule(item.path), item.name)
+            tensor.copy_(torch.tensor(item.values, dtype=tensor.dtype))
+    if step.kind == "reset_running_stats":
+        for path, bn in batchnorms(model, case).items():
+            if not step.reset or path in step.reset:
+                bn.reset_running_stats()
 
 
 def to_tensor(batch: np.ndarray, dtype: str) -> torch.Tensor:

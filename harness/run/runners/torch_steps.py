@@ -29,6 +29,7 @@ from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason
 from harness.run.runners.torch_models import (
     apply_mode,
+    apply_state,
     batchnorms,
     build_model,
     snapshot_module,
@@ -133,6 +134,8 @@ def run_steps(
                             lane.deployed = lane.deploy(exported)
                         except StepFailed as failure:  # this lane's runtime refused the graph
                             lane.fail(index, failure)
+            elif step.kind in ("set_state", "reset_running_stats"):
+                apply_state(model, case, step)  # the user's module: an exported artifact keeps what it was given
             else:
                 assert step.mode is not None
                 apply_mode(model, step.mode)
