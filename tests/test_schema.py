@@ -319,3 +319,14 @@ def test_state_steps_name_batchnorms_of_the_model_and_fit_the_bn(tmp_path):
         (10, "steps[3].set_state.bn.momentum", "unknown field"),
         (11, "steps[4].reset_running_stats[1]", "no BatchNorm 'conv1' in model 'forum_net'"),
     ]
+
+
+def test_a_convolutional_model_has_no_channels_first_keras_port(tmp_path):
+    path = tmp_path / "layout.yaml"
+    path.write_text(
+        EVAL_BN2D.replace("model: batchnorm2d", "model: conv_bn").replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 4, 4]")
+        + "keras: {layout: channels_first}\n"
+    )
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.field, p.allowed) for p in caught.value.problems] == [("keras.layout", "channels_last, or a bare BatchNorm model")]

@@ -160,6 +160,14 @@ class KerasOptions:
     trainable: bool | None = None
     training_argument: str = "explicit"  # explicit | omitted (Keras then runs in inference)
     running_var: str = "as_stored"  # as_stored (biased) | unbiased (re-expressed in PyTorch's convention)
+    # The layout of the data the port feeds Keras: channels_first keeps torch's NC... (a bare
+    # BatchNorm's default, axis mapped to 1); channels_last, Keras's own N...C (axis -1, a
+    # convolutional model's only layout). None: the port's default.
+    layout: str | None = None
+
+    def channels_last(self, bare_batchnorm: bool) -> bool:
+        """Whether the port feeds Keras channels-last data."""
+        return self.layout == "channels_last" if self.layout is not None else not bare_batchnorm
 
 
 @dataclass(frozen=True, slots=True)

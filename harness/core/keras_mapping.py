@@ -65,9 +65,10 @@ class KerasMapping:
 
 
 def channel_axis(case: Case) -> int:
-    """The Keras axis that holds PyTorch's channels: 1 for bare BatchNorms (the harness keeps the
-    NC... layout), -1 for convolutional models (the harness feeds Keras NHWC, as Conv2D wants)."""
-    return 1 if MODEL_SPECS[case.model].is_bare_batchnorm else -1
+    """The Keras axis that holds PyTorch's channels: -1 where the port feeds Keras channels-last
+    data (convolutional models, as Conv2D on CPU wants; a bare BatchNorm with keras.layout:
+    channels_last, the idiomatic Keras layout), else 1 (a bare BatchNorm keeps torch's NC...)."""
+    return -1 if case.keras.channels_last(MODEL_SPECS[case.model].is_bare_batchnorm) else 1
 
 
 def keras_mapping(case: Case) -> KerasMapping:

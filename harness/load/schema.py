@@ -149,6 +149,12 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
     for index, raw in enumerate(data["expect"] if isinstance(data.get("expect"), list) else []):
         if isinstance(raw, dict) and f"expect[{index}]" not in refused:  # its own malformed parts are left out below
             yield from checks.expectation(("expect", index), raw, step_count, refused)
+    if _readable(data, refused, "keras") and data["keras"].get("layout") == "channels_first" and not checks.spec.is_bare_batchnorm:
+        yield checks.problem(
+            ("keras", "layout"),
+            f"model {checks.spec.name!r} has convolutions, which the port runs channels-last (TensorFlow's CPU Conv2D takes NHWC only)",
+            "channels_last, or a bare BatchNorm model",
+        )
     axis = data["keras"].get("axis") if _readable(data, refused, "keras") else None
     if axis is not None and _readable(data, refused, "input"):
         rank = len(data["input"]["shape"])

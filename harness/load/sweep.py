@@ -14,7 +14,8 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
   eval only; float32 and float64.
 
 Some cases give steps their own batches: an export with a dynamic batch axis then fed another
-batch size (onnx), train steps on a drifted distribution (keras, compile).
+batch size (onnx), train steps on a drifted distribution (keras, compile); some Keras ports of a
+bare BatchNorm feed Keras channels-last data.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _own_step_inputs(rng: np.random.Generator, family: str, data: dict[str, Any]
     """Steps with their own batches, in the agreement regime: an exported model fed another batch
     size (with a dynamic batch axis), or train steps on drifting data."""
     steps, shape = data["steps"], data["input"]["shape"]
+    if family == "keras" and MODEL_SPECS[data["model"]].is_bare_batchnorm and rng.random() < 0.4:
+        data["keras"]["layout"] = "channels_last"  # Keras's own layout: the same results, the channels moved
     if family == "onnx" and rng.random() < 0.3:
         steps[1]["export"]["dynamic_batch"] = True
         steps[-1] = {"forward": {"input": {"shape": [shape[0] + int(rng.integers(1, 5)), *shape[1:]]}}}

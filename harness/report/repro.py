@@ -113,6 +113,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
             settings=repr(port_settings(mapping)),
             mapping=mapping.summary(),
             submodule_paths=repr(spec.submodule_paths),
+            channels_last=repr(case.keras.channels_last(spec.is_bare_batchnorm)),
         )
     )
     return bundle

@@ -35,10 +35,15 @@ class KerasPort:
         weights: dict[str, np.ndarray],
         mode: list[tuple[str, bool]],
         input_dtype: str | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         self.keras, self.root, self.shape, self.num_features = keras, layers, tuple(shape), num_features
-        # A bare BatchNorm keeps torch's layout; a model with convolutions runs channels-last, as Conv2D wants.
-        self.channels_last = layers["kind"] != "batchnorm"
+        # A bare BatchNorm keeps torch's layout unless asked for Keras's own (N...C); a model with
+        # convolutions runs channels-last, as Conv2D wants.
+        self.channels_last = layers["kind"] != "batchnorm" if channels_last is None else channels_last
+        rank = len(self.shape)
+        self._to_last = (0, *range(2, rank), 1)  # torch's N C ... -> Keras's N ... C
+        self._to_first = (0, rank - 1, *range(1, rank - 1))
         self._nhwc = self.channels_last  # whether the tensor flowing through the port is channels-last
         self.dtype, self.settings = dtype, dict(settings)
         self.input_dtype = input_dtype or dtype  # the data is fed as torch gets it; Keras casts it to the layers' dtype
@@ -143,9 +148,9 @@ class KerasPort:
         self.updated = set()
         x = ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype)))
         self._nhwc = self.channels_last
-        y = self._run(self.root, "", ops.transpose(x, (0, 2, 3, 1)) if self.channels_last else x)
+        y = self._run(self.root, "", ops.transpose(x, self._to_last) if self.channels_last else x)
         if self._nhwc:
-            y = ops.transpose(y, (0, 3, 1, 2))
+            y = ops.transpose(y, self._to_first)
         self.output_dtype = self.keras.backend.standardize_dtype(y.dtype)
         return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
 
@@ -182,8 +187,8 @@ class KerasPort:
         return result
 
     def _nchw(self, values: np.ndarray) -> np.ndarray:
-        """A convolutional model's BN output in torch's layout (the port runs channels-last)."""
-        return values.transpose(0, 3, 1, 2) if values.ndim == 4 else values
+        """A BN's output in torch's layout, where the port runs channels-last."""
+        return values.transpose(self._to_first) if self.channels_last and values.ndim == len(self.shape) > 2 else values
 
     def _call(self, path: str, layer, h) -> dict[str, Any]:
         """The layer's call in Keras terms, with the variance as the port reports it; the input in
@@ -193,9 +198,9 @@ class KerasPort:
         convention = self.settings["running_var"]
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
         values = np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64)
-        if values.ndim == 4 and self.channels_last:
-            # In torch's layout, as the port reports the BatchNorm's output: NHWC axis -> NCHW axis.
-            values, axis = self._nchw(values), (0, 2, 3, 1)[axis % 4]
+        if values.ndim == len(self.shape) > 2 and self.channels_last:
+            # In torch's layout, as the port reports the BatchNorm's output: N...C axis -> NC... axis.
+            values, axis = self._nchw(values), self._to_last[axis % values.ndim]
         return {
             "input": values,
             "channel_axis": axis,

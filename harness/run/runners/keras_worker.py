@@ -70,6 +70,7 @@ def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.nd
         weights,
         list(case.mode.assignments),
         input_dtype=case.input.dtype,
+        channels_last=case.keras.channels_last(spec.is_bare_batchnorm),
     )
 
 
