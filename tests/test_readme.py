@@ -56,7 +56,7 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
     assert case.steps[1].export.opset == 18 and case.steps[1].export.graph_state == "as_exported"
     assert [expectation.status for expectation in case.expectations] == [None, "export_failed"]
     assert [len(other.expectations) for other in cases[:2]] == [1, 1], "where keeps the second at momentum=None only"
-    assert case.bn.eps == 1e-5 and case.input.constant_channels == ((2, 0.5),)
+    assert case.bn.eps == 1e-5 and case.input.constant_channels == ((2, 0.5),) and case.model_options == (("bias", False),)
     assert case.timeout_s == 600 and case.runners == ("torch-eager", "onnx-torchscript-ort")
     assert case.keras.running_var == "unbiased" and case.keras.training_argument == "explicit" and case.keras.layout == "channels_last"
     assert case.tolerance.by_dtype == (("float32", 1e-5, 1e-5),) and case.tolerance.magnitude_rtol == (("float32", 1e-7),)

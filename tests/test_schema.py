@@ -50,7 +50,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     text = text.replace("input:\n", "colour: red\ninput:\n")
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
-        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_seed, bn, mode, input, "
+        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_options, model_seed, bn, mode, input, "
         "steps, expect, tolerance, runners, timeout, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
@@ -62,7 +62,7 @@ def test_unknown_model_lists_the_registry(tmp_path):
     (problem,) = problems(tmp_path, EVAL_BN2D.replace("model: batchnorm2d", "model: resnet"))
     assert problem == (
         "cases/case.yaml:2: model: 'resnet' is not allowed; allowed: batchnorm1d, batchnorm2d, batchnorm3d, "
-        "conv_bn, forum_net, nested_two_bn"
+        "conv_bn, forum_net, nested_two_bn, linear_bn, depthwise_conv_bn, residual_block"
     )
 
 
@@ -330,3 +330,32 @@ def test_a_convolutional_model_has_no_channels_first_keras_port(tmp_path):
     with pytest.raises(CaseError) as caught:
         load_case(path)
     assert [(p.field, p.allowed) for p in caught.value.problems] == [("keras.layout", "channels_last, or a bare BatchNorm model")]
+
+
+BLOCKS = """\
+description: blocks
+model: %s
+bn: {num_features: 3}
+model_options: {bias: false, groups: 2}
+mode: eval
+input: {shape: %s}
+steps: [forward]
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "expected"),
+    [
+        ("depthwise_conv_bn", "[2, 4, 5, 5]", (6, "input.shape[1]", "4 channels but bn.num_features is 3")),
+        ("residual_block", "[2, 2, 5, 5]", (6, "input.shape[1]", "2 channels but bn.num_features is 3")),
+        ("linear_bn", "[2, 3, 4, 4]", (6, "input.shape", "rank 4 does not fit model 'linear_bn'")),
+    ],
+)
+def test_blocks_that_keep_their_channels_and_model_options_are_checked(tmp_path, model, shape, expected):
+    """A depthwise convolution and a residual addition keep the input's channels: they must be
+    bn.num_features; a Linear takes (N, C)."""
+    path = tmp_path / "blocks.yaml"
+    path.write_text(BLOCKS % (model, shape))
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [(4, "model_options.groups", "unknown field"), expected]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
+
+from harness.core.models import ModelSpec, model_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,12 @@ class Case:
     runners: tuple[str, ...] | None = None  # None: every registered runner
     keras: KerasOptions = KerasOptions()
     timeout_s: float | None = None  # per runner; None: the command line's, else harness.run.execution's default
+    model_options: tuple[tuple[str, Any], ...] = ()  # the case's model_options, as (name, value)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model table's entry for this case, its model_options applied."""
+        return model_spec(self.model, dict(self.model_options))
 
     @property
     def dtype(self) -> str:

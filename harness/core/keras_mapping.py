@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.core.case import Case
-from harness.core.models import MODEL_SPECS
 
 KERAS_DEFAULTS = {"momentum": 0.99, "epsilon": 1e-3, "axis": -1, "trainable": True}
 
@@ -68,7 +67,7 @@ def channel_axis(case: Case) -> int:
     """The Keras axis that holds PyTorch's channels: -1 where the port feeds Keras channels-last
     data (convolutional models, as Conv2D on CPU wants; a bare BatchNorm with keras.layout:
     channels_last, the idiomatic Keras layout), else 1 (a bare BatchNorm keeps torch's NC...)."""
-    return -1 if case.keras.channels_last(MODEL_SPECS[case.model].is_bare_batchnorm) else 1
+    return -1 if case.keras.channels_last(case.model_spec.is_bare_batchnorm) else 1
 
 
 def keras_mapping(case: Case) -> KerasMapping:

@@ -9,10 +9,15 @@ a case is validated (submodule paths, input rank, spatial size) before any frame
 
 Layer kinds:
 - `batchnorm`: a BatchNorm of the case's `bn:` configuration, 1d/2d/3d by its input's rank.
-- `conv2d`: a Conv2d to `bn.num_features` channels; `kernel`, `padding`, `bias`.
-- `linear`: a Linear to `out_features`; `bias`.
+- `conv2d`: a Conv2d to `bn.num_features` channels; `kernel`, `padding`, `bias`; `depthwise`:
+  one filter per input channel (groups = channels; the input has `bn.num_features` channels).
+- `linear`: a Linear to `out_features` (None: `bn.num_features`); `bias`.
 - `relu`, `flatten` (from dimension 1): functional ops.
-- `block`: a submodule running its `layers` in order.
+- `block`: a submodule running its `layers` in order; `residual`: it returns its input plus
+  what its layers make of it (the shapes match: the input has `bn.num_features` channels).
+
+A case's `model_options` change the table's layers: `bias: false` takes the bias off every
+convolution and linear layer (`model_spec`).
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ Layer = Mapping[str, Any]
 LAYER_KINDS = ("batchnorm", "conv2d", "linear", "relu", "flatten", "block")
 
 
-def _conv(name: str, padding: int, bias: bool = True) -> Layer:
-    return {"kind": "conv2d", "name": name, "kernel": 3, "padding": padding, "bias": bias}
+def _conv(name: str, padding: int, bias: bool = True, depthwise: bool = False) -> Layer:
+    return {"kind": "conv2d", "name": name, "kernel": 3, "padding": padding, "bias": bias, "depthwise": depthwise}
 
 
-def _block(name: str | None, *layers: Layer) -> Layer:
-    return {"kind": "block", "name": name, "layers": list(layers)}
+def _block(name: str | None, *layers: Layer, residual: bool = False) -> Layer:
+    return {"kind": "block", "name": name, "layers": list(layers), "residual": residual}
 
 
 _BN: Layer = {"kind": "batchnorm", "name": "bn"}
@@ -59,6 +64,12 @@ class ModelSpec:
         """The model is one BatchNorm: its input's channels are the BatchNorm's features, and its
         layout is torch's (no convolution to run channels-last)."""
         return bool(self.root["kind"] == "batchnorm")
+
+    @property
+    def keeps_channels(self) -> bool:
+        """The input's channels must be `bn.num_features`: a bare BatchNorm, a depthwise
+        convolution, or a residual addition."""
+        return self.is_bare_batchnorm or any(layer.get("depthwise") or layer.get("residual") for layer in _layers(self.root))
 
     @property
     def spatial_shrink(self) -> int:
@@ -91,7 +102,7 @@ def layer_output_shape(layer: Layer, shape: list[int], num_features: int) -> lis
     if kind == "conv2d":
         return [shape[0], num_features] + [size + 2 * layer["padding"] - layer["kernel"] + 1 for size in shape[2:]]
     if kind == "linear":
-        return [shape[0], layer["out_features"]]
+        return [shape[0], layer["out_features"] or num_features]
     if kind == "flatten":
         return [shape[0], math.prod(shape[1:])]
     return list(shape)
@@ -110,9 +121,9 @@ def layer_sizes(layer: Layer, shape: list[int], num_features: int, path: str = "
     where = path or "the model"
     yield f"{where} ({layer['kind']}) output", math.prod(output)
     if layer["kind"] == "conv2d":
-        yield f"{where} weight", num_features * shape[1] * layer["kernel"] ** 2
+        yield f"{where} weight", num_features * (1 if layer.get("depthwise") else shape[1]) * layer["kernel"] ** 2
     elif layer["kind"] == "linear":
-        yield f"{where} weight", shape[1] * layer["out_features"]
+        yield f"{where} weight", shape[1] * (layer["out_features"] or num_features)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -147,5 +158,43 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             ),
             (4,),
         ),
+        ModelSpec(
+            "linear_bn",
+            "Linear(C -> num_features) -> BatchNorm1d: BatchNorm after a fully connected layer",
+            _block(None, {"kind": "linear", "name": "fc", "out_features": None, "bias": True}, _BN),
+            (2,),
+        ),
+        ModelSpec(
+            "depthwise_conv_bn",
+            "a depthwise Conv2d(k=3, padding 1, groups = channels) -> BatchNorm2d -> relu, as in MobileNet blocks",
+            _block(None, _conv("conv", padding=1, depthwise=True), _BN, _RELU),
+            (4,),
+        ),
+        ModelSpec(
+            "residual_block",
+            "x + block(x): block.conv(k=3, padding 1) -> block.bn -> relu, a residual connection around a BatchNorm",
+            _block(None, _block("block", _conv("conv", padding=1), _BN, _RELU, residual=True)),
+            (4,),
+        ),
     )
 }
+
+MODEL_OPTIONS = ("bias",)
+
+
+def model_spec(name: str, options: Mapping[str, Any] | None = None) -> ModelSpec:
+    """The table's model `name` with a case's `model_options` applied (`bias: false`: no bias in
+    any convolution or linear layer)."""
+    spec = MODEL_SPECS[name]
+    if not options or "bias" not in options:
+        return spec
+    return ModelSpec(spec.name, spec.summary, _with_bias(spec.root, bool(options["bias"])), spec.input_ranks)
+
+
+def _with_bias(layer: Layer, bias: bool) -> Layer:
+    changed = dict(layer)
+    if layer["kind"] in ("conv2d", "linear"):
+        changed["bias"] = bias
+    if "layers" in layer:
+        changed["layers"] = [_with_bias(child, bias) for child in layer["layers"]]
+    return changed

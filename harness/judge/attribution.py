@@ -20,7 +20,6 @@ import numpy as np
 
 from harness.core.case import AnyCase, Case, GraphCase
 from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES, OUTPUT
-from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult, Verdict
 from harness.core.semantics import SPECS, OracleResult, oracle
 from harness.judge.tolerance import Tolerance
@@ -111,7 +110,7 @@ def attribute_all(
     made: list[tuple[Verdict, Attribution]] = []  # in step order: what a later divergence may follow from
     # Within a step, the BatchNorms' own fields first, in the model's order (an upstream BatchNorm's
     # output is a downstream one's input), then the model's output, which may follow from them.
-    bn_order = MODEL_SPECS[case.model].batchnorm_paths if isinstance(case, Case) else ("",)
+    bn_order = case.model_spec.batchnorm_paths if isinstance(case, Case) else ("",)
 
     def position_in_model(field: str) -> int:
         field = field.removeprefix(MODULE + ".")
@@ -302,7 +301,7 @@ def _attribute_model_output(
     same_step = [(v, found) for v, found in earlier if v.step == verdict.step and v.field.endswith("." + OUTPUT)]
     if same_step:
         return _following(*same_step[0])
-    bn_outputs = [(verdict.step, f"{path}.{OUTPUT}") for path in MODEL_SPECS[case.model].batchnorm_paths if path]
+    bn_outputs = [(verdict.step, f"{path}.{OUTPUT}") for path in case.model_spec.batchnorm_paths if path]
     every_bn_agreed = bool(bn_outputs) and all(key in run.observations for key in bn_outputs for run in (reference, other))
     if every_bn_agreed and verdict.step in reference.model_oracle:
         return _judge_on_model(reference, other, verdict, reference.model_oracle[verdict.step])
@@ -682,7 +681,7 @@ def _follows_from_earlier(
 
 def _bn_path_of(case: Case, field: str) -> str | None:
     """The BatchNorm a deployed field belongs to; `output` only when the model is a bare BatchNorm."""
-    spec = MODEL_SPECS[case.model]
+    spec = case.model_spec
     if field == OUTPUT:
         return "" if spec.batchnorm_paths == ("",) else None
     for path in spec.batchnorm_paths:

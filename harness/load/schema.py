@@ -17,7 +17,7 @@ from harness.core.case import (
 )
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
-from harness.core.models import MODEL_SPECS, ModelSpec, layer_sizes
+from harness.core.models import MODEL_SPECS, ModelSpec, layer_sizes, model_spec
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.load.build import (
     build_expectations,
@@ -104,7 +104,8 @@ def cross_field_problems(document: LoadedDocument, refused: frozenset[str] = fro
         return []  # every rule reads the model
     problems: list[CaseProblem] = []
     try:
-        for problem in _cross_field_rules(document, _CrossFieldChecks(document, MODEL_SPECS[data["model"]]), refused):
+        options = data.get("model_options") if _readable(data, refused, "model_options") else None
+        for problem in _cross_field_rules(document, _CrossFieldChecks(document, model_spec(data["model"], options)), refused):
             problems.append(problem)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         if not refused:  # a well-formed file: a rule that fails on it is a bug, reported as one
@@ -189,7 +190,7 @@ class _CrossFieldChecks:
             else ()
         )
         yield from input_size_problems(self.document, sizes, shape, where("shape"))
-        if self.spec.is_bare_batchnorm and shape[1] != num_features:
+        if self.spec.keeps_channels and shape[1] != num_features:  # a bare BN, a depthwise conv, a residual addition
             yield self.problem(where("shape", 1), f"{shape[1]} channels but bn.num_features is {num_features}", str(num_features))
         shrink = self.spec.spatial_shrink
         if shrink and min(shape[2:]) <= shrink:
@@ -336,4 +337,5 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         runners=tuple(data["runners"]) if "runners" in data else None,
         timeout_s=float(data["timeout"]) if "timeout" in data else None,
         keras=KerasOptions(**data.get("keras", {})),
+        model_options=tuple(sorted(data.get("model_options", {}).items())),
     )

@@ -22,7 +22,7 @@ from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch, step_batch
 from harness.core.keras_mapping import Unmappable, keras_mapping
-from harness.core.models import MODEL_SPECS, layer_output_shape
+from harness.core.models import layer_output_shape
 from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
 from harness.judge.engine import CaseResult
 from harness.judge.tolerance import tolerance_for
@@ -101,7 +101,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
     except Unmappable as reason:
         raise HarnessError(f"{case.path}: no repro bundle for {runner}: no Keras port: {reason}") from None
     _write_batches(case, bundle)
-    spec = MODEL_SPECS[case.model]
+    spec = case.model_spec
     port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
     (bundle / "repro.py").write_text(
         _render(
@@ -198,8 +198,8 @@ def _render(template: str, case: Case, **values: Any) -> str:
         bn=repr({key: getattr(case.bn, key) for key in case.bn.__slots__}),
         steps=repr(steps),
         mode=repr([list(item) for item in case.mode.assignments]),
-        bn_paths=repr(list(MODEL_SPECS[case.model].batchnorm_paths)),
-        layers=repr(MODEL_SPECS[case.model].root),
+        bn_paths=repr(list(case.model_spec.batchnorm_paths)),
+        layers=repr(case.model_spec.root),
         shape=repr(list(case.input.shape)),
         tolerance=tolerance_for([case.dtype], case.tolerance),
     )

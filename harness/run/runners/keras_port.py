@@ -96,13 +96,13 @@ class KerasPort:
         if kind == "block":
             for child in layer["layers"]:
                 shape = self._build_layer(child, self._child_path(path, child), shape, weights)
-            return shape
+            return shape  # a residual block's output has its input's shape
         if kind == "batchnorm":
             self._add_bn(path, shape, weights)
         elif kind == "conv2d":
             self._add_conv(path, layer, shape, weights)
         elif kind == "linear":
-            dense = self.keras.layers.Dense(layer["out_features"], use_bias=layer["bias"], dtype=self.dtype)
+            dense = self.keras.layers.Dense(layer["out_features"] or self.num_features, use_bias=layer["bias"], dtype=self.dtype)
             dense.build(shape)
             dense.set_weights([weights[f"{path}.weight"].T] + ([weights[f"{path}.bias"]] if layer["bias"] else []))
             self.layers[path] = dense
@@ -113,9 +113,13 @@ class KerasPort:
         return tuple(self.layers[path].compute_output_shape(shape))
 
     def _add_conv(self, path: str, layer: dict[str, Any], input_shape, weights) -> None:
-        kernel = weights[f"{path}.weight"].transpose(2, 3, 1, 0)  # torch OIHW -> Keras HWIO
         padding = {0: "valid", (layer["kernel"] - 1) // 2: "same"}[layer["padding"]]  # the paddings Keras has
-        conv = self.keras.layers.Conv2D(kernel.shape[-1], layer["kernel"], padding=padding, use_bias=layer["bias"], dtype=self.dtype)
+        if layer.get("depthwise"):  # torch (C, 1, kH, kW) -> Keras (kH, kW, C, 1)
+            kernel = weights[f"{path}.weight"].transpose(2, 3, 0, 1)
+            conv = self.keras.layers.DepthwiseConv2D(layer["kernel"], padding=padding, use_bias=layer["bias"], dtype=self.dtype)
+        else:
+            kernel = weights[f"{path}.weight"].transpose(2, 3, 1, 0)  # torch OIHW -> Keras HWIO
+            conv = self.keras.layers.Conv2D(kernel.shape[-1], layer["kernel"], padding=padding, use_bias=layer["bias"], dtype=self.dtype)
         conv.build(input_shape)
         conv.set_weights([kernel] + ([weights[f"{path}.bias"]] if layer["bias"] else []))
         self.layers[path] = conv
@@ -158,9 +162,10 @@ class KerasPort:
         """`layer` of the model table applied to `h`, as the torch module runs it."""
         kind, ops = layer["kind"], self.keras.ops
         if kind == "block":
+            identity = h
             for child in layer["layers"]:
                 h = self._run(child, self._child_path(path, child), h)
-            return h
+            return ops.add(identity, h) if layer.get("residual") else h
         if kind == "batchnorm":
             return self._bn(path, h)
         if kind == "relu":

@@ -9,7 +9,6 @@ from harness.core.case import Case
 from harness.core.fields import OUTPUT, deployed_field
 from harness.core.inputs import step_batch
 from harness.core.keras_mapping import KerasMapping
-from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason, skipped, version_of
 from harness.run.runners.keras_port import KerasPort
@@ -57,7 +56,7 @@ def port_settings(mapping: KerasMapping) -> dict:
 
 def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]):
 
-    spec = MODEL_SPECS[case.model]
+    spec = case.model_spec
     return KerasPort(
         keras,
         spec.root,

@@ -21,7 +21,6 @@ import numpy as np
 
 from harness.core.case import Case, Step
 from harness.core.fields import deployed_field
-from harness.core.models import MODEL_SPECS
 from harness.core.results import BNCall, RunResult
 from harness.core.runner_table import RunnerRecord, runner_record
 from harness.run.runners.base import (
@@ -111,7 +110,7 @@ class _GraphExporter:
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)
-        bn_paths = MODEL_SPECS[self.case.model].batchnorm_paths
+        bn_paths = self.case.model_spec.batchnorm_paths
         nodes = find_batchnorms(graph, bn_paths)
         initializers = stored_values(graph)
         graph_outputs = [output.name for output in graph.graph.output]
@@ -234,7 +233,7 @@ class GraphDeployed:
         from harness.run.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
-        self.folded = [path for path in MODEL_SPECS[case.model].batchnorm_paths if path not in nodes]
+        self.folded = [path for path in case.model_spec.batchnorm_paths if path not in nodes]
         self.initializers = initializers
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
         self.state_wiring = expose_running_stats(graph, list(nodes.values())) if feed_back else {}

@@ -10,7 +10,7 @@ from torch import nn
 
 from harness.core.case import BNConfig, Case, ModeSetting, Step
 from harness.core.fields import MODULE_BN_ATTRIBUTES, MODULE_BN_BUFFERS, module_field
-from harness.core.models import MODEL_SPECS, layer_output_shape
+from harness.core.models import layer_output_shape
 from harness.run.runners.base import ObservationLog
 
 TORCH_DTYPES = {
@@ -39,8 +39,9 @@ class Block(nn.Module):
     """A `block` of the model table: its named layers are submodules, built in order (so that the
     seeded initialisation draws as a hand-written module would), the others functional ops."""
 
-    def __init__(self, layers: list[dict[str, Any]], shape: list[int], config: BNConfig) -> None:
+    def __init__(self, layers: list[dict[str, Any]], shape: list[int], config: BNConfig, residual: bool = False) -> None:
         super().__init__()
+        self.residual = residual  # forward returns x + layers(x)
         self.sequence: list[tuple[str, str | None]] = []
         for layer in layers:
             name = layer.get("name")
@@ -50,6 +51,7 @@ class Block(nn.Module):
             shape = layer_output_shape(layer, shape, config.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
         for kind, name in self.sequence:
             if name:
                 x = getattr(self, name)(x)
@@ -57,27 +59,30 @@ class Block(nn.Module):
                 x = torch.relu(x)
             else:  # flatten
                 x = x.flatten(1)
-        return x
+        return identity + x if self.residual else x
 
 
 def build_layer(layer: dict[str, Any], shape: list[int], config: BNConfig) -> nn.Module:
     """The torch module of one layer of the model table, for an input of `shape`."""
     kind = layer["kind"]
     if kind == "block":
-        return Block(layer["layers"], shape, config)
+        return Block(layer["layers"], shape, config, residual=bool(layer.get("residual")))
     if kind == "batchnorm":
         return make_batchnorm(len(shape), config)
     if kind == "conv2d":
-        return nn.Conv2d(shape[1], config.num_features, kernel_size=layer["kernel"], padding=layer["padding"], bias=layer["bias"])
+        groups = shape[1] if layer.get("depthwise") else 1  # depthwise: one filter per channel
+        return nn.Conv2d(
+            shape[1], config.num_features, kernel_size=layer["kernel"], padding=layer["padding"], bias=layer["bias"], groups=groups
+        )
     if kind == "linear":
-        return nn.Linear(shape[1], layer["out_features"], bias=layer["bias"])
+        return nn.Linear(shape[1], layer["out_features"] or config.num_features, bias=layer["bias"])
     raise ValueError(f"layer kind {kind!r} is no module")
 
 
 def build_model(case: Case) -> nn.Module:
     """The case's model, seeded, in the case's dtype, with the case's modes set."""
     torch.manual_seed(case.model_seed)
-    spec = MODEL_SPECS[case.model]
+    spec = case.model_spec
     model = build_layer(dict(spec.root), list(case.input.shape), case.bn)
     assert tuple(name for name, _ in model.named_modules()) == spec.submodule_paths, "the torch builder disagrees with the model table"
     model = model.to(TORCH_DTYPES[case.bn.dtype])
@@ -118,7 +123,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def batchnorms(model: nn.Module, case: Case) -> dict[str, nn.Module]:
     """The BatchNorm submodules by path."""
-    return {path: model.get_submodule(path) for path in MODEL_SPECS[case.model].batchnorm_paths}
+    return {path: model.get_submodule(path) for path in case.model_spec.batchnorm_paths}
 
 
 def snapshot_module(model: nn.Module, case: Case, step: int, log: ObservationLog) -> None:
