@@ -228,6 +228,16 @@ def test_baseline_update_merges_what_a_subset_run_ran_and_keeps_the_rest(tmp_pat
     ]
 
 
+def test_baseline_update_removes_the_cases_a_file_that_ran_no_longer_has(tmp_path, capsys):
+    """A grid added to a file renames its case: the old id is not kept beside the new points."""
+    point = records.case("forum[eps_0.1]", file="cases/forum.yaml")
+    (tmp_path / "baseline.json").write_text(records.written_json(records.document(forum(), records.case("other"))))
+    (tmp_path / "run.json").write_text(records.written_json(records.document(point)))
+    assert cli.main(["baseline", "update", str(tmp_path / "baseline.json"), str(tmp_path / "run.json")]) == 0
+    assert "0 case(s) updated, 1 added, 1 removed (forum: their files ran without them), 1 kept as they were" in capsys.readouterr().out
+    assert [case.case_id for case in load_results(tmp_path / "baseline.json").cases] == ["forum[eps_0.1]", "other"]
+
+
 def test_baseline_update_refuses_a_run_of_other_package_versions(tmp_path, capsys):
     newer = replace(records.ENVIRONMENT, versions={**records.ENVIRONMENT.versions, "onnxruntime": "1.33.0"})
     (tmp_path / "baseline.json").write_text(records.written_json(BASELINE))

@@ -54,7 +54,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
         "steps, expect, tolerance, runners, timeout, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
-        "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state",
+        "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state, keep_initializers_as_inputs",
     ]
 
 

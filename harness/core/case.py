@@ -69,6 +69,9 @@ class ExportOptions:
     # fed_back: each training BatchNorm's statistics become graph inputs and its updated ones
     # outputs, fed back at the next forward, as a training loop carries them.
     graph_state: str = "as_exported"
+    # torch.onnx.export's own: the initializers (weights, running statistics) also graph inputs,
+    # which a runtime then may not fold (a caller could feed other values).
+    keep_initializers_as_inputs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ class Step:
                 options.append("constant_folding=False")
             if self.export.graph_state != "as_exported":
                 options.append(f"graph_state={self.export.graph_state}")
+            if self.export.keep_initializers_as_inputs:
+                options.append("keep_initializers_as_inputs")
             return f"export({', '.join(options)})"
         if self.kind == "set_mode" and self.mode is not None:
             return f"set_mode({self.mode.describe()})"

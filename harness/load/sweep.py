@@ -139,6 +139,8 @@ def _own_step_inputs(rng: np.random.Generator, family: str, data: dict[str, Any]
     steps, shape = data["steps"], data["input"]["shape"]
     if family == "keras" and MODEL_SPECS[data["model"]].is_bare_batchnorm and rng.random() < 0.4:
         data["keras"]["layout"] = "channels_last"  # Keras's own layout: the same results, the channels moved
+    if family == "onnx" and rng.random() < 0.2:
+        steps[1]["export"]["keep_initializers_as_inputs"] = True  # a runtime may not fold what a caller could feed
     if family == "onnx" and rng.random() < 0.3:
         steps[1]["export"]["dynamic_batch"] = True
         steps[-1] = {"forward": {"input": {"shape": [shape[0] + int(rng.integers(1, 5)), *shape[1:]]}}}

@@ -47,24 +47,31 @@ class BaselineUpdate:
     replaced: tuple[str, ...]  # case ids whose runners' results the run replaced
     added: tuple[str, ...]  # case ids new to the baseline
     kept: int  # baseline cases the run did not run
+    removed: tuple[str, ...] = ()  # case ids of files the run ran that no longer have them
 
     def summary(self) -> str:
-        return f"{len(self.replaced)} case(s) updated, {len(self.added)} added, {self.kept} kept as they were"
+        removed = f", {len(self.removed)} removed ({', '.join(self.removed)}: their files ran without them)" if self.removed else ""
+        return f"{len(self.replaced)} case(s) updated, {len(self.added)} added{removed}, {self.kept} kept as they were"
 
 
 def update_baseline(baseline_path: Path, baseline: ResultsDocument, run_path: Path, run: ResultsDocument) -> BaselineUpdate:
     """The baseline with each case the run ran brought up to date: the runners that ran replace
     theirs (statuses and divergences), the others keep the baseline's; the case's outcome is the
-    run's. A case new to the baseline is added in file order. Nothing the run did not run changes.
+    run's. A case new to the baseline is added in file order; a case of a file the run ran that the
+    run did not have (a grid changed) is removed. Nothing else the run did not run changes.
 
     Raises:
         HarnessError: the run comes from an environment with other package versions.
     """
     _same_versions(baseline_path, baseline, run_path, run)
     ran = {case.case_id: case for case in run.cases}
-    merged, replaced = [], []
+    files_ran = {case.file for case in run.cases}
+    merged, replaced, removed = [], [], []
     for case in baseline.cases:
         current = ran.pop(case.case_id, None)
+        if current is None and case.file in files_ran:  # a grid point renamed or gone from a file the run ran
+            removed.append(case.case_id)
+            continue
         if current is None:
             merged.append(case)
             continue
@@ -73,9 +80,8 @@ def update_baseline(baseline_path: Path, baseline: ResultsDocument, run_path: Pa
     added = list(ran.values())
     merged += added
     merged.sort(key=lambda case: PurePosixPath(case.file or ""))
-    return BaselineUpdate(
-        baseline.with_cases(merged), tuple(replaced), tuple(case.case_id for case in added), len(baseline.cases) - len(replaced)
-    )
+    kept = len(baseline.cases) - len(replaced) - len(removed)
+    return BaselineUpdate(baseline.with_cases(merged), tuple(replaced), tuple(case.case_id for case in added), kept, tuple(removed))
 
 
 def _merged_case(old: CaseRecord, current: CaseRecord) -> CaseRecord:

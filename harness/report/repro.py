@@ -182,6 +182,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
                 "opset": step.export.opset,
                 "dynamic_batch": step.export.dynamic_batch,
                 "constant_folding": step.export.constant_folding,
+                "keep_initializers_as_inputs": step.export.keep_initializers_as_inputs,
             },
             "mode": None if step.mode is None else [list(item) for item in step.mode.assignments],
             "state": [[item.path, item.name, list(item.values)] for item in step.state],

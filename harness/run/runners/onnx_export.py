@@ -119,6 +119,8 @@ class _GraphExporter:
             "opset": opset_of(graph),
             "ops": sorted({node.op_type for node in graph.graph.node}),
             "graph_outputs": graph_outputs,
+            # The exporter's own form: what a caller feeds (initializers kept as inputs show here).
+            "graph_inputs": [graph_input.name for graph_input in graph.graph.input],
             "graph_state": step.export.graph_state,
             "batchnorm": {
                 path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}), graph_outputs)
@@ -146,6 +148,7 @@ class _GraphExporter:
             "opset_version": options.opset,
             "input_names": ["input"],
             "output_names": ["output"],
+            "keep_initializers_as_inputs": options.keep_initializers_as_inputs,
         }
         if not options.constant_folding:
             kwargs["optimize" if self.dynamo else "do_constant_folding"] = False
