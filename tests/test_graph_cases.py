@@ -365,3 +365,24 @@ def test_a_backend_test_changed_after_loading_is_checked_again_when_it_runs(tmp_
     (tmp_path / "cases" / "bn_test" / "model.onnx").symlink_to(tmp_path / "elsewhere" / "model.onnx")
     with pytest.raises(RunnerError, match="onnx_backend_test: bn_test/model.onnx leads out of the case file's folder"):
         create_runner("graph-ort").run(case)
+
+
+def test_graph_options_are_checked_against_each_other(tmp_path):
+    """An omitted attribute has no value; spatial false exists up to opset 8 and takes a value per activation."""
+    from harness.core.errors import CaseError
+    from harness.load.schema import load_case
+
+    path = tmp_path / "options.yaml"
+    path.write_text(
+        "description: graph options\n"
+        "onnx_graph: {opset: 9, training_mode: false, num_features: 2, epsilon: 0.001, omit: [epsilon], spatial: false, mean: [0.0, 0.0]}\n"
+        "input: {shape: [2, 2, 3, 3]}\n"
+        "steps: [forward]\n"
+    )
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.field, p.message, p.allowed) for p in caught.value.problems] == [
+        ("onnx_graph.epsilon", "epsilon is given and omitted", "either a value or omit: [epsilon] (the schema's default)"),
+        ("onnx_graph.mean", "2 values for one per activation (2x3x3 with spatial false)", "18 values"),
+        ("onnx_graph.spatial", "spatial false exists up to opset 8", "opset 6, 7 or 8, or spatial true"),
+    ]

@@ -233,6 +233,12 @@ class GraphNodeSpec:
     # onnxruntime's constant handling of them is exercised (a training node then starts every
     # step from the stored values).
     statistics: str = "inputs"
+    # Opsets 6 to 8 only: spatial=False normalises per activation (scale, bias, mean and var of
+    # size C x D1 x ... x Dn, BatchNormalization-7).
+    spatial: bool = True
+    # Attributes not written, so that the runtime applies the schema's default (epsilon 1e-5,
+    # momentum 0.9): the node's epsilon and momentum are then those defaults.
+    omit: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

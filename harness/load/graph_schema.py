@@ -4,6 +4,7 @@ from the shared parts of the case schema, and the cross-field rules."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,9 +84,24 @@ def _cross_field_problems(document: LoadedDocument, directory: Path) -> Iterator
     if built:
         node = data["onnx_graph"]
         features = node["num_features"]
+        per_activation = node.get("spatial") is False
+        if per_activation and node["opset"] >= 9:  # from BatchNormalization-9 on, every node is spatial
+            yield problem(("onnx_graph", "spatial"), "spatial false exists up to opset 8", "opset 6, 7 or 8, or spatial true")
+        for name in node.get("omit", []):
+            if name in node:
+                yield problem(
+                    ("onnx_graph", name), f"{name} is given and omitted", f"either a value or omit: [{name}] (the schema's default)"
+                )
+        input_shape = data.get("input", {}).get("shape", [])
+        size = math.prod(input_shape[1:]) if per_activation and len(input_shape) >= 2 else features
+        what = (
+            f"one per activation ({'x'.join(map(str, input_shape[1:]))} with spatial false)"
+            if per_activation
+            else f"num_features={features}"
+        )
         for name in ("scale", "bias", "mean", "var"):
-            if name in node and len(node[name]) != features:
-                yield problem(("onnx_graph", name), f"{len(node[name])} values for num_features={features}", f"{features} values")
+            if name in node and len(node[name]) != size:
+                yield problem(("onnx_graph", name), f"{len(node[name])} values for {what}", f"{size} values")
         if any(value < 0 for value in node.get("var", [])):  # as a torch case's running_var
             yield problem(("onnx_graph", "var"), "a variance is negative", "values >= 0")
         shape = data.get("input", {}).get("shape", [])

@@ -67,15 +67,25 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     features, dtype = node_spec.num_features, NUMPY_DTYPES.get(node_spec.dtype, np.float32)
     element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     outputs = ["y"]
-    attributes: dict[str, Any] = {"epsilon": node_spec.epsilon, "momentum": node_spec.momentum}
+    # An omitted attribute is the runtime's to default (the schema's epsilon 1e-5, momentum 0.9).
+    attributes: dict[str, Any] = {
+        name: value for name, value in (("epsilon", node_spec.epsilon), ("momentum", node_spec.momentum)) if name not in node_spec.omit
+    }
+    if node_spec.opset < 9 and not node_spec.spatial:
+        attributes["spatial"] = 0  # BatchNormalization-6 to -8: statistics per activation
+    if node_spec.opset < 7:
+        attributes["is_test"] = 0 if node_spec.training_mode else 1  # BatchNormalization-6: the mode is is_test
     if node_spec.training_mode:
         outputs += ["running_mean", "running_var"]
         if node_spec.opset < 14:
-            outputs += ["saved_mean", "saved_var"]  # opset 9: training is the five-output form
+            outputs += ["saved_mean", "saved_var"]  # opsets 6 to 13: training is the five-output form
         else:
             attributes["training_mode"] = 1
     node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs, **attributes)
-    vector = lambda values, default: np.asarray(values if values is not None else [default] * features, dtype=dtype)  # noqa: E731
+    # Per channel, or per activation (spatial=0: C x D1 x ... x Dn, the input's shape past the batch).
+    size = features if node_spec.spatial or node_spec.opset >= 9 else int(np.prod(case.input.shape[1:]))
+    parameter_shape = [size] if size == features else list(case.input.shape[1:])
+    vector = lambda values, default: np.asarray(values if values is not None else [default] * size, dtype=dtype).reshape(parameter_shape)  # noqa: E731
     initializers = [
         numpy_helper.from_array(vector(node_spec.scale, 1.0), "scale"),
         numpy_helper.from_array(vector(node_spec.bias, 0.0), "bias"),
@@ -86,13 +96,14 @@ def build_node_graph(case: GraphCase) -> GraphSource:
     if stored:
         initializers += [numpy_helper.from_array(values, name) for name, values in state.items()]
     else:
-        inputs += [helper.make_tensor_value_info(name, element, [features]) for name in state]
+        inputs += [helper.make_tensor_value_info(name, element, parameter_shape) for name in state]
     graph_outputs = [helper.make_tensor_value_info("y", element, list(case.input.shape))]
-    graph_outputs += [helper.make_tensor_value_info(name, element, [features]) for name in outputs[1:]]
+    graph_outputs += [helper.make_tensor_value_info(name, element, parameter_shape) for name in outputs[1:]]
     graph = helper.make_graph([node], case.case_id, inputs, graph_outputs, initializers)
     opsets = [helper.make_opsetid("", node_spec.opset)]
-    # The lowest IR version the opset allows, not the newest onnx knows: older runtimes refuse newer IR.
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    # The lowest IR version the opset allows, not the newest onnx knows: older runtimes refuse newer
+    # IR; at least 4, from which an initializer need not also be a graph input (opsets 6 to 8 allow IR 3).
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=max(helper.find_min_ir_version_for(opsets), 4))
     onnx.checker.check_model(model)
     if stored:
         return GraphSource(model)
