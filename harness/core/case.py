@@ -165,7 +165,9 @@ class KerasOptions:
     epsilon: float | None = None
     axis: int | None = None
     trainable: bool | None = None
-    training_argument: str = "explicit"  # explicit | omitted (Keras then runs in inference)
+    # explicit: each BN gets training= from its own torch module's flag; model: every layer gets the
+    # model's, as model(x, training=True) passes it; omitted: none (Keras then runs in inference).
+    training_argument: str = "explicit"
     running_var: str = "as_stored"  # as_stored (biased) | unbiased (re-expressed in PyTorch's convention)
     # The layout of the data the port feeds Keras: channels_first keeps torch's NC... (a bare
     # BatchNorm's default, axis mapped to 1); channels_last, Keras's own N...C (axis -1, a

@@ -183,13 +183,18 @@ class KerasPort:
         if self.settings["training_argument"] == "omitted":
             result = layer(h)  # what a port that forgets training= does: Keras runs in inference
         else:
-            training = self.training[path]
+            training = self._training_passed(path)
             if training and layer.trainable:  # Keras's own condition for updating the moving statistics
                 self.updated.add(path)
             result = layer(h, training=training)
         if path:  # a bare BatchNorm's output is the model's
             self.outputs[path] = self._nchw(np.asarray(self.keras.ops.convert_to_numpy(result)).astype(np.float64))
         return result
+
+    def _training_passed(self, path: str) -> bool:
+        """The training= the BN's call gets: its own torch module's flag (explicit), or the model's,
+        as `model(x, training=True)` hands it to every layer (model); `omitted` passes none."""
+        return self.training["" if self.settings["training_argument"] == "model" else path]
 
     def _nchw(self, values: np.ndarray) -> np.ndarray:
         """A BN's output in torch's layout, where the port runs channels-last."""
@@ -198,8 +203,8 @@ class KerasPort:
     def _call(self, path: str, layer, h) -> dict[str, Any]:
         """The layer's call in Keras terms, with the variance as the port reports it; the input in
         torch's layout (the channel axis moved with it), as the port reports what the BN returned."""
-        explicit = self.settings["training_argument"] == "explicit"
-        batch_stats = explicit and self.training[path] and layer.trainable  # Keras: `if training and self.trainable`
+        passed = self.settings["training_argument"] != "omitted"
+        batch_stats = passed and self._training_passed(path) and layer.trainable  # Keras: `if training and self.trainable`
         convention = self.settings["running_var"]
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
         values = np.asarray(self.keras.ops.convert_to_numpy(h)).astype(np.float64)
