@@ -50,7 +50,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     text = text.replace("input:\n", "colour: red\ninput:\n")
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
-        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_options, model_seed, bn, mode, input, "
+        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_options, model_seed, bn, bn_by_path, mode, input, "
         "steps, expect, tolerance, runners, timeout, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
@@ -359,3 +359,18 @@ def test_blocks_that_keep_their_channels_and_model_options_are_checked(tmp_path,
     with pytest.raises(CaseError) as caught:
         load_case(path)
     assert [(p.line, p.field, p.message) for p in caught.value.problems] == [(4, "model_options.groups", "unknown field"), expected]
+
+
+def test_bn_by_path_names_batchnorms_of_the_model_with_vectors_of_num_features(tmp_path):
+    path = tmp_path / "by_path.yaml"
+    path.write_text(
+        EVAL_BN2D.replace("model: batchnorm2d", "model: nested_two_bn").replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 3, 3]")
+        + "bn_by_path:\n  head.bn: {eps: 0.1}\n  stem.bn: {running_var: [1.0, -1.0], colour: red}\n  head.block.bn: {weight: [1.0]}\n"
+    )
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("bn_by_path.head.bn", "no BatchNorm 'head.bn' in model 'nested_two_bn'"),
+        ("bn_by_path.stem.bn.colour", "unknown field"),
+        ("bn_by_path.head.block.bn.weight", "1 values for num_features=2"),
+    ], "an entry the schema refused (stem.bn) is not checked further; the others are"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -23,6 +24,13 @@ class BNConfig:
     running_mean: tuple[float, ...] | None = None
     running_var: tuple[float, ...] | None = None
     dtype: str = "float32"
+
+    def overridden(self, values: Any = None) -> BNConfig:
+        """This configuration with one BatchNorm's own values (`bn_by_path`) in place."""
+        if not values:
+            return self
+        changed: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value for name, value in dict(values).items()}
+        return dataclasses.replace(self, **changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +208,13 @@ class Case:
     keras: KerasOptions = KerasOptions()
     timeout_s: float | None = None  # per runner; None: the command line's, else harness.run.execution's default
     model_options: tuple[tuple[str, Any], ...] = ()  # the case's model_options, as (name, value)
+    # bn_by_path: one BatchNorm's own values (eps, momentum, weight, ...) over `bn`'s, by its path
+    bn_by_path: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The model table's entry for this case, its model_options applied."""
-        return model_spec(self.model, dict(self.model_options))
+        """The model table's entry for this case, its model_options and bn_by_path applied."""
+        return model_spec(self.model, dict(self.model_options), {path: dict(values) for path, values in self.bn_by_path})
 
     @property
     def dtype(self) -> str:

@@ -119,3 +119,26 @@ def keras_mapping(case: Case) -> KerasMapping:
             value, source = mapped_value, how[name]
         parameters.append(MappedParameter(name, value, mapped_value, source))
     return KerasMapping(tuple(parameters))
+
+
+def per_batchnorm(case: Case, mapping: KerasMapping) -> dict[str, dict[str, float]]:
+    """The Keras momentum and epsilon of each BatchNorm with its own values (bn_by_path), where
+    the mapping takes them from PyTorch (a case's keras override or a Keras default stays).
+
+    Raises:
+        Unmappable: a BatchNorm of its own momentum=None, mapped.
+    """
+    mapped = {parameter.name: not parameter.deviates for parameter in mapping.parameters}
+    settings: dict[str, dict[str, float]] = {}
+    for path, values in case.bn_by_path:
+        own = dict(values)
+        layer: dict[str, float] = {}
+        if "momentum" in own and mapped.get("momentum"):
+            if own["momentum"] is None:
+                raise Unmappable(f"the BatchNorm {path}: momentum=None (a cumulative moving average) has no Keras counterpart")
+            layer["momentum"] = 1.0 - own["momentum"]
+        if "eps" in own and mapped.get("epsilon"):
+            layer["epsilon"] = own["eps"]
+        if layer:
+            settings[path] = layer
+    return settings

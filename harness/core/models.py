@@ -17,7 +17,8 @@ Layer kinds:
   what its layers make of it (the shapes match: the input has `bn.num_features` channels).
 
 A case's `model_options` change the table's layers: `bias: false` takes the bias off every
-convolution and linear layer (`model_spec`).
+convolution and linear layer; its `bn_by_path` gives a BatchNorm layer its own values (`bn`,
+over the case's `bn:`), which each port applies (`model_spec`).
 """
 
 from __future__ import annotations
@@ -182,13 +183,31 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 MODEL_OPTIONS = ("bias",)
 
 
-def model_spec(name: str, options: Mapping[str, Any] | None = None) -> ModelSpec:
+def model_spec(name: str, options: Mapping[str, Any] | None = None, bn_by_path: Mapping[str, Mapping[str, Any]] | None = None) -> ModelSpec:
     """The table's model `name` with a case's `model_options` applied (`bias: false`: no bias in
-    any convolution or linear layer)."""
+    any convolution or linear layer) and its `bn_by_path` written into those BatchNorm layers
+    (under `bn`: the values that replace the case's `bn:` for that one)."""
     spec = MODEL_SPECS[name]
-    if not options or "bias" not in options:
+    if not (options and "bias" in options) and not bn_by_path:
         return spec
-    return ModelSpec(spec.name, spec.summary, _with_bias(spec.root, bool(options["bias"])), spec.input_ranks)
+    root = spec.root
+    if options and "bias" in options:
+        root = _with_bias(root, bool(options["bias"]))
+    if bn_by_path:
+        root = _with_bn_values(root, "", bn_by_path)
+    return ModelSpec(spec.name, spec.summary, root, spec.input_ranks)
+
+
+def _with_bn_values(layer: Layer, path: str, bn_by_path: Mapping[str, Mapping[str, Any]]) -> Layer:
+    changed = dict(layer)
+    if layer["kind"] == "batchnorm" and path in bn_by_path:
+        changed["bn"] = dict(bn_by_path[path])
+    if "layers" in layer:
+        changed["layers"] = [
+            _with_bn_values(child, f"{path}.{child['name']}" if path and child.get("name") else child.get("name") or path, bn_by_path)
+            for child in layer["layers"]
+        ]
+    return changed
 
 
 def _with_bias(layer: Layer, bias: bool) -> Layer:

@@ -125,6 +125,8 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
         yield from checks.input_shape()
     if _readable(data, refused, "bn"):
         yield from checks.bn_vectors()
+    if _readable(data, refused, "bn") and isinstance(data.get("bn_by_path"), dict):
+        yield from checks.bn_by_path(refused)
     if _readable(data, refused, "mode"):
         yield from checks.mode_paths(("mode",), data["mode"])
     raw_steps = data["steps"] if isinstance(data.get("steps"), list) else []
@@ -232,6 +234,28 @@ class _CrossFieldChecks:
         if any(value < 0 for value in running_var):
             yield self.problem(("bn", "running_var"), "a variance is negative", "values >= 0")
 
+    def bn_by_path(self, refused: frozenset[str]) -> Iterator[CaseProblem]:
+        """Each BatchNorm's own values: a BatchNorm of the model, vectors of num_features (an
+        entry the schema refused is left to its message)."""
+        bn, paths = self.data["bn"], self.spec.batchnorm_paths
+        known = ", ".join(repr(name) for name in paths)
+        for path, values in self.data["bn_by_path"].items():
+            where = ("bn_by_path", path)
+            if refused_under(refused, format_path(where)) or not isinstance(values, dict):
+                continue
+            if path not in paths:
+                yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
+                continue
+            for name, value in values.items():
+                if name in ("weight", "bias") and not bn.get("affine", True):
+                    yield self.problem((*where, name), "the BatchNorms have no weight or bias", "bn.affine: true")
+                elif isinstance(value, list) and len(value) != bn["num_features"]:
+                    yield self.problem(
+                        (*where, name), f"{len(value)} values for num_features={bn['num_features']}", f"{bn['num_features']} values"
+                    )
+                elif name == "running_var" and any(item < 0 for item in value):
+                    yield self.problem((*where, name), "a variance is negative", "values >= 0")
+
     def state_steps(self, index: int, raw: Any) -> Iterator[CaseProblem]:
         """A set_state's or reset_running_stats's BatchNorm paths and tensors, against the model and bn."""
         kind = step_kind(raw)
@@ -338,4 +362,8 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         timeout_s=float(data["timeout"]) if "timeout" in data else None,
         keras=KerasOptions(**data.get("keras", {})),
         model_options=tuple(sorted(data.get("model_options", {}).items())),
+        bn_by_path=tuple(
+            (path, tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values.items()))
+            for path, values in data.get("bn_by_path", {}).items()
+        ),
     )

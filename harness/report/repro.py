@@ -110,7 +110,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
             runner=runner,
             backend=runner_record(runner).keras_backend,
             port_source=port_source,
-            settings=repr(port_settings(mapping)),
+            settings=repr(port_settings(mapping, case)),
             mapping=mapping.summary(),
             submodule_paths=repr(spec.submodule_paths),
             channels_last=repr(case.keras.channels_last(spec.is_bare_batchnorm)),

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from harness.core.case import Case
-from harness.core.keras_mapping import Unmappable, keras_mapping
+from harness.core.keras_mapping import Unmappable, keras_mapping, per_batchnorm
 from harness.core.results import RunResult
 from harness.run.runners.base import FrameworkMissing, Runner, import_framework, skipped
 from harness.run.runners.keras_worker import run_case_in_worker
@@ -49,6 +49,7 @@ class KerasRunner(Runner):
                 return skipped(self.name, f"{module} is not installed{needed_by}; install it with: {INSTALL_HINTS[module]}")
         try:
             mapping = keras_mapping(case)
+            per_batchnorm(case, mapping)  # a BatchNorm of its own momentum=None has no port either
         except Unmappable as reason:
             return skipped(self.name, f"no Keras port: {reason}")
         if torch_weights is None:  # called outside the executor

@@ -125,7 +125,7 @@ class KerasPort:
         self.layers[path] = conv
 
     def _add_bn(self, path: str, input_shape, weights: dict[str, np.ndarray]) -> None:
-        settings = self.settings
+        settings = {**self.settings, **self.settings.get("per_bn", {}).get(path, {})}  # a BatchNorm's own values first
         layer = self.keras.layers.BatchNormalization(
             axis=settings["axis"],
             momentum=settings["momentum"],

@@ -8,7 +8,7 @@ import numpy as np
 from harness.core.case import Case
 from harness.core.fields import OUTPUT, deployed_field
 from harness.core.inputs import step_batch
-from harness.core.keras_mapping import KerasMapping
+from harness.core.keras_mapping import KerasMapping, per_batchnorm
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason, skipped, version_of
 from harness.run.runners.keras_port import KerasPort
@@ -49,9 +49,9 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
     return log.result()
 
 
-def port_settings(mapping: KerasMapping) -> dict:
-    """The mapping's values, as the port takes them."""
-    return {parameter.name: parameter.value for parameter in mapping.parameters}
+def port_settings(mapping: KerasMapping, case: Case) -> dict:
+    """The mapping's values, as the port takes them; `per_bn`: the BatchNorms with their own."""
+    return {parameter.name: parameter.value for parameter in mapping.parameters} | {"per_bn": per_batchnorm(case, mapping)}
 
 
 def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]):
@@ -63,7 +63,7 @@ def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.nd
         case.input.shape,
         case.bn.num_features,
         case.bn.dtype,
-        port_settings(mapping),
+        port_settings(mapping, case),
         spec.submodule_paths,
         spec.batchnorm_paths,
         weights,

@@ -67,8 +67,8 @@ def build_layer(layer: dict[str, Any], shape: list[int], config: BNConfig) -> nn
     kind = layer["kind"]
     if kind == "block":
         return Block(layer["layers"], shape, config, residual=bool(layer.get("residual")))
-    if kind == "batchnorm":
-        return make_batchnorm(len(shape), config)
+    if kind == "batchnorm":  # with its own values where the case gives them (bn_by_path)
+        return make_batchnorm(len(shape), config.overridden(layer["bn"]) if layer.get("bn") else config)
     if kind == "conv2d":
         groups = shape[1] if layer.get("depthwise") else 1  # depthwise: one filter per channel
         return nn.Conv2d(
