@@ -51,7 +51,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
         "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_options, model_seed, bn, bn_by_path, mode, input, "
-        "steps, expect, tolerance, runners, timeout, keras",
+        "steps, expect, tolerance, runners, timeout, torch_memory_format, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
         "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state, keep_initializers_as_inputs",
@@ -374,3 +374,14 @@ def test_bn_by_path_names_batchnorms_of_the_model_with_vectors_of_num_features(t
         ("bn_by_path.stem.bn.colour", "unknown field"),
         ("bn_by_path.head.block.bn.weight", "1 values for num_features=2"),
     ], "an entry the schema refused (stem.bn) is not checked further; the others are"
+
+
+def test_channels_last_is_a_memory_format_of_4_and_5_dimensional_inputs(tmp_path):
+    path = tmp_path / "memory.yaml"
+    path.write_text(
+        EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]")
+        + "torch_memory_format: channels_last\n"
+    )
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.field, p.allowed) for p in caught.value.problems] == [("torch_memory_format", "contiguous")]

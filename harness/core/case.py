@@ -210,6 +210,9 @@ class Case:
     model_options: tuple[tuple[str, Any], ...] = ()  # the case's model_options, as (name, value)
     # bn_by_path: one BatchNorm's own values (eps, momentum, weight, ...) over `bn`'s, by its path
     bn_by_path: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    # The torch side's memory format: contiguous (NCHW) or channels_last (NHWC in memory, other
+    # CPU kernels), for the module and every batch, in every torch runner (the reference too).
+    torch_memory_format: str = "contiguous"
 
     @property
     def model_spec(self) -> ModelSpec:

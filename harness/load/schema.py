@@ -152,6 +152,12 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
     for index, raw in enumerate(data["expect"] if isinstance(data.get("expect"), list) else []):
         if isinstance(raw, dict) and f"expect[{index}]" not in refused:  # its own malformed parts are left out below
             yield from checks.expectation(("expect", index), raw, step_count, refused)
+    if data.get("torch_memory_format") == "channels_last" and _readable(data, refused, "input"):
+        rank = len(data["input"]["shape"])
+        if rank not in (4, 5):
+            yield checks.problem(
+                ("torch_memory_format",), f"channels_last is a format of 4-d and 5-d tensors; the input has rank {rank}", "contiguous"
+            )
     if _readable(data, refused, "keras") and data["keras"].get("layout") == "channels_first" and not checks.spec.is_bare_batchnorm:
         yield checks.problem(
             ("keras", "layout"),
@@ -362,6 +368,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
         timeout_s=float(data["timeout"]) if "timeout" in data else None,
         keras=KerasOptions(**data.get("keras", {})),
         model_options=tuple(sorted(data.get("model_options", {}).items())),
+        torch_memory_format=data.get("torch_memory_format", "contiguous"),
         bn_by_path=tuple(
             (path, tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values.items()))
             for path, values in data.get("bn_by_path", {}).items()

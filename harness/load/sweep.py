@@ -15,7 +15,8 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
 
 Some cases give steps their own batches: an export with a dynamic batch axis then fed another
 batch size (onnx), train steps on a drifted distribution (keras, compile); some Keras ports of a
-bare BatchNorm feed Keras channels-last data.
+bare BatchNorm feed Keras channels-last data; some torch sides run in the channels_last memory
+format (onnx, compile).
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
         )
         data.update(mode="train" if train else "eval", runners=FAMILY_RUNNERS["compile"], steps=steps)
     _own_step_inputs(rng, family, data)  # drawn last: the draws above, and so the cases, stay as they were
+    if family != "keras" and len(shape) in (4, 5) and rng.random() < 0.3:
+        data["torch_memory_format"] = "channels_last"  # the torch side's other kernels
     return data
 
 

@@ -86,8 +86,21 @@ def build_model(case: Case) -> nn.Module:
     model = build_layer(dict(spec.root), list(case.input.shape), case.bn)
     assert tuple(name for name, _ in model.named_modules()) == spec.submodule_paths, "the torch builder disagrees with the model table"
     model = model.to(TORCH_DTYPES[case.bn.dtype])
+    if case.torch_memory_format == "channels_last":
+        model = model.to(memory_format=_channels_last(len(case.input.shape)))
     apply_mode(model, case.mode)
     return model
+
+
+def _channels_last(rank: int) -> torch.memory_format:
+    return torch.channels_last if rank == 4 else torch.channels_last_3d
+
+
+def in_memory_format(batch: torch.Tensor, case: Case) -> torch.Tensor:
+    """The batch in the case's torch memory format (channels_last: NHWC in memory)."""
+    if case.torch_memory_format == "channels_last":
+        return batch.contiguous(memory_format=_channels_last(batch.dim()))
+    return batch
 
 
 def apply_mode(model: nn.Module, mode: ModeSetting) -> None:

@@ -32,6 +32,7 @@ from harness.run.runners.torch_models import (
     apply_state,
     batchnorms,
     build_model,
+    in_memory_format,
     snapshot_module,
     to_numpy,
     to_tensor,
@@ -95,7 +96,7 @@ def run_steps(
     """Build the model, walk every step for every lane, and return each lane's result (up to the
     step that failed it). With `compile_model`, forwards call what it returns (torch.compile)."""
     model = build_model(case)
-    example = to_tensor(make_batch(case.input, case.input.seed), case.input.dtype)
+    example = in_memory_format(to_tensor(make_batch(case.input, case.input.seed), case.input.dtype), case)
     module_calls: dict[str, BNCall] = {}
     bn_outputs: dict[str, np.ndarray] = {}
     taps = _BatchNormTaps(model, case, module_calls, bn_outputs)
@@ -113,7 +114,7 @@ def run_steps(
             break
         try:
             if step.kind in ("forward", "train_step"):
-                batch = to_tensor(step_batch(case.input, step), case.input.dtype)
+                batch = in_memory_format(to_tensor(step_batch(case.input, step), case.input.dtype), case)
                 module_calls.clear()
                 in_float64 = _float64_output(model, batch) if "" not in taps.bns else None
                 module_output = _module_forward(forward, batch)
