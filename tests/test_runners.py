@@ -215,3 +215,17 @@ def test_a_nan_in_the_users_state_does_not_cost_the_float64_oracle():
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)).train()
     model[1].running_var[0] = float("nan")
     assert _float64_output(model, torch.randn(4, 2, 5, 5)) is not None
+
+
+def test_torch_functional_runs_the_op_the_module_refuses_and_otherwise_is_the_module(tmp_path):
+    """torch.batch_norm has no batch-size check: one value per channel in training gives a NaN
+    running variance (0/0, unbiased) where the module raises; with two it is the module."""
+    one = EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("mode: eval", "mode: train")
+    one = one.replace("shape: [2, 2, 3, 3]", "shape: [1, 2]").replace("  - export\n  - forward\n", "")
+    _, functional = run(tmp_path, "torch-functional", one)
+    assert functional.status == "ok" and np.isnan(value(functional, 0, "running_var")).all()
+    assert run(tmp_path, "torch-eager", one)[1].status == "run_failed"
+    two = one.replace("shape: [1, 2]", "shape: [2, 2]")
+    functional, eager = run(tmp_path, "torch-functional", two)[1], run(tmp_path, "torch-eager", two)[1]
+    for field in ("output", "running_mean", "running_var", "module.num_batches_tracked"):
+        assert np.array_equal(value(functional, 0, field), value(eager, 0, field)), field

@@ -24,12 +24,13 @@ class RunnerRecord:
     target: str  # module:Class, imported only when the runner is created
     family: str  # the worker family it runs in (FAMILIES)
     case_kind: str  # torch: cases on a torch model; graph: cases on an ONNX graph
-    group: str  # eager | compile | onnx | keras | graph: the runners a sweep family or a view takes together
+    group: str  # eager | compile | functional | onnx | keras | graph: the runners a sweep family or a view takes together
     role: str = "runner"  # reference (torch cases) | spec (hand-built graphs) | stored (backend tests) | runner
     exporter: str | None = None  # torchscript | dynamo: runners of one exporter share one walk per case
     executor: str | None = None  # ort | ort-noopt | reference: what runs an exported or given graph
     keras_backend: str | None = None
     repro: str | None = None  # export | keras | graph: the kind of repro bundle a divergence of it gets
+    opt_in: bool = False  # runs only where a case lists it or a selection names it, not by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,15 @@ RUNNERS: dict[str, RunnerRecord] = {
     for record in (
         RunnerRecord("torch-eager", f"{RUNNERS_PACKAGE}.torch_eager:TorchEagerRunner", "torch-onnx", "torch", "eager", role="reference"),
         RunnerRecord("torch-compile", f"{RUNNERS_PACKAGE}.torch_compile:TorchCompileRunner", "torch-compile", "torch", "compile"),
+        # Computes what eager does, but for the module's checks: it runs where a case asks for it.
+        RunnerRecord(
+            "torch-functional",
+            f"{RUNNERS_PACKAGE}.torch_functional:TorchFunctionalRunner",
+            "torch-onnx",
+            "torch",
+            "functional",
+            opt_in=True,
+        ),
         _export("onnx-torchscript-ort", "torchscript", "ort"),
         _export("onnx-dynamo-ort", "dynamo", "ort"),
         _export("onnx-torchscript-ort-noopt", "torchscript", "ort-noopt"),

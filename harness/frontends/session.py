@@ -131,7 +131,14 @@ def summary_line(record: CaseRecord) -> str:
     if record.comparisons:
         text += f", agreeing comparisons {agree}"
     else:
-        text += ", nothing compared" + (" (only the reference ran)" if len(record.runners) <= 1 else " (no other runner ran to completion)")
+        reference_name, reference_run = next(iter(record.runners.items()), ("", None))
+        if len(record.runners) <= 1:
+            why = "only the reference ran"
+        elif reference_run is not None and reference_run.status != "ok":
+            why = f"the reference {reference_name} ended {reference_run.status}"
+        else:
+            why = "no other runner ran to completion"
+        text += f", nothing compared ({why})"
     unchecked = describe_unchecked([entry.why for entry in record.unverified])
     not_ok = [f"{name} ({run.status})" for name, run in record.runners.items() if run.status != "ok"]
     return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")

@@ -17,6 +17,7 @@ from harness.core.runner_table import (
     SPEC_RUNNER,
     checked_runner_names,
     runner_names_of_kind,
+    runner_record,
 )
 from harness.judge.attribution import attribute_all
 from harness.judge.compare import compare_runs
@@ -65,8 +66,8 @@ def reference_of(case: AnyCase) -> str:
 
 
 def select_runners(case: AnyCase, only: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The runners for `case`: the case's list (default all of its kind), narrowed by `only`;
-    the reference first.
+    """The runners for `case`: the case's list (default: all of its kind but the opt-in ones),
+    narrowed by `only`; the reference first.
 
     Raises:
         RunnerError: `only` names an unknown runner.
@@ -79,7 +80,10 @@ def select_runners(case: AnyCase, only: Sequence[str] | None = None) -> tuple[st
         raise NothingSelected(
             f"none of the selected runners ({', '.join(only)}) runs {case.kind} cases; this case's runners: {', '.join(known)}"
         )
-    wanted = set(case.runners or known) & set(only or known)
+    # A case without a list runs every runner of its kind but the opt-in ones, which run where a
+    # case lists them or a selection names them.
+    base = case.runners or (known if only is not None else tuple(name for name in known if not runner_record(name).opt_in))
+    wanted = set(base) & set(only or known)
     reference = reference_of(case)
     return (reference, *(name for name in known if name in wanted and name != reference))
 

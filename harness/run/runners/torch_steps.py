@@ -91,11 +91,18 @@ class Lane:
 
 
 def run_steps(
-    case: Case, lanes: Sequence[Lane], export: Exporter | None = None, compile_model: Callable[[nn.Module], Callable] | None = None
+    case: Case,
+    lanes: Sequence[Lane],
+    export: Exporter | None = None,
+    compile_model: Callable[[nn.Module], Callable] | None = None,
+    patch_model: Callable[[nn.Module], None] | None = None,
 ) -> list[RunResult]:
     """Build the model, walk every step for every lane, and return each lane's result (up to the
-    step that failed it). With `compile_model`, forwards call what it returns (torch.compile)."""
+    step that failed it). With `compile_model`, forwards call what it returns (torch.compile);
+    `patch_model` changes the built model in place first (torch-functional's BatchNorm forwards)."""
     model = build_model(case)
+    if patch_model is not None:
+        patch_model(model)
     example = in_memory_format(to_tensor(make_batch(case.input, case.input.seed), case.input.dtype), case)
     module_calls: dict[str, BNCall] = {}
     bn_outputs: dict[str, np.ndarray] = {}
