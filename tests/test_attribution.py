@@ -521,10 +521,16 @@ def test_state_set_on_the_module_after_an_export_is_that_step_not_the_runtime():
     )
     exact = np.array([1.0, -1.0, 0.5])
 
-    def judged_after(runner_details):
+    def judged_after(runner_details, set_to=(0.0, 0.0)):
         reference = RunResult("torch-eager", "ok", observations={(2, "output"): Observed(exact, "float32")}, model_oracle={2: exact})
+        module_mean = {  # the user's module in the ONNX runner: as exported, then as the step set it
+            (step, "module.bn.running_mean"): Observed(np.array(values), "float32") for step, values in ((0, (0.5, 0.5)), (1, set_to))
+        }
         other = RunResult(
-            "onnx-torchscript-ort", "ok", observations={(2, "output"): Observed(exact + 0.5, "float32")}, details=runner_details
+            "onnx-torchscript-ort",
+            "ok",
+            observations={(2, "output"): Observed(exact + 0.5, "float32"), **module_mean},
+            details=runner_details,
         )
         (verdict,) = attribute_all(conv_case, reference, other, list(compare_runs(conv_case, reference, other)))
         return verdict
@@ -537,3 +543,5 @@ def test_state_set_on_the_module_after_an_export_is_that_step_not_the_runtime():
     )
     no_export = judged_after({})  # a runner that deployed nothing follows the module: its gap is its own
     assert no_export.attribution == "implementation deviates"
+    unchanged = judged_after({"exporter": {"dynamo": False}}, set_to=(0.5, 0.5))  # the step set what was there
+    assert unchanged.attribution == "implementation deviates", "a step that changed nothing is no cause"

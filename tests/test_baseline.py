@@ -228,14 +228,27 @@ def test_baseline_update_merges_what_a_subset_run_ran_and_keeps_the_rest(tmp_pat
     ]
 
 
-def test_baseline_update_removes_the_cases_a_file_that_ran_no_longer_has(tmp_path, capsys):
-    """A grid added to a file renames its case: the old id is not kept beside the new points."""
-    point = records.case("forum[eps_0.1]", file="cases/forum.yaml")
-    (tmp_path / "baseline.json").write_text(records.written_json(records.document(forum(), records.case("other"))))
-    (tmp_path / "run.json").write_text(records.written_json(records.document(point)))
+def test_baseline_update_removes_the_cases_a_file_no_longer_has_and_keeps_points_left_out(tmp_path, capsys):
+    """A grid added to a file renames its case: the old id goes; a grid point the run left out
+    (file::id, pytest -k) stays."""
+    case_file = write_case(tmp_path / "cases", "forum", FORUM_FLIP + "grid:\n  bn.eps: [0.1, 0.01]\n")
+    plain = records.case("forum", file=str(case_file))
+    other_point = records.case("forum[eps_0.01]", file=str(case_file))
+    (tmp_path / "baseline.json").write_text(records.written_json(records.document(plain, other_point, records.case("other"))))
+    (tmp_path / "run.json").write_text(records.written_json(records.document(records.case("forum[eps_0.1]", file=str(case_file)))))
     assert cli.main(["baseline", "update", str(tmp_path / "baseline.json"), str(tmp_path / "run.json")]) == 0
-    assert "0 case(s) updated, 1 added, 1 removed (forum: their files ran without them), 1 kept as they were" in capsys.readouterr().out
-    assert [case.case_id for case in load_results(tmp_path / "baseline.json").cases] == ["forum[eps_0.1]", "other"]
+    assert "0 case(s) updated, 1 added, 1 removed (forum: their files no longer have them), 2 kept as they were" in capsys.readouterr().out
+    assert sorted(case.case_id for case in load_results(tmp_path / "baseline.json").cases) == ["forum[eps_0.01]", "forum[eps_0.1]", "other"]
+
+
+def test_baseline_update_from_some_runners_keeps_the_worse_outcome(tmp_path):
+    """A case failing in a runner the run left out does not become passed."""
+    failing = forum(outcome="failed", runners={"torch-eager": "ok", "onnx-torchscript-ort": "ok", "keras-tensorflow": "ok"})
+    subset = forum(outcome="passed", runners={"torch-eager": "ok", "onnx-torchscript-ort": "ok"})
+    (tmp_path / "baseline.json").write_text(records.written_json(records.document(failing)))
+    (tmp_path / "run.json").write_text(records.written_json(records.document(subset)))
+    assert cli.main(["baseline", "update", str(tmp_path / "baseline.json"), str(tmp_path / "run.json")]) == 0
+    assert [case.outcome for case in load_results(tmp_path / "baseline.json").cases] == ["failed"]
 
 
 def test_baseline_update_refuses_a_run_of_other_package_versions(tmp_path, capsys):

@@ -156,7 +156,7 @@ def test_an_unknown_runner_is_a_usage_error(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, torch-compile, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"
+            "*--harness-runners: unknown runner(s) tensorrt; allowed: torch-eager, torch-compile, torch-functional, onnx-torchscript-ort, onnx-dynamo-ort, *, onnx-reference, keras-tensorflow, *"
         ]
     )
 

@@ -385,3 +385,18 @@ def test_channels_last_is_a_memory_format_of_4_and_5_dimensional_inputs(tmp_path
     with pytest.raises(CaseError) as caught:
         load_case(path)
     assert [(p.field, p.allowed) for p in caught.value.problems] == [("torch_memory_format", "contiguous")]
+
+
+def test_a_steps_own_input_keeps_the_cases_rank(tmp_path):
+    """Every runner builds the model, and Keras its port, for the case's input rank."""
+    path = tmp_path / "rank.yaml"
+    path.write_text(
+        EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]") + "".join([])
+    )
+    text = path.read_text().replace("  - forward\n  - export\n  - forward\n", "  - forward\n  - forward: {input: {shape: [4, 2, 5]}}\n")
+    path.write_text(text)
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("steps[1].forward.input.shape", "rank 3 where the case's input has rank 2")
+    ]

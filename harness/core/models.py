@@ -67,6 +67,11 @@ class ModelSpec:
         return bool(self.root["kind"] == "batchnorm")
 
     @property
+    def has_convolutions(self) -> bool:
+        """Whether a layer of the model is a convolution (which Keras's CPU runs channels-last)."""
+        return any(layer["kind"] == "conv2d" for layer in _layers(self.root))
+
+    @property
     def keeps_channels(self) -> bool:
         """The input's channels must be `bn.num_features`: a bare BatchNorm, a depthwise
         convolution, or a residual addition."""

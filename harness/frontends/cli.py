@@ -233,8 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(path) for path in args.paths if not split_case_id(path)[0].exists()]
     if missing:  # a typo: refused before it can replace the last run's results with one invalid case
         parser.error(f"no such file or directory: {', '.join(missing)}")
-    if args.baseline is not None and not args.baseline.is_file():
-        parser.error(f"--baseline: no such file: {args.baseline}")
+    if args.baseline is not None:  # read before the run: a bad baseline must not cost a whole run's report
+        if not args.baseline.is_file():
+            parser.error(f"--baseline: no such file: {args.baseline}")
+        try:
+            load_results(args.baseline)
+        except HarnessError as error:
+            parser.error(f"--baseline: {error}")
     files = list(case_files(args.paths))
     if not files:
         parser.error(f"no case files (*.yaml) under {', '.join(map(str, args.paths))}")

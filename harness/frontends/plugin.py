@@ -106,7 +106,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile |
     if parent.session.isinitpath(file_path):
         return CaseFile.from_parent(parent, path=file_path)
     opted_in = parent.config.getini("harness_case_dirs")
-    folders = file_path.relative_to(file_path.anchor).parent.parts
+    # The folders inside the project: a checkout that lies under some folder named `cases` is not a case folder.
+    root = parent.config.rootpath
+    folders = (file_path.relative_to(root) if file_path.is_relative_to(root) else file_path.relative_to(file_path.anchor)).parent.parts
     if opted_in is not None:
         return CaseFile.from_parent(parent, path=file_path) if any(part in opted_in for part in folders) else None
     if RECOGNISED_CASE_DIR not in folders:

@@ -640,13 +640,28 @@ def _state_set_after_export(case: Case, other: RunResult, verdict: Verdict, dive
     parted_before = [
         v for v in divergent if v.other == other.runner and not v.field.startswith(MODULE + ".") and exports[-1] < v.step < setting[0]
     ]
-    if parted_before:
-        return None
+    if parted_before or not _module_state_changed(case, other, setting[0]):
+        return None  # parted before the step, or the step set what the module already held: not the cause
     return Attribution(
         "state changed by a step",
         f"{case.step_label(setting[0])} changed the user's torch module after {case.step_label(exports[-1])}; "
         f"{other.runner} runs the exported graph, which keeps the statistics and weights the export copied into it "
         "(an exported model does not follow later changes to the module's buffers): the sides run different states",
+    )
+
+
+def _module_state_changed(case: Case, run: RunResult, step: int) -> bool:
+    """Whether `step` changed a BatchNorm tensor of the user's module in `run`: its running
+    statistics as the module.* fields recorded them, or a weight or bias it sets (those are not
+    recorded: a set_state that writes one is taken at its word)."""
+    if any(item.name in ("weight", "bias") for item in case.steps[step].state):
+        return True
+    names = ("running_mean", "running_var")
+    fields = {field for at, field in run.observations if at == step and field.startswith(MODULE + ".") and field.endswith(names)}
+    return step > 0 and any(
+        (step - 1, field) in run.observations
+        and not _same_value(run.observations[(step - 1, field)].value, run.observations[(step, field)].value)
+        for field in fields
     )
 
 

@@ -158,7 +158,7 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             yield checks.problem(
                 ("torch_memory_format",), f"channels_last is a format of 4-d and 5-d tensors; the input has rank {rank}", "contiguous"
             )
-    if _readable(data, refused, "keras") and data["keras"].get("layout") == "channels_first" and not checks.spec.is_bare_batchnorm:
+    if _readable(data, refused, "keras") and data["keras"].get("layout") == "channels_first" and checks.spec.has_convolutions:
         yield checks.problem(
             ("keras", "layout"),
             f"model {checks.spec.name!r} has convolutions, which the port runs channels-last (TensorFlow's CPU Conv2D takes NHWC only)",
@@ -228,7 +228,13 @@ class _CrossFieldChecks:
         kind = step_kind(raw)
         own = raw[kind].get("input") if isinstance(raw, dict) and isinstance(raw.get(kind), dict) else None
         if own is not None:
-            yield from self.input_shape(merged_step_input(self.data["input"], own), ("steps", index, kind or "", "input"), own)
+            at = ("steps", index, kind or "", "input")
+            rank = len(self.data["input"]["shape"])
+            if "shape" in own and isinstance(own["shape"], list) and len(own["shape"]) != rank:
+                # every runner builds its model, and Keras its port, for the case's input rank
+                yield self.problem((*at, "shape"), f"rank {len(own['shape'])} where the case's input has rank {rank}", f"rank {rank}")
+                return
+            yield from self.input_shape(merged_step_input(self.data["input"], own), at, own)
 
     def bn_vectors(self) -> Iterator[CaseProblem]:
         num_features = self.data["bn"]["num_features"]  # NaN and Inf: refused with the schema problems

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from harness.core.errors import HarnessError
+from harness.core.errors import CaseError, HarnessError
 from harness.core.records import CaseRecord, ResultsDocument
+from harness.load.schema import load_cases
 from harness.report.baseline import version_differences
 
 
@@ -47,29 +48,32 @@ class BaselineUpdate:
     replaced: tuple[str, ...]  # case ids whose runners' results the run replaced
     added: tuple[str, ...]  # case ids new to the baseline
     kept: int  # baseline cases the run did not run
-    removed: tuple[str, ...] = ()  # case ids of files the run ran that no longer have them
+    removed: tuple[str, ...] = ()  # case ids that the files the run ran no longer have
 
     def summary(self) -> str:
-        removed = f", {len(self.removed)} removed ({', '.join(self.removed)}: their files ran without them)" if self.removed else ""
+        removed = f", {len(self.removed)} removed ({', '.join(self.removed)}: their files no longer have them)" if self.removed else ""
         return f"{len(self.replaced)} case(s) updated, {len(self.added)} added{removed}, {self.kept} kept as they were"
 
 
 def update_baseline(baseline_path: Path, baseline: ResultsDocument, run_path: Path, run: ResultsDocument) -> BaselineUpdate:
     """The baseline with each case the run ran brought up to date: the runners that ran replace
-    theirs (statuses and divergences), the others keep the baseline's; the case's outcome is the
-    run's. A case new to the baseline is added in file order; a case of a file the run ran that the
-    run did not have (a grid changed) is removed. Nothing else the run did not run changes.
+    theirs (statuses and divergences), the others keep the baseline's; the outcome is the run's
+    when it ran every runner the baseline had for the case, else the worse of the two. A case new
+    to the baseline is added in file order. A baseline case of a file the run ran is removed when
+    the file, read now, no longer has it (a grid changed its points); a point left out of the run
+    (`file::id`, `pytest -k`) stays. Nothing else the run did not run changes.
 
     Raises:
         HarnessError: the run comes from an environment with other package versions.
     """
     _same_versions(baseline_path, baseline, run_path, run)
-    ran = {case.case_id: case for case in run.cases}
-    files_ran = {case.file for case in run.cases}
+    ran = {(case.file, case.case_id): case for case in run.cases}
+    current_ids = {file: _case_ids_now(file) for file in {case.file for case in run.cases}}
     merged, replaced, removed = [], [], []
     for case in baseline.cases:
-        current = ran.pop(case.case_id, None)
-        if current is None and case.file in files_ran:  # a grid point renamed or gone from a file the run ran
+        current = ran.pop((case.file, case.case_id), None)
+        ids_now = current_ids.get(case.file)
+        if current is None and ids_now is not None and case.case_id not in ids_now:
             removed.append(case.case_id)
             continue
         if current is None:
@@ -84,12 +88,29 @@ def update_baseline(baseline_path: Path, baseline: ResultsDocument, run_path: Pa
     return BaselineUpdate(baseline.with_cases(merged), tuple(replaced), tuple(case.case_id for case in added), kept, tuple(removed))
 
 
+def _case_ids_now(file: str | None) -> set[str] | None:
+    """The ids of the cases `file` holds now; None when it cannot be read as cases (missing, or
+    invalid: then nothing of it is removed)."""
+    if not file or not Path(file).is_file():
+        return None
+    try:
+        return {case.case_id for case in load_cases(Path(file))}
+    except CaseError:
+        return None
+
+
+OUTCOME_SEVERITY = ("error", "invalid", "failed", "skipped", "passed")  # worst first
+
+
 def _merged_case(old: CaseRecord, current: CaseRecord) -> CaseRecord:
     ran = set(current.runners)
     runners = {name: run for name, run in old.runners.items() if name not in ran}
     runners.update(current.runners)
     comparisons = tuple(c for c in old.comparisons if c.verdict.other not in ran) + current.comparisons
-    return replace(current, runners=runners, comparisons=comparisons)
+    outcome = current.outcome
+    if not set(old.runners) <= ran:  # the runners the run left out keep their outcome's part
+        outcome = min(old.outcome, current.outcome, key=lambda name: OUTCOME_SEVERITY.index(name) if name in OUTCOME_SEVERITY else 0)
+    return replace(current, runners=runners, comparisons=comparisons, outcome=outcome)
 
 
 def _same_versions(first_path: Path, first: ResultsDocument, path: Path, document: ResultsDocument) -> None:

@@ -63,6 +63,10 @@ def render_report(results: ResultsDocument, baseline: ResultsDocument | None = N
             cases=cases,
             runners=runners,
             counts={status: counts.get(status, 0) for status in SEVERITY},
+            # a box for every status a case or a cell shows: with a runner chosen, the boxes filter its cells
+            filter_statuses=[
+                status for status in SEVERITY if counts.get(status) or any(status in case["runner_statuses"] for case in cases)
+            ],
             outcomes=Counter(case["outcome"] for case in cases),
             classes=sorted(classes.items()),
             statuses=SEVERITY,
