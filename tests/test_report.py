@@ -164,6 +164,13 @@ def test_a_case_that_did_not_load_or_run_shows_as_such():
     assert 'value="run_failed"' not in html
 
 
+def test_the_full_environment_closes_the_report():
+    html = render_report(RESULTS)
+    environment = html[html.index('<h2 id="environment">') :]
+    assert all(f"<td>{package}</td><td>{version}</td>" in environment for package, version in records.ENVIRONMENT.versions.items())
+    assert "torch 2.13.0, onnxruntime 1.32.0, keras not installed" in html, "the versions that matter, in the first line"
+
+
 def test_the_report_is_self_contained(tmp_path):
     write_report(RESULTS, tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
