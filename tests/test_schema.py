@@ -20,6 +20,14 @@ def problems(tmp_path, text: str) -> list[str]:
     return str(caught.value).splitlines()
 
 
+def located(path, text: str) -> list[tuple]:
+    """(line, field, message) of every problem of `text`, written to `path`."""
+    path.write_text(text)
+    with pytest.raises(CaseError) as caught:
+        load_case(path)
+    return [(problem.line, problem.field, problem.message) for problem in caught.value.problems]
+
+
 def test_a_valid_case_builds_the_domain_model(tmp_path):
     case = load_text(tmp_path, FORUM_FLIP + FORUM_FLIP_EXPECT)
     assert case.case_id == "case" and case.model == "forum_net"
@@ -275,11 +283,7 @@ steps:
 
 def test_a_steps_own_input_is_checked_as_an_input_section_at_the_step(tmp_path):
     """Its fields merged with the case's: a field the step inherits is reported at the step's input."""
-    path = tmp_path / "steps.yaml"
-    path.write_text(STEP_INPUTS)
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [
+    assert located(tmp_path / "steps.yaml", STEP_INPUTS) == [
         (7, "steps[0].train_step.input.channel_offset", "2 values for 3 channels"),
         (8, "steps[1].forward.input", "nested lists of shape (4, 3, 2, 2)"),
         (8, "steps[1].forward.input.shape[1]", "4 channels but bn.num_features is 3"),
@@ -307,11 +311,7 @@ steps:
 
 
 def test_state_steps_name_batchnorms_of_the_model_and_fit_the_bn(tmp_path):
-    path = tmp_path / "state.yaml"
-    path.write_text(STATE_STEPS)
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [
+    assert located(tmp_path / "state.yaml", STATE_STEPS) == [
         (7, "steps[0].set_state.bnn", "no BatchNorm 'bnn' in model 'forum_net'"),
         (8, "steps[1].set_state.bn.running_var", "a variance is negative"),
         (8, "steps[1].set_state.bn.weight", "this BatchNorm has no weight or bias"),
@@ -354,11 +354,7 @@ steps: [forward]
 def test_blocks_that_keep_their_channels_and_model_options_are_checked(tmp_path, model, shape, expected):
     """A depthwise convolution and a residual addition keep the input's channels: they must be
     bn.num_features; a Linear takes (N, C)."""
-    path = tmp_path / "blocks.yaml"
-    path.write_text(BLOCKS % (model, shape))
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.line, p.field, p.message) for p in caught.value.problems] == [(4, "model_options.groups", "unknown field"), expected]
+    assert located(tmp_path / "blocks.yaml", BLOCKS % (model, shape)) == [(4, "model_options.groups", "unknown field"), expected]
 
 
 def test_bn_by_path_names_batchnorms_of_the_model_with_vectors_of_num_features(tmp_path):

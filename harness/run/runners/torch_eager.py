@@ -28,8 +28,12 @@ class TorchEagerRunner(Runner):
 
         log = ObservationLog(self.name)
         log.details["versions"] = {"torch": version_of(torch)}
-        return run_steps(case, [Lane(log)], compile_model=self.compiler(torch, log))[0]
+        return run_steps(case, [Lane(log)], compile_model=self.compiler(torch, log), patch_model=self.patcher(log))[0]
 
     def compiler(self, torch: ModuleType, log: ObservationLog) -> Callable[[Any], Callable] | None:
         """What wraps the module for its forwards (None: the module itself)."""
+        return None
+
+    def patcher(self, log: ObservationLog) -> Callable[[Any], None] | None:
+        """What changes the built module in place before the steps (None: nothing)."""
         return None

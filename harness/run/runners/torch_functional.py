@@ -9,28 +9,19 @@ average, the buffers passed, num_batches_tracked) is _BatchNorm.forward's, line 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any
 
-from harness.core.case import Case
-from harness.core.results import RunResult
-from harness.run.runners.base import FrameworkMissing, ObservationLog, Runner, import_framework, skipped, version_of
-from harness.run.runners.torch_eager import TORCH_INSTALL_HINT
+from harness.run.runners.base import ObservationLog
+from harness.run.runners.torch_eager import TorchEagerRunner
 
 
-class TorchFunctionalRunner(Runner):
+class TorchFunctionalRunner(TorchEagerRunner):
     """Runs each step on the torch module, its BatchNorms' forwards calling torch.batch_norm."""
 
-    def run(self, case: Case) -> RunResult:
-        try:
-            torch = import_framework("torch", TORCH_INSTALL_HINT)
-        except FrameworkMissing as missing:
-            return skipped(self.name, str(missing))
-        from harness.run.runners.torch_steps import Lane, run_steps
-
-        log = ObservationLog(self.name)
-        log.details["versions"] = {"torch": version_of(torch)}
+    def patcher(self, log: ObservationLog) -> Callable[[Any], None]:
         log.details["batchnorm_forward"] = "torch.batch_norm (no batch-size check)"
-        return run_steps(case, [Lane(log)], patch_model=_call_the_op)[0]
+        return _call_the_op
 
 
 def _call_the_op(model: Any) -> None:
