@@ -16,7 +16,8 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
 Some cases give steps their own batches: an export with a dynamic batch axis then fed another
 batch size (onnx), train steps on a drifted distribution (keras, compile); some Keras ports of a
 bare BatchNorm feed Keras channels-last data; some torch sides run in the channels_last memory
-format (onnx, compile).
+format (onnx, compile); some models configure a BatchNorm apart (bn_by_path), and some cases set
+statistics on the module first (set_state).
 """
 
 from __future__ import annotations
@@ -120,7 +121,25 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     _own_step_inputs(rng, family, data)  # drawn last: the draws above, and so the cases, stay as they were
     if family != "keras" and len(shape) in (4, 5) and rng.random() < 0.3:
         data["torch_memory_format"] = "channels_last"  # the torch side's other kernels
+    _own_batchnorm_values(rng, data)
     return data
+
+
+def _own_batchnorm_values(rng: np.random.Generator, data: dict[str, Any]) -> None:
+    """Some BatchNorms configured apart (bn_by_path), and statistics set on the module before
+    anything runs (set_state), as users load them: each runner must build and follow them."""
+    spec, features = MODEL_SPECS[data["model"]], data["bn"]["num_features"]
+    paths = [path for path in spec.batchnorm_paths if path]
+    if len(paths) > 1 and rng.random() < 0.5:
+        own = {"eps": float(10 ** rng.uniform(-5, -2)), "momentum": float(rng.uniform(0.05, 0.5))}
+        data["bn_by_path"] = {paths[-1]: own}
+    if data["bn"].get("track_running_stats", True) and rng.random() < 0.3:
+        target = paths[0] if paths else ""
+        state = {
+            "running_mean": [float(v) for v in rng.normal(0, 1, features)],
+            "running_var": [float(v) for v in rng.uniform(0.5, 2.0, features)],
+        }
+        data["steps"] = [{"set_state": {target: state}}, *data["steps"]]
 
 
 def _bn_values_per_channel(spec: ModelSpec, shape: list[int], features: int) -> int:
