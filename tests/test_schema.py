@@ -20,12 +20,16 @@ def problems(tmp_path, text: str) -> list[str]:
     return str(caught.value).splitlines()
 
 
-def located(path, text: str) -> list[tuple]:
-    """(line, field, message) of every problem of `text`, written to `path`."""
-    path.write_text(text)
+def refused(tmp_path, text: str) -> list:
+    """Every problem of `text` (the case file it is written to is refused)."""
     with pytest.raises(CaseError) as caught:
-        load_case(path)
-    return [(problem.line, problem.field, problem.message) for problem in caught.value.problems]
+        load_text(tmp_path, text)
+    return list(caught.value.problems)
+
+
+def located(tmp_path, text: str) -> list[tuple]:
+    """(line, field, message) of every problem of `text`."""
+    return [(problem.line, problem.field, problem.message) for problem in refused(tmp_path, text)]
 
 
 def test_a_valid_case_builds_the_domain_model(tmp_path):
@@ -239,27 +243,20 @@ expect:
 def test_a_files_problems_come_at_once_each_once(tmp_path):
     """The schema's and the rules between fields together: a misspelt runner or export option does
     not hide a mode path or an expectation's field that name nothing (they came in rounds)."""
-    path = tmp_path / "rounds.yaml"
-    path.write_text(ROUNDS)
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    problems = [(problem.line, problem.field) for problem in caught.value.problems]
-    assert problems == [
+    found = refused(tmp_path, ROUNDS)
+    assert [(problem.line, problem.field) for problem in found] == [
         (4, "mode.bnn"),
         (6, "runners[1]"),
         (9, "steps[1].export.training"),
         (11, "expect[0].field"),
         (15, "expect[0].link"),
     ], "the step index is not checked while a step is malformed (the count may be wrong)"
-    assert len(set(map(str, caught.value.problems))) == len(caught.value.problems)
+    assert len(set(map(str, found))) == len(found)
 
 
 def test_a_negative_magnitude_rtol_is_refused_at_its_line(tmp_path):
-    path = tmp_path / "magnitude.yaml"
-    path.write_text(EVAL_BN2D + "tolerance:\n  reason: scale\n  float32: {rtol: 1.0e-6, atol: 1.0e-5, magnitude_rtol: -1.0e-6}\n")
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.line, p.field, p.message, p.allowed) for p in caught.value.problems] == [
+    text = EVAL_BN2D + "tolerance:\n  reason: scale\n  float32: {rtol: 1.0e-6, atol: 1.0e-5, magnitude_rtol: -1.0e-6}\n"
+    assert [(p.line, p.field, p.message, p.allowed) for p in refused(tmp_path, text)] == [
         (17, "tolerance.float32.magnitude_rtol", "got -1e-06", ">= 0")
     ]
 
@@ -283,7 +280,7 @@ steps:
 
 def test_a_steps_own_input_is_checked_as_an_input_section_at_the_step(tmp_path):
     """Its fields merged with the case's: a field the step inherits is reported at the step's input."""
-    assert located(tmp_path / "steps.yaml", STEP_INPUTS) == [
+    assert located(tmp_path, STEP_INPUTS) == [
         (7, "steps[0].train_step.input.channel_offset", "2 values for 3 channels"),
         (8, "steps[1].forward.input", "nested lists of shape (4, 3, 2, 2)"),
         (8, "steps[1].forward.input.shape[1]", "4 channels but bn.num_features is 3"),
@@ -311,7 +308,7 @@ steps:
 
 
 def test_state_steps_name_batchnorms_of_the_model_and_fit_the_bn(tmp_path):
-    assert located(tmp_path / "state.yaml", STATE_STEPS) == [
+    assert located(tmp_path, STATE_STEPS) == [
         (7, "steps[0].set_state.bnn", "no BatchNorm 'bnn' in model 'forum_net'"),
         (8, "steps[1].set_state.bn.running_var", "a variance is negative"),
         (8, "steps[1].set_state.bn.weight", "this BatchNorm has no weight or bias"),
@@ -322,14 +319,10 @@ def test_state_steps_name_batchnorms_of_the_model_and_fit_the_bn(tmp_path):
 
 
 def test_a_convolutional_model_has_no_channels_first_keras_port(tmp_path):
-    path = tmp_path / "layout.yaml"
-    path.write_text(
-        EVAL_BN2D.replace("model: batchnorm2d", "model: conv_bn").replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 4, 4]")
-        + "keras: {layout: channels_first}\n"
-    )
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.field, p.allowed) for p in caught.value.problems] == [("keras.layout", "channels_last, or a bare BatchNorm model")]
+    text = EVAL_BN2D.replace("model: batchnorm2d", "model: conv_bn").replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 4, 4]")
+    assert [(p.field, p.allowed) for p in refused(tmp_path, text + "keras: {layout: channels_first}\n")] == [
+        ("keras.layout", "channels_last, or a bare BatchNorm model")
+    ]
 
 
 BLOCKS = """\
@@ -354,18 +347,15 @@ steps: [forward]
 def test_blocks_that_keep_their_channels_and_model_options_are_checked(tmp_path, model, shape, expected):
     """A depthwise convolution and a residual addition keep the input's channels: they must be
     bn.num_features; a Linear takes (N, C)."""
-    assert located(tmp_path / "blocks.yaml", BLOCKS % (model, shape)) == [(4, "model_options.groups", "unknown field"), expected]
+    assert located(tmp_path, BLOCKS % (model, shape)) == [(4, "model_options.groups", "unknown field"), expected]
 
 
 def test_bn_by_path_names_batchnorms_of_the_model_with_vectors_of_num_features(tmp_path):
-    path = tmp_path / "by_path.yaml"
-    path.write_text(
+    text = (
         EVAL_BN2D.replace("model: batchnorm2d", "model: nested_two_bn").replace("shape: [2, 2, 3, 3]", "shape: [2, 3, 3, 3]")
         + "bn_by_path:\n  head.bn: {eps: 0.1}\n  stem.bn: {running_var: [1.0, -1.0], colour: red}\n  head.block.bn: {weight: [1.0]}\n"
     )
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.field, p.message) for p in caught.value.problems] == [
+    assert [(p.field, p.message) for p in refused(tmp_path, text)] == [
         ("bn_by_path.head.bn", "no BatchNorm 'head.bn' in model 'nested_two_bn'"),
         ("bn_by_path.stem.bn.colour", "unknown field"),
         ("bn_by_path.head.block.bn.weight", "1 values for num_features=2"),
@@ -373,26 +363,16 @@ def test_bn_by_path_names_batchnorms_of_the_model_with_vectors_of_num_features(t
 
 
 def test_channels_last_is_a_memory_format_of_4_and_5_dimensional_inputs(tmp_path):
-    path = tmp_path / "memory.yaml"
-    path.write_text(
-        EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]")
-        + "torch_memory_format: channels_last\n"
-    )
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.field, p.allowed) for p in caught.value.problems] == [("torch_memory_format", "contiguous")]
+    text = EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]")
+    assert [(p.field, p.allowed) for p in refused(tmp_path, text + "torch_memory_format: channels_last\n")] == [
+        ("torch_memory_format", "contiguous")
+    ]
 
 
 def test_a_steps_own_input_keeps_the_cases_rank(tmp_path):
     """Every runner builds the model, and Keras its port, for the case's input rank."""
-    path = tmp_path / "rank.yaml"
-    path.write_text(
-        EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]") + "".join([])
-    )
-    text = path.read_text().replace("  - forward\n  - export\n  - forward\n", "  - forward\n  - forward: {input: {shape: [4, 2, 5]}}\n")
-    path.write_text(text)
-    with pytest.raises(CaseError) as caught:
-        load_case(path)
-    assert [(p.field, p.message) for p in caught.value.problems] == [
+    text = EVAL_BN2D.replace("model: batchnorm2d", "model: batchnorm1d").replace("shape: [2, 2, 3, 3]", "shape: [4, 2]")
+    text = text.replace("  - forward\n  - export\n  - forward\n", "  - forward\n  - forward: {input: {shape: [4, 2, 5]}}\n")
+    assert [(p.field, p.message) for p in refused(tmp_path, text)] == [
         ("steps[1].forward.input.shape", "rank 3 where the case's input has rank 2")
     ]

@@ -168,7 +168,14 @@ def _render(template: str, case: Case, **values: Any) -> str:
     from harness.run.runners import torch_models
 
     sources = [
-        inspect.getsource(item) for item in (torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, layer_output_shape)
+        inspect.getsource(item)
+        for item in (
+            torch_models.make_batchnorm,
+            torch_models.Block,
+            torch_models.build_layer,
+            torch_models.set_batchnorm_state,
+            layer_output_shape,
+        )
     ]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     steps = [

@@ -112,14 +112,22 @@ def apply_mode(model: nn.Module, mode: ModeSetting) -> None:
 def apply_state(model: nn.Module, case: Case, step: Step) -> None:
     """A set_state step (`model.bn.running_var.copy_(values)`) or a reset_running_stats one
     (`bn.reset_running_stats()` on each BatchNorm named, or on every one), as the user would."""
+    reset = step.reset if step.kind == "reset_running_stats" else None
+    set_batchnorm_state(model, [(item.path, item.name, item.values) for item in step.state], reset, case.model_spec.batchnorm_paths)
+
+
+def set_batchnorm_state(model, state, reset, bn_paths) -> None:
+    """Write each (path, tensor name, values) of `state` into the module's tensor; then, unless
+    `reset` is None, reset the running statistics of the BatchNorms at `reset` (empty: all of
+    `bn_paths`). Plain data in: the repro scripts carry this function as it is."""
     with torch.no_grad():
-        for item in step.state:
-            tensor = getattr(model.get_submodule(item.path), item.name)
-            tensor.copy_(torch.tensor(item.values, dtype=tensor.dtype))
-    if step.kind == "reset_running_stats":
-        for path, bn in batchnorms(model, case).items():
-            if not step.reset or path in step.reset:
-                bn.reset_running_stats()
+        for path, name, values in state:
+            tensor = getattr(model.get_submodule(path), name)
+            tensor.copy_(torch.tensor(values, dtype=tensor.dtype))
+    if reset is not None:
+        for path in bn_paths:
+            if not reset or path in reset:
+                model.get_submodule(path).reset_running_stats()
 
 
 def to_tensor(batch: np.ndarray, dtype: str) -> torch.Tensor:
