@@ -62,7 +62,7 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
     text = text.replace("input:\n", "colour: red\ninput:\n")
     assert problems(tmp_path, text) == [
         "cases/case.yaml:7: mode.bn: 'evaluate' is not allowed (did you mean 'eval'?); allowed: train, eval",
-        "cases/case.yaml:8: colour: unknown field; allowed: description, model, model_options, model_seed, bn, bn_by_path, mode, input, "
+        "cases/case.yaml:8: colour: unknown field; allowed: description, model, freeze_batchnorm, model_options, model_seed, bn, bn_by_path, mode, input, "
         "steps, expect, tolerance, runners, timeout, torch_memory_format, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
@@ -74,7 +74,8 @@ def test_unknown_model_lists_the_registry(tmp_path):
     (problem,) = problems(tmp_path, EVAL_BN2D.replace("model: batchnorm2d", "model: resnet"))
     assert problem == (
         "cases/case.yaml:2: model: 'resnet' is not allowed; allowed: batchnorm1d, batchnorm2d, batchnorm3d, "
-        "conv_bn, forum_net, nested_two_bn, linear_bn, depthwise_conv_bn, residual_block"
+        "conv_bn, forum_net, nested_two_bn, linear_bn, depthwise_conv_bn, residual_block, "
+        "or a model of your own: {file: models.py, factory: MyNet} or {factory: 'package.module:build'}"
     )
 
 
@@ -87,7 +88,7 @@ def test_unknown_model_lists_the_registry(tmp_path):
         (
             "description: a tiny eval-mode BatchNorm2d\n",
             "",
-            "<document>: missing required field 'description'; allowed: description, model, bn, mode, input, steps",
+            "<document>: missing required field 'description'; allowed: description, model, input, steps",
         ),
     ],
 )

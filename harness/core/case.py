@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from harness.core.models import ModelSpec, model_spec
+from harness.core.models import ModelSpec, model_spec, with_case_values
+from harness.core.user_models import ModelStructure, UserModelRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +214,31 @@ class Case:
     # The torch side's memory format: contiguous (NCHW) or channels_last (NHWC in memory, other
     # CPU kernels), for the module and every batch, in every torch runner (the reference too).
     torch_memory_format: str = "contiguous"
+    # A user's own model (`model: {factory: ...}`): where it is made, and what the loader's probe
+    # found in it; `model` is then its display name (`my_net.py:MyNet`).
+    user_model: UserModelRef | None = None
+    structure: ModelStructure | None = None
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The model table's entry for this case, its model_options and bn_by_path applied."""
-        return model_spec(self.model, dict(self.model_options), {path: dict(values) for path, values in self.bn_by_path})
+        """The model table's entry for this case (a user model's structure as one), its
+        model_options and bn_by_path applied."""
+        by_path = {path: dict(values) for path, values in self.bn_by_path}
+        if self.structure is not None:
+            return with_case_values(self.structure.spec(self.model, len(self.input.shape)), None, by_path)
+        return model_spec(self.model, dict(self.model_options), by_path)
+
+    @property
+    def batchnorm_order(self) -> tuple[str, ...]:
+        """The BatchNorms in the order a forward runs them: a user model's as its traced graph
+        calls them (a shortcut's BatchNorm may run before one registered earlier), else the
+        model's own order."""
+        paths = self.model_spec.batchnorm_paths
+        graph = self.structure.graph if self.structure is not None else None
+        if not graph:
+            return paths
+        called = [node["target"] for node in graph if node["op"] == "call_module" and node["target"] in paths]
+        return tuple(dict.fromkeys(called)) + tuple(path for path in paths if path not in called)
 
     @property
     def dtype(self) -> str:

@@ -130,9 +130,15 @@ def per_batchnorm(case: Case, mapping: KerasMapping) -> dict[str, dict[str, floa
     """
     mapped = {parameter.name: not parameter.deviates for parameter in mapping.parameters}
     settings: dict[str, dict[str, float]] = {}
-    for path, values in case.bn_by_path:
-        own = dict(values)
+    for path, own in _own_values(case).items():
         layer: dict[str, float] = {}
+        if own.get("frozen"):
+            settings[path] = {"epsilon": own["eps"]} if mapped.get("epsilon") else {}
+            continue  # always called in inference: its momentum is never used
+        if not own.get("track_running_stats", True):
+            raise Unmappable(f"the BatchNorm {path}: Keras BatchNormalization always keeps moving statistics; it keeps none")
+        if "affine" in own and not own["affine"]:
+            layer["center"] = layer["scale"] = False
         if "momentum" in own and mapped.get("momentum"):
             if own["momentum"] is None:
                 raise Unmappable(f"the BatchNorm {path}: momentum=None (a cumulative moving average) has no Keras counterpart")
@@ -142,3 +148,17 @@ def per_batchnorm(case: Case, mapping: KerasMapping) -> dict[str, dict[str, floa
         if layer:
             settings[path] = layer
     return settings
+
+
+def _own_values(case: Case) -> dict[str, dict[str, Any]]:
+    """The values each BatchNorm has apart from the case's `bn:`: its `bn_by_path` entry, and for
+    a user model what its own module holds (the probe's facts), the entry over them."""
+    own: dict[str, dict[str, Any]] = {}
+    if case.structure is not None:
+        for facts in case.structure.batchnorms:
+            values = {"eps": facts.eps, "momentum": facts.momentum, "affine": facts.affine}
+            values |= {"track_running_stats": facts.track_running_stats, "frozen": facts.frozen}
+            own[facts.path] = values
+    for path, entry in case.bn_by_path:
+        own.setdefault(path, {}).update(dict(entry))
+    return own

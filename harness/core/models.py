@@ -52,6 +52,7 @@ class ModelSpec:
     summary: str
     root: Layer  # a `batchnorm` (the model is one BatchNorm) or a `block`
     input_ranks: tuple[int, ...]
+    user: bool = False  # a user's own model (harness.core.user_models): its layers are `module`s the probe found
     submodule_paths: tuple[str, ...] = field(init=False)  # every module path, "" being the model itself
     batchnorm_paths: tuple[str, ...] = field(init=False)
 
@@ -192,7 +193,13 @@ def model_spec(name: str, options: Mapping[str, Any] | None = None, bn_by_path: 
     """The table's model `name` with a case's `model_options` applied (`bias: false`: no bias in
     any convolution or linear layer) and its `bn_by_path` written into those BatchNorm layers
     (under `bn`: the values that replace the case's `bn:` for that one)."""
-    spec = MODEL_SPECS[name]
+    return with_case_values(MODEL_SPECS[name], options, bn_by_path)
+
+
+def with_case_values(
+    spec: ModelSpec, options: Mapping[str, Any] | None = None, bn_by_path: Mapping[str, Mapping[str, Any]] | None = None
+) -> ModelSpec:
+    """`spec` with a case's `model_options` and `bn_by_path` applied (see `model_spec`)."""
     if not (options and "bias" in options) and not bn_by_path:
         return spec
     root = spec.root
@@ -200,7 +207,7 @@ def model_spec(name: str, options: Mapping[str, Any] | None = None, bn_by_path: 
         root = _with_bias(root, bool(options["bias"]))
     if bn_by_path:
         root = _with_bn_values(root, "", bn_by_path)
-    return ModelSpec(spec.name, spec.summary, root, spec.input_ranks)
+    return ModelSpec(spec.name, spec.summary, root, spec.input_ranks, spec.user)
 
 
 def _with_bn_values(layer: Layer, path: str, bn_by_path: Mapping[str, Mapping[str, Any]]) -> Layer:

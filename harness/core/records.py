@@ -176,6 +176,47 @@ class StatusRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PartingRecord:
+    """Where a runner first parts from the reference inside the model: the first BatchNorm (in the
+    order a forward runs them) with a divergent field, at the earliest step with any; what follows
+    in later BatchNorms and the output is then read from it (Polygraphy's layerwise comparison,
+    torch.onnx.verification's find_mismatch)."""
+
+    runner: str
+    batchnorm: str
+    step: int
+    step_label: str
+    field: str
+
+    def describe(self) -> str:
+        """`layer1.bn1 in keras-tensorflow, after step 3 (forward): layer1.bn1.output`."""
+        return f"{self.batchnorm} in {self.runner}, after {self.step_label}: {self.field}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runner": self.runner, "batchnorm": self.batchnorm, "step": self.step, "step_label": self.step_label, "field": self.field}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PartingRecord:
+        where = "a first parting entry"
+        return cls(
+            _required(data, "runner", where),
+            _required(data, "batchnorm", where),
+            int(_required(data, "step", where)),
+            data.get("step_label") or "",
+            _required(data, "field", where),
+        )
+
+
+def parting_summary(records: Sequence[PartingRecord]) -> list[str]:
+    """One line per place where runners first part, the runners that part there together:
+    `layer1.bn1 in keras-tensorflow, keras-jax, after step 3 (forward): layer1.bn1.output`."""
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for record in records:
+        grouped.setdefault((record.batchnorm, record.step_label, record.field), []).append(record.runner)
+    return [f"{path} in {', '.join(runners)}, after {label}: {field}" for (path, label, field), runners in grouped.items()]
+
+
+@dataclass(frozen=True, slots=True)
 class UnverifiedRecord:
     """An expectation that could not be checked, and why."""
 
@@ -207,6 +248,7 @@ class CaseRecord:
     vanished: tuple[VanishedRecord, ...] = ()
     statuses: tuple[StatusRecord, ...] = ()
     unverified: tuple[UnverifiedRecord, ...] = ()
+    first_parting: tuple[PartingRecord, ...] = ()  # per runner that parts inside a model of several BatchNorms
 
     @property
     def divergences(self) -> tuple[ComparisonRecord, ...]:
@@ -227,6 +269,7 @@ class CaseRecord:
             data["vanished"] = [entry.to_json() for entry in self.vanished]
             data["statuses"] = [entry.to_json() for entry in self.statuses]
             data["unverified"] = [entry.to_json() for entry in self.unverified]
+            data["first_parting"] = [entry.to_json() for entry in self.first_parting]
         return data
 
     def to_baseline_json(self) -> dict[str, Any]:
@@ -264,6 +307,7 @@ class CaseRecord:
             vanished=tuple(VanishedRecord.from_json(entry) for entry in data.get("vanished") or ()),
             statuses=tuple(StatusRecord.from_json(entry) for entry in data.get("statuses") or ()),
             unverified=tuple(UnverifiedRecord.from_json(entry) for entry in data.get("unverified") or ()),
+            first_parting=tuple(PartingRecord.from_json(entry) for entry in data.get("first_parting") or ()),
         )
 
 

@@ -19,7 +19,7 @@ from harness.core.case import Case
 from harness.core.errors import HarnessError
 from harness.core.runner_table import graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.progress import Progress
-from harness.frontends.session import Session, known_divergence_lines, split_case_id, summary_line, totals_line
+from harness.frontends.session import Session, known_divergence_lines, parting_lines, split_case_id, summary_line, totals_line
 from harness.judge.engine import explain_known
 from harness.load.schema import load_cases
 from harness.report.baseline import DEFAULT_MAGNITUDE_FACTOR, compare_results, load_results, write_baseline
@@ -277,9 +277,13 @@ def run_command(files: Sequence[Path], only: Sequence[str] | None, args: argpars
             results.append(result)
             journal.append(result)  # a run killed halfway keeps every finished case
             progress.before_output()
-            print(summary_line(case_record(result)), flush=True)
+            record = case_record(result)
+            print(summary_line(record), flush=True)
             if result.outcome in ("failed", "invalid", "error"):
-                print(_indent(result.explain()), flush=True)
+                print(_indent(result.explain()), flush=True)  # the first parting BatchNorms lead it
+            else:
+                for line in parting_lines(record):
+                    print(_indent(line), flush=True)
             if args.verbose > 1 and result.classification is not None and result.classification.known:
                 print(_indent(explain_known(result.classification)), flush=True)
             elif args.verbose == 1:

@@ -12,7 +12,7 @@ from harness.core.errors import HarnessError
 from harness.core.records import CaseRecord, ResultsDocument
 from harness.core.runner_table import REFERENCE_RUNNER, graph_runner_names, parse_runner_names, runner_names
 from harness.frontends.collect import CASE_RECORD_PROPERTY, RECOGNISED_CASE_DIR, SESSION_KEY, CaseFile, display_path, looks_like_a_case
-from harness.frontends.session import Session, known_divergence_lines, summary_line, totals_line
+from harness.frontends.session import Session, known_divergence_lines, parting_lines, summary_line, totals_line
 from harness.report.baseline import BaselineComparison, compare_results, load_results
 from harness.report.record import check_output_path, document_of, write_document
 from harness.report.render import report_path, write_report
@@ -213,6 +213,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         if entry.record.outcome in ("invalid", "error"):
             line += ": see its failure above"
         terminalreporter.write_line(line)
+        for parting in parting_lines(entry.record):
+            terminalreporter.write_line("    " + parting)
         if config.get_verbosity() > 1 and entry.known:  # -vv: the whole verdicts
             terminalreporter.write_line("    " + entry.known.replace("\n", "\n    "))
         elif config.get_verbosity() == 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.core.case import Case, GraphCase
 from harness.core.errors import CaseError, HarnessError
-from harness.core.records import CaseRecord
+from harness.core.records import CaseRecord, parting_summary
 from harness.judge.engine import CaseResult, NothingSelected, case_location, judge, select_runners
 from harness.judge.expected import describe_unchecked
 from harness.load.schema import load_cases
@@ -142,6 +142,11 @@ def summary_line(record: CaseRecord) -> str:
     unchecked = describe_unchecked([entry.why for entry in record.unverified])
     not_ok = [f"{name} ({run.status})" for name, run in record.runners.items() if run.status != "ok"]
     return text + (f"; {unchecked}" if unchecked else "") + (f"; not ok: {', '.join(not_ok)}" if not_ok else "")
+
+
+def parting_lines(record: CaseRecord) -> list[str]:
+    """`first parting BatchNorm: layer1.bn1 in keras-tensorflow, after step 3 (forward): ...`, per runner."""
+    return [f"first parting BatchNorm: {line}" for line in parting_summary(record.first_parting)]
 
 
 def known_divergence_lines(record: CaseRecord) -> list[str]:

@@ -110,7 +110,7 @@ def attribute_all(
     made: list[tuple[Verdict, Attribution]] = []  # in step order: what a later divergence may follow from
     # Within a step, the BatchNorms' own fields first, in the model's order (an upstream BatchNorm's
     # output is a downstream one's input), then the model's output, which may follow from them.
-    bn_order = case.model_spec.batchnorm_paths if isinstance(case, Case) else ("",)
+    bn_order = case.batchnorm_order if isinstance(case, Case) else ("",)
 
     def position_in_model(field: str) -> int:
         field = field.removeprefix(MODULE + ".")

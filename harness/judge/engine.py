@@ -4,12 +4,13 @@ expectations. Also the explanation a failing case prints."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.case import AnyCase, Case, GraphCase
 from harness.core.errors import RunnerError
+from harness.core.records import PartingRecord, parting_summary
 from harness.core.results import RunResult, Verdict
 from harness.core.runner_table import (
     GRAPH_REFERENCES,
@@ -39,6 +40,7 @@ class CaseResult:
     verdicts: tuple[Verdict, ...] = ()
     classification: Classification | None = None
     error: str | None = None
+    first_parting: tuple[PartingRecord, ...] = ()
 
     def explain(self) -> str:
         """What went wrong, in the words a user needs to fix the case or report the bug."""
@@ -46,7 +48,7 @@ class CaseResult:
             return self.error
         if self.classification is None:
             return ""
-        return explain_classification(self.path, self.classification)
+        return parting_text(self.first_parting) + explain_classification(self.path, self.classification)
 
 
 def case_location(path: str, case_id: str) -> str:
@@ -123,7 +125,40 @@ def judge(case: Case | GraphCase, runs: tuple[RunResult, ...]) -> CaseResult:
             classification,
             error="harness invariant broken (a bug in the attribution, not a framework's divergence):\n" + "\n".join(broken),
         )
-    return CaseResult(case.case_id, case.path, outcome, case.description, steps, runs, verdicts, classification)
+    return CaseResult(
+        case.case_id, case.path, outcome, case.description, steps, runs, verdicts, classification, None, first_parting(case, verdicts)
+    )
+
+
+def first_parting(case: Case | GraphCase, verdicts: Sequence[Verdict]) -> tuple[PartingRecord, ...]:
+    """For each runner that diverges inside a model of several BatchNorms: the first BatchNorm
+    where it parts from the reference (the earliest step, then the order a forward runs them)."""
+    if not isinstance(case, Case) or len(case.batchnorm_order) < 2:
+        return ()
+    order = {path: index for index, path in enumerate(case.batchnorm_order)}
+    found: dict[str, tuple[tuple[int, int, int], PartingRecord]] = {}
+    for position, verdict in enumerate(verdicts):
+        path = batchnorm_of_field(verdict.field, order)
+        if verdict or path is None:
+            continue
+        key = (verdict.step, order[path], position)
+        if verdict.other not in found or key < found[verdict.other][0]:
+            found[verdict.other] = (key, PartingRecord(verdict.other, path, verdict.step, verdict.step_label, verdict.field))
+    return tuple(record for _, record in found.values())
+
+
+def batchnorm_of_field(field: str, paths: Iterable[str]) -> str | None:
+    """The BatchNorm a field belongs to (`layer1.bn1.output`, `module.layer1.bn1.running_var`)."""
+    name = field.removeprefix("module.")
+    owner, _, attribute = name.rpartition(".")
+    return owner if owner in paths and attribute else None
+
+
+def parting_text(parting: Sequence[PartingRecord]) -> str:
+    """`First parting BatchNorm: ...`, one line per runner, before what follows from it."""
+    if not parting:
+        return ""
+    return "\n".join(f"First parting BatchNorm: {line}" for line in parting_summary(parting)) + "\n\n"
 
 
 def explain_classification(path: str, found: Classification) -> str:

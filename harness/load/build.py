@@ -11,6 +11,7 @@ import jsonschema
 
 from harness.core.case import Expectation, ExportOptions, InputSpec, ModeSetting, StateAssignment, Step, ToleranceOverride
 from harness.core.errors import CaseProblem
+from harness.core.user_models import expand_mode
 from harness.load.grid import step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path
 from harness.load.schema_errors import explain_schema_error
@@ -115,17 +116,22 @@ def _flatten(values: Any) -> Iterator[float]:
         yield float(values)
 
 
-def mode_setting(raw: str | dict[str, str]) -> ModeSetting:
-    if isinstance(raw, str):
-        return ModeSetting((("", raw == "train"),))
+def mode_setting(raw: str | dict[str, str], submodule_paths: Sequence[str] = (), frozen_batchnorms: Sequence[str] = ()) -> ModeSetting:
+    """The `.train(flag)` calls a mode stands for: patterns (`**.bn*`) become one call per
+    submodule they name; `frozen_batchnorms` (freeze_batchnorm: true) are put in eval last."""
+    assignments = [("", raw == "train")] if isinstance(raw, str) else [(path, value == "train") for path, value in raw.items()]
+    expanded = expand_mode(assignments, submodule_paths)
     # Parents before children, as a user writes `model.train(); model.bn.eval()`.
-    ordered = sorted(raw.items(), key=lambda item: 0 if item[0] == "" else item[0].count(".") + 1)
-    return ModeSetting(tuple((path, value == "train") for path, value in ordered))
+    ordered = sorted(expanded, key=lambda item: 0 if item[0] == "" else item[0].count(".") + 1)
+    return ModeSetting(tuple(ordered) + tuple((path, False) for path in frozen_batchnorms))
 
 
-def expand_steps(raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[str, Any] | None, dtype: str) -> Iterator[Step]:
+def expand_steps(
+    raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[str, Any] | None, dtype: str, submodule_paths: Sequence[str] = ()
+) -> Iterator[Step]:
     """Steps as they run: `train_step: {repeat: N}` becomes N steps, each with a fresh batch seed; a
-    forward or train_step with its own `input:` draws from the case's input with those fields."""
+    forward or train_step with its own `input:` draws from the case's input with those fields; a
+    set_mode's patterns name the model's `submodule_paths`."""
     input_seed = (raw_input or {}).get("seed", 0)
     index = 0
     for raw in raw_steps:
@@ -153,7 +159,7 @@ def expand_steps(raw_steps: Iterable[str | dict[str, Any]], raw_input: Mapping[s
         elif kind == "reset_running_stats":
             steps = [Step("reset_running_stats", reset=tuple(raw.get(kind) or ()) if isinstance(raw, dict) else ())]
         else:
-            steps = [Step("set_mode", mode=mode_setting(options))]
+            steps = [Step("set_mode", mode=mode_setting(options, submodule_paths))]
         for step in steps:
             yield step
             index += 1

@@ -19,6 +19,7 @@ from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
 from harness.core.models import MODEL_SPECS, ModelSpec, layer_sizes, model_spec
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
+from harness.core.user_models import ModelStructure, is_pattern, matching_paths
 from harness.load.build import (
     build_expectations,
     build_input,
@@ -34,6 +35,7 @@ from harness.load.graph_schema import graph_case_from_document, is_graph_case
 from harness.load.grid import expand_grid, step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml, quoted
 from harness.load.schemas import case_schema
+from harness.load.user_model import ProbeFailed, display_name, is_user_model, probe_structure, reference_problems, user_model_ref
 
 
 def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | GraphCase, ...]:
@@ -59,7 +61,7 @@ def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | Grap
             if is_graph_case(point.data):
                 cases.append(graph_case_from_document(point, case_id=case_id, source=source, directory=path.parent))
             else:
-                cases.append(case_from_document(point, case_id=case_id, source=source))
+                cases.append(case_from_document(point, case_id=case_id, source=source, directory=path.parent))
     except CaseError:
         raise
     except Exception as error:  # a bug of the loader: this file's problem, never the end of the run
@@ -82,26 +84,35 @@ def load_case(path: Path, display_path: str | None = None) -> Case | GraphCase:
     return cases[0]
 
 
-def case_from_document(document: LoadedDocument, case_id: str, source: str) -> Case:
-    """Validate a loaded document (from a file, or generated) and build its `Case`.
+def case_from_document(document: LoadedDocument, case_id: str, source: str, directory: Path | None = None) -> Case:
+    """Validate a loaded document (from a file in `directory`, or generated) and build its `Case`.
 
     Raises:
         CaseError: with every problem found.
     """
-    problems = validation_problems(document, case_schema(), cross_field_problems)
+    problems = validation_problems(
+        document, case_schema(), lambda checked, refused: cross_field_problems(checked, refused, directory=directory)
+    )
     if problems:
         raise CaseError(source, problems)
-    return build_case(document, case_id=case_id, source=source)
+    return build_case(document, case_id=case_id, source=source, directory=directory)
 
 
-def cross_field_problems(document: LoadedDocument, refused: frozenset[str] = frozenset()) -> list[CaseProblem]:
+def cross_field_problems(
+    document: LoadedDocument, refused: frozenset[str] = frozenset(), directory: Path | None = None
+) -> list[CaseProblem]:
     """Rules between fields: shapes against the model and num_features, paths, expectations. Each
     rule runs when the fields it reads are present and the schema did not refuse them (`refused`),
     so that a file's problems come at once, not in rounds: a misspelt runner does not hide a mode
-    path that names no submodule."""
+    path that names no submodule. A user model is built (by the probe) only for a file that
+    passed every other check: its rules run then."""
     data = document.data
-    if not isinstance(data, dict) or not _readable(data, refused, "model") or data["model"] not in MODEL_SPECS:
+    if not isinstance(data, dict) or not _readable(data, refused, "model"):
         return []  # every rule reads the model
+    if is_user_model(data["model"]):
+        return _user_model_problems(document, refused, directory)
+    if data["model"] not in MODEL_SPECS:
+        return []
     problems: list[CaseProblem] = []
     try:
         options = data.get("model_options") if _readable(data, refused, "model_options") else None
@@ -114,6 +125,51 @@ def cross_field_problems(document: LoadedDocument, refused: frozenset[str] = fro
     return problems
 
 
+def _user_model_problems(document: LoadedDocument, refused: frozenset[str], directory: Path | None) -> list[CaseProblem]:
+    """A user model's reference, then (on a file without other problems) the rules on what the
+    probe found in the model."""
+    data = document.data
+
+    def problem(path: PathKey, message: str, allowed: str | None = None) -> CaseProblem:
+        return CaseProblem(document.line_of(path), format_path(path), message, allowed)
+
+    problems = reference_problems(document, directory)
+    for name in data.get("bn", {}) if isinstance(data.get("bn"), dict) else ():
+        if name != "dtype":
+            problems.append(
+                problem(
+                    ("bn", name),
+                    "a user model's BatchNorms keep what its code gives them; set one BatchNorm's values with bn_by_path",
+                    "dtype",
+                )
+            )
+    if "model_options" in data:
+        problems.append(
+            problem(("model_options",), "model_options change the model table's models, not a user model", "the factory's kwargs")
+        )
+    problems += input_size_problems(document) if _readable(data, refused, "input") else []
+    if problems or refused:
+        return problems  # the user's code runs only for a file without any other problem
+    dtype = data.get("bn", {}).get("dtype", "float32")
+    try:
+        structure = probe_structure(
+            user_model_ref(data["model"], directory), tuple(data["input"]["shape"]), dtype, data.get("model_seed", 0)
+        )
+    except ProbeFailed as failure:
+        return [problem(("model",), f"the model could not be built and run:\n{failure}", "a factory that returns a torch.nn.Module")]
+    if not structure.batchnorms:
+        classes = ", ".join(dict.fromkeys(name for _, name in structure.modules))
+        return [
+            problem(
+                ("model",),
+                f"no BatchNorm in the model (its modules: {classes})",
+                "a model with torch BatchNorms, or modules holding running_mean and running_var buffers",
+            )
+        ]
+    spec = structure.spec(display_name(data["model"]), len(data["input"]["shape"]))
+    return list(_cross_field_rules(document, _CrossFieldChecks(document, spec, structure), refused))
+
+
 def _readable(data: dict[str, Any], refused: frozenset[str], *roots: str) -> bool:
     """The top-level fields `roots` are present and the schema refused nothing in them."""
     return all(root in data for root in roots) and not refused_under(refused, *roots)
@@ -121,11 +177,13 @@ def _readable(data: dict[str, Any], refused: frozenset[str], *roots: str) -> boo
 
 def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refused: frozenset[str]) -> Iterator[CaseProblem]:
     data = document.data
-    if _readable(data, refused, "input", "bn"):
+    # A user model's BatchNorms have their own configuration (the probe's), and no bn: beyond dtype.
+    bn_known = checks.structure is not None or _readable(data, refused, "bn")
+    if _readable(data, refused, "input") and bn_known:
         yield from checks.input_shape()
-    if _readable(data, refused, "bn"):
+    if _readable(data, refused, "bn") and checks.structure is None:
         yield from checks.bn_vectors()
-    if _readable(data, refused, "bn") and isinstance(data.get("bn_by_path"), dict):
+    if bn_known and isinstance(data.get("bn_by_path"), dict):
         yield from checks.bn_by_path(refused)
     if _readable(data, refused, "mode"):
         yield from checks.mode_paths(("mode",), data["mode"])
@@ -135,9 +193,9 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             continue
         if isinstance(raw, dict) and "set_mode" in raw:
             yield from checks.mode_paths(("steps", index, "set_mode"), raw["set_mode"])
-        if _readable(data, refused, "input", "bn"):
+        if _readable(data, refused, "input") and bn_known:
             yield from checks.step_inputs(index, raw)
-        if _readable(data, refused, "bn"):
+        if bn_known:
             yield from checks.state_steps(index, raw)
         own_values = isinstance(raw, dict) and isinstance(raw.get("train_step"), dict) and "input" in raw["train_step"]
         if step_kind(raw) == "train_step" and not own_values and _readable(data, refused, "input") and "values" in data["input"]:
@@ -172,8 +230,18 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
 
 
 class _CrossFieldChecks:
-    def __init__(self, document: LoadedDocument, spec: ModelSpec) -> None:
+    def __init__(self, document: LoadedDocument, spec: ModelSpec, structure: ModelStructure | None = None) -> None:
         self.document, self.spec, self.data = document, spec, document.data
+        self.structure = structure  # a user model's, as the probe found it
+
+    def bn_of(self, path: str) -> tuple[int, bool, bool]:
+        """(num_features, affine, track_running_stats) of the BatchNorm at `path`: the case's
+        `bn:` for a model of the table, the module's own for a user model."""
+        if self.structure is not None:
+            facts = self.structure.batchnorm(path)
+            return facts.num_features, facts.affine, facts.track_running_stats
+        bn = self.data["bn"]
+        return bn["num_features"], bn.get("affine", True), bn.get("track_running_stats", True)
 
     def problem(self, path: PathKey, message: str, allowed: str | None = None) -> CaseProblem:
         return CaseProblem(self.document.line_of(path), format_path(path), message, allowed)
@@ -187,7 +255,11 @@ class _CrossFieldChecks:
         def where(name: str, *rest: Any) -> PathKey:
             return (*at, name, *rest) if own is None or name in own else at
 
-        shape, num_features = raw["shape"], self.data["bn"]["num_features"]
+        shape = raw["shape"]
+        if self.spec.user:  # the probe ran the model on the case's input: only the input's own fields remain
+            yield from self._input_values(raw, shape, where)
+            return
+        num_features = self.data["bn"]["num_features"]
         if len(shape) not in self.spec.input_ranks:
             ranks = " or ".join(str(rank) for rank in self.spec.input_ranks)
             yield self.problem(where("shape"), f"rank {len(shape)} does not fit model {self.spec.name!r}", f"rank {ranks}")
@@ -205,6 +277,10 @@ class _CrossFieldChecks:
             yield self.problem(
                 where("shape"), f"the model's convolutions shrink each spatial size by {shrink}", f"spatial sizes >= {shrink + 1}"
             )
+        yield from self._input_values(raw, shape, where)
+
+    def _input_values(self, raw: dict[str, Any], shape: list[int], where: Any) -> Iterator[CaseProblem]:
+        """The input's per-channel vectors and literal values against its shape."""
         channels = shape[1]
         for name in ("channel_offset", "channel_scale"):
             values = raw.get(name)
@@ -249,7 +325,7 @@ class _CrossFieldChecks:
     def bn_by_path(self, refused: frozenset[str]) -> Iterator[CaseProblem]:
         """Each BatchNorm's own values: a BatchNorm of the model, vectors of num_features (an
         entry the schema refused is left to its message)."""
-        bn, paths = self.data["bn"], self.spec.batchnorm_paths
+        paths = self.spec.batchnorm_paths
         known = ", ".join(repr(name) for name in paths)
         for path, values in self.data["bn_by_path"].items():
             where = ("bn_by_path", path)
@@ -258,24 +334,24 @@ class _CrossFieldChecks:
             if path not in paths:
                 yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
                 continue
+            num_features, affine, tracks = self.bn_of(path)
             for name, value in values.items():
-                if name in ("weight", "bias") and not bn.get("affine", True):
+                if name in ("weight", "bias") and not affine:
                     yield self.problem((*where, name), "the BatchNorms have no weight or bias", "bn.affine: true")
-                elif isinstance(value, list) and len(value) != bn["num_features"]:
-                    yield self.problem(
-                        (*where, name), f"{len(value)} values for num_features={bn['num_features']}", f"{bn['num_features']} values"
-                    )
+                elif name in ("running_mean", "running_var") and not tracks:
+                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", "a BatchNorm with track_running_stats")
+                elif isinstance(value, list) and len(value) != num_features:
+                    yield self.problem((*where, name), f"{len(value)} values for num_features={num_features}", f"{num_features} values")
                 elif name == "running_var" and any(item < 0 for item in value):
                     yield self.problem((*where, name), "a variance is negative", "values >= 0")
 
     def state_steps(self, index: int, raw: Any) -> Iterator[CaseProblem]:
         """A set_state's or reset_running_stats's BatchNorm paths and tensors, against the model and bn."""
         kind = step_kind(raw)
-        bn, paths = self.data["bn"], self.spec.batchnorm_paths
+        paths = self.spec.batchnorm_paths
         known = ", ".join(repr(name) for name in paths)
-        tracks = bn.get("track_running_stats", True)
         if kind == "reset_running_stats":
-            if not tracks:
+            if not any(self.bn_of(path)[2] for path in paths):
                 yield self.problem(("steps", index), "there are no running statistics to reset", "bn.track_running_stats: true")
             for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
                 if path not in paths:
@@ -288,15 +364,14 @@ class _CrossFieldChecks:
             if path not in paths:
                 yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
                 continue
+            num_features, affine, tracks = self.bn_of(path)
             for name, values in tensors.items():
                 if name in ("running_mean", "running_var") and not tracks:
                     yield self.problem((*where, name), "this BatchNorm keeps no running statistics", "bn.track_running_stats: true")
-                elif name in ("weight", "bias") and not bn.get("affine", True):
+                elif name in ("weight", "bias") and not affine:
                     yield self.problem((*where, name), "this BatchNorm has no weight or bias", "bn.affine: true")
-                elif len(values) != bn["num_features"]:
-                    yield self.problem(
-                        (*where, name), f"{len(values)} values for num_features={bn['num_features']}", f"{bn['num_features']} values"
-                    )
+                elif len(values) != num_features:
+                    yield self.problem((*where, name), f"{len(values)} values for num_features={num_features}", f"{num_features} values")
                 elif name == "running_var" and any(value < 0 for value in values):
                     yield self.problem((*where, name), "a variance is negative", "values >= 0")
 
@@ -305,7 +380,14 @@ class _CrossFieldChecks:
             return
         known = ", ".join(repr(name) for name in self.spec.submodule_paths)
         for submodule in mode:
-            if submodule not in self.spec.submodule_paths:
+            if is_pattern(submodule):
+                if not matching_paths(submodule, self.spec.submodule_paths):
+                    yield self.problem(
+                        (*path, submodule),
+                        f"pattern {quoted(submodule)} matches no submodule of model {self.spec.name!r}",
+                        f"a path or a pattern (* within a name, ** across names) over: {known}",
+                    )
+            elif submodule not in self.spec.submodule_paths:
                 yield self.problem((*path, submodule), f"no submodule {quoted(submodule)} in model {self.spec.name!r}", known)
 
     def expectation(self, path: PathKey, raw: dict[str, Any], step_count: int | None, refused: frozenset[str]) -> Iterator[CaseProblem]:
@@ -352,21 +434,34 @@ def _nested_shape(values: Any) -> tuple[int, ...] | None:
     return None if inner is None else (len(values), *inner)
 
 
-def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
+def build_case(document: LoadedDocument, case_id: str, source: str, directory: Path | None = None) -> Case:
     """The `Case` of a document that passed validation."""
     data = document.data
-    bn_fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()}
-    bn = BNConfig(**bn_fields)
+    user_model = structure = None
+    if is_user_model(data["model"]):
+        user_model = user_model_ref(data["model"], directory)
+        structure = probe_structure(
+            user_model, tuple(data["input"]["shape"]), data.get("bn", {}).get("dtype", "float32"), data.get("model_seed", 0)
+        )
+        # The case-wide configuration a user model's BatchNorms do not share: its first one's, for what reads one.
+        bn = BNConfig(num_features=structure.batchnorms[0].num_features, dtype=data.get("bn", {}).get("dtype", "float32"))
+        spec = structure.spec(display_name(data["model"]), len(data["input"]["shape"]))
+    else:
+        bn_fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()}
+        bn = BNConfig(**bn_fields)
+        spec = model_spec(data["model"], data.get("model_options"))
     input_spec = build_input(data["input"], bn.dtype)
+    paths = spec.submodule_paths
+    mode = mode_setting(data.get("mode", "train"), paths, spec.batchnorm_paths if data.get("freeze_batchnorm") else ())
     return Case(
         case_id=case_id,
         path=source,
         description=" ".join(data["description"].split()),
-        model=data["model"],
+        model=spec.name,
         bn=bn,
-        mode=mode_setting(data["mode"]),
+        mode=mode,
         input=input_spec,
-        steps=tuple(expand_steps(data["steps"], data["input"], input_spec.dtype)),
+        steps=tuple(expand_steps(data["steps"], data["input"], input_spec.dtype, paths)),
         model_seed=data.get("model_seed", 0),
         expectations=build_expectations(document),
         tolerance=build_tolerance(data),
@@ -379,4 +474,6 @@ def build_case(document: LoadedDocument, case_id: str, source: str) -> Case:
             (path, tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in values.items()))
             for path, values in data.get("bn_by_path", {}).items()
         ),
+        user_model=user_model,
+        structure=structure,
     )

@@ -50,10 +50,12 @@ def _problem(document: LoadedDocument, error: ValidationError) -> CaseProblem:
         # One error per missing field, each naming it in its message (validator_value lists them all).
         named = re.match(r"^'(.*)' is a required property$", error.message)
         missing = named.group(1) if named else next(name for name in value if name not in instance)
-        return CaseProblem(line, field, f"missing required field {missing!r}", ", ".join(value))
+        # A requirement of one kind of case (bn for a model of the table) says which, in its description.
+        return CaseProblem(line, field, f"missing required field {missing!r}", error.schema.get("description") or ", ".join(value))
     if validator == "enum":
         suggestion = _suggestion(instance, [str(item) for item in value])
-        return CaseProblem(line, field, f"{quoted(instance)} is not allowed{suggestion}", ", ".join(map(str, value)))
+        allowed = ", ".join(map(str, value)) + (f", {error.schema['description']}" if error.schema.get("description") else "")
+        return CaseProblem(line, field, f"{quoted(instance)} is not allowed{suggestion}", allowed)
     if validator == "type":
         return CaseProblem(line, field, f"got {_type_name(instance)} {quoted(instance)}", _allowed_types(value))
     if validator in _BOUNDS:

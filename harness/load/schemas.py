@@ -53,7 +53,7 @@ def case_schema() -> dict[str, Any]:
 @functools.cache
 def _case_schema(runners: tuple[str, ...]) -> dict[str, Any]:
     schema = _document("case.schema.json")
-    schema["properties"]["model"]["enum"] = list(MODEL_SPECS)
+    schema["properties"]["model"]["then"]["enum"] = list(MODEL_SPECS)
     schema["$defs"]["runner_name"]["enum"] = list(runners)
     return schema
 

@@ -85,6 +85,7 @@ def case_record(result: CaseResult) -> CaseRecord:
         vanished=tuple(VanishedRecord(_expectation_record(gone.expectation), gone.runner, gone.seen_instead) for gone in found.vanished),
         statuses=tuple(StatusRecord(f.runner, f.status, f.reason, f.expectation is not None) for f in found.statuses),
         unverified=tuple(UnverifiedRecord(_expectation_record(expectation), why) for expectation, why in found.unverified),
+        first_parting=result.first_parting,
     )
 
 

@@ -52,6 +52,8 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     """
     if case.bn.dtype not in NUMPY_DTYPES:
         raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
+    if case.user_model is not None:  # the scripts carry the model table's builder and port, not the user's code
+        raise HarnessError(f"{case.path}: no repro bundle for a user model ({case.model}) yet; rerun the case with pytest")
     if runner in repro_runner_names("keras"):
         return _write_keras_bundle(case, runner, bundle_folder(directory, case.case_id) / runner)
     runs = {run.runner: run for run in result.runs}

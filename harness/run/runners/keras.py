@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.core.case import Case
 from harness.core.keras_mapping import Unmappable, keras_mapping, per_batchnorm
+from harness.core.keras_port_table import first_unportable
 from harness.core.results import RunResult
 from harness.run.runners.base import FrameworkMissing, Runner, import_framework, skipped
 from harness.run.runners.keras_worker import run_case_in_worker
@@ -47,6 +48,10 @@ class KerasRunner(Runner):
             if importlib.util.find_spec(module) is None:
                 needed_by = "" if module in ("keras", self.backend) else f" (Keras's {self.backend} backend imports it)"
                 return skipped(self.name, f"{module} is not installed{needed_by}; install it with: {INSTALL_HINTS[module]}")
+        if case.structure is not None:
+            unportable = first_unportable(case.structure)
+            if unportable is not None:
+                return skipped(self.name, f"no Keras port: {unportable}")
         try:
             mapping = keras_mapping(case)
             per_batchnorm(case, mapping)  # a BatchNorm of its own momentum=None has no port either

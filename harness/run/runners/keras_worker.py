@@ -11,6 +11,7 @@ from harness.core.inputs import step_batch
 from harness.core.keras_mapping import KerasMapping, per_batchnorm
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import ObservationLog, clean_reason, skipped, version_of
+from harness.run.runners.keras_graph_port import KerasGraphPort
 from harness.run.runners.keras_port import KerasPort
 
 
@@ -55,8 +56,25 @@ def port_settings(mapping: KerasMapping, case: Case) -> dict:
 
 
 def make_port(keras, case: Case, mapping: KerasMapping, weights: dict[str, np.ndarray]):
-
+    """The table port for a model of the table, the graph port for a user's traced model."""
     spec = case.model_spec
+    if case.structure is not None:
+        graph = case.structure.graph
+        assert graph is not None, "an untraceable model is skipped before its port is made"
+        return KerasGraphPort(
+            keras,
+            graph,
+            dict(case.structure.modules),
+            case.structure.leaf_modules,
+            {facts.path for facts in case.structure.batchnorms if facts.frozen},
+            case.input.shape,
+            case.bn.dtype,
+            port_settings(mapping, case),
+            spec.batchnorm_paths,
+            weights,
+            list(case.mode.assignments),
+            input_dtype=case.input.dtype,
+        )
     return KerasPort(
         keras,
         spec.root,

@@ -83,13 +83,52 @@ def build_model(case: Case) -> nn.Module:
     """The case's model, seeded, in the case's dtype, with the case's modes set."""
     torch.manual_seed(case.model_seed)
     spec = case.model_spec
-    model = build_layer(dict(spec.root), list(case.input.shape), case.bn)
-    assert tuple(name for name, _ in model.named_modules()) == spec.submodule_paths, "the torch builder disagrees with the model table"
+    if case.user_model is not None:
+        model = _build_user_model(case)
+    else:
+        model = build_layer(dict(spec.root), list(case.input.shape), case.bn)
+        assert tuple(name for name, _ in model.named_modules()) == spec.submodule_paths, "the torch builder disagrees with the model table"
     model = model.to(TORCH_DTYPES[case.bn.dtype])
     if case.torch_memory_format == "channels_last":
         model = model.to(memory_format=_channels_last(len(case.input.shape)))
     apply_mode(model, case.mode)
     return model
+
+
+def _build_user_model(case: Case) -> nn.Module:
+    """A user's model from its factory, as the loader's probe built it, with the case's
+    `bn_by_path` values written into its BatchNorms (as `model.bn.eps = ...` would)."""
+    from harness.core.inputs import make_batch
+    from harness.run.runners.torch_user_model import build_user_model, materialize
+
+    assert case.user_model is not None and case.structure is not None
+    model = build_user_model(case.user_model.to_json(), case.model_seed)
+    materialize(model, torch.from_numpy(make_batch(case.input, case.input.seed)).to(torch.float32))
+    found = tuple(path for path, _ in model.named_modules())
+    if found != tuple(path for path, _ in case.structure.modules):
+        raise RuntimeError(f"{case.model} built other submodules than when the case was loaded (does the factory depend on chance?)")
+    with torch.no_grad():
+        for path, values in case.bn_by_path:
+            bn = model.get_submodule(path)
+            for name, value in values:
+                if name in ("eps", "momentum"):
+                    setattr(bn, name, value)
+                else:
+                    getattr(bn, name).copy_(torch.tensor(value, dtype=getattr(bn, name).dtype))
+    return model
+
+
+def uses_batch_stats(bn: nn.Module) -> bool:
+    """torch's own rule (_BatchNorm.forward): batch statistics in training, or with no running
+    statistics. A frozen BatchNorm (no torch BatchNorm) always uses its running ones."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return False
+    return bool(bn.training or (bn.running_mean is None and bn.running_var is None))
+
+
+def updates_running_stats(bn: nn.Module) -> bool:
+    """Whether a forward updates the BatchNorm's running statistics."""
+    return isinstance(bn, nn.modules.batchnorm._BatchNorm) and bool(bn.training and bn.track_running_stats)
 
 
 def _channels_last(rank: int) -> torch.memory_format:
@@ -153,7 +192,7 @@ def snapshot_module(model: nn.Module, case: Case, step: int, log: ObservationLog
         log.value(step, module_field(path, "training"), bool(module.training))
     for path, bn in batchnorms(model, case).items():
         for name in MODULE_BN_BUFFERS:
-            buffer = getattr(bn, name)
+            buffer = getattr(bn, name, None)  # a frozen BatchNorm counts no batches
             if buffer is None:
                 continue
             if name == "num_batches_tracked":
@@ -161,7 +200,7 @@ def snapshot_module(model: nn.Module, case: Case, step: int, log: ObservationLog
             else:
                 log.array(step, module_field(path, name), to_numpy(buffer), case.bn.dtype)
         for name in MODULE_BN_ATTRIBUTES:
-            log.value(step, module_field(path, name), _plain(getattr(bn, name)))
+            log.value(step, module_field(path, name), _plain(getattr(bn, name, None)))
 
 
 def module_buffers(model: nn.Module, case: Case) -> dict[str, dict[str, np.ndarray]]:

@@ -36,6 +36,8 @@ from harness.run.runners.torch_models import (
     snapshot_module,
     to_numpy,
     to_tensor,
+    updates_running_stats,
+    uses_batch_stats,
 )
 
 
@@ -223,15 +225,15 @@ def _recorder(path: str, calls: dict[str, BNCall]):
 
     def record(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         buffers = {name: None if getattr(bn, name) is None else to_numpy(getattr(bn, name)) for name in ("running_mean", "running_var")}
-        tracked = bn.num_batches_tracked
+        tracked = getattr(bn, "num_batches_tracked", None)  # a frozen BatchNorm has none
         calls[path] = BNCall(
             semantics="pytorch",
             input=to_numpy(inputs[0]),
             channel_axis=1,
-            uses_batch_stats=bool(bn.training or (bn.running_mean is None and bn.running_var is None)),
-            updates_running_stats=bool(bn.training and bn.track_running_stats),
+            uses_batch_stats=uses_batch_stats(bn),
+            updates_running_stats=updates_running_stats(bn),
             eps=float(bn.eps),
-            momentum=bn.momentum,
+            momentum=getattr(bn, "momentum", None),
             weight=None if bn.weight is None else to_numpy(bn.weight),
             bias=None if bn.bias is None else to_numpy(bn.bias),
             running_mean_before=buffers["running_mean"],
@@ -290,9 +292,7 @@ def _module_forward(forward: Callable, batch: torch.Tensor) -> np.ndarray:
 def record_module_as_deployed(model: nn.Module, case: Case, step: int, log: ObservationLog) -> None:
     """In torch the deployed artifact is the module: log its BN state under the deployed names."""
     for path, bn in batchnorms(model, case).items():
-        # torch's own rule (_BatchNorm.forward): batch statistics in training, or with no running stats.
-        uses_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        log.value(step, deployed_field(path, "uses_batch_stats"), bool(uses_batch_stats))
+        log.value(step, deployed_field(path, "uses_batch_stats"), uses_batch_stats(bn))
         for name in ("running_mean", "running_var"):
             buffer = getattr(bn, name)
             if buffer is not None:
