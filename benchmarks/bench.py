@@ -117,7 +117,6 @@ def bench_floor(case_dir: Path) -> None:
 
     from harness.core.inputs import make_batch
     from harness.core.keras_mapping import Unmappable, keras_mapping
-    from harness.core.models import MODEL_SPECS
     from harness.core.runner_table import REFERENCE_RUNNER, RUNNERS, runner_record
     from harness.frontends.cli import case_files
     from harness.load.schema import load_cases
@@ -201,7 +200,7 @@ def bench_floor(case_dir: Path) -> None:
         if "keras-tensorflow" in wanted:
             try:  # the bare port here is a lone BatchNorm; other models' Keras runs are left out
                 keras_mapping(case)
-                simple = MODEL_SPECS[case.model].is_bare_batchnorm and len(case.mode.assignments) == 1
+                simple = case.model_spec.is_bare_batchnorm and len(case.mode.assignments) == 1
             except Unmappable:
                 simple = False
             if not simple:
@@ -214,19 +213,21 @@ def bench_floor(case_dir: Path) -> None:
         if hasattr(case, "bn") and case.bn.dtype == "float32" and case.input.dtype == "float32"
     ]
     executor = Executor(jobs=1)
+    timed: dict[bool, list[float]] = {False: [0.0, 0.0], True: [0.0, 0.0]}  # user model? -> harness s, bare s
     try:
         for case, runners in cases[:3]:  # warm the workers and this process: imports are not per-case cost
             executor.run(case, runners), bare(case, runners)
-        harness_s = floor_s = 0.0
         for case, runners in cases:
             start = time.perf_counter()
             executor.run(case, runners)
-            harness_s += time.perf_counter() - start
-            start = time.perf_counter()
+            middle = time.perf_counter()
             bare(case, runners)
-            floor_s += time.perf_counter() - start
+            totals = timed[case.user_model is not None]
+            totals[0] += middle - start
+            totals[1] += time.perf_counter() - middle
     finally:
         executor.close()
+    harness_s, floor_s = timed[False][0] + timed[True][0], timed[False][1] + timed[True][1]
     ratio = harness_s / floor_s
     counts = {name: sum(name in runners for _, runners in cases) for name in measured}
     verdict(
@@ -238,6 +239,18 @@ def bench_floor(case_dir: Path) -> None:
         + ", ".join(f"{name} {count}" for name, count in counts.items())
         + f"; harness {harness_s:.2f} s, bare calls {floor_s:.2f} s",
     )
+    users = [(case, runners) for case, runners in cases if case.user_model is not None]
+    if users:  # the same figure for the users' own models alone: their build goes through the factory
+        user_ratio = timed[True][0] / timed[True][1]
+        verdict(
+            "2u. a user model vs the framework floor",
+            user_ratio,
+            "<= 1.25x",
+            user_ratio <= 1.25,
+            f"{len(users)} user-model cases ({', '.join(case.model for case, _ in users)}), runner-cases: "
+            + ", ".join(f"{name} {sum(name in runners for _, runners in users)}" for name in measured)
+            + f"; harness {timed[True][0]:.2f} s, bare calls {timed[True][1]:.2f} s",
+        )
 
 
 def bench_scaling(case_dir: Path) -> None:

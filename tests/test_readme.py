@@ -98,6 +98,38 @@ def test_the_table_of_bundled_classes_counts_the_library():
     assert totals and (int(totals[1]), int(totals[2])) == (sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows))
 
 
+def test_the_own_model_case_in_the_readme_is_the_bundled_backbone_case_without_its_expectations(tmp_path):
+    """The README's few lines, beside a copy of the bundled models file, build the bundled case's
+    model, modes and steps; the quoted first-parting line is what that case names."""
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("torch")
+    text = section(README, "## Your own model")
+    (tmp_path / "pyproject.toml").write_text("")
+    shutil.copy(ROOT / "cases" / "20_user_models" / "models.py", tmp_path / "models.py")
+    path = tmp_path / "backbone.yaml"
+    path.write_text(first_yaml_block(text))
+    (case,) = load_cases(path)
+    (bundled,) = load_cases(ROOT / "cases" / "20_user_models" / "backbone_frozen_batchnorms_export.yaml")
+    assert (case.model, case.mode, case.input, case.steps, case.structure) == (
+        bundled.model,
+        bundled.mode,
+        bundled.input,
+        bundled.steps,
+        bundled.structure,
+    )
+    assert case.mode.assignments[0] == ("", True) and {path for path, training in case.mode.assignments if not training} == {
+        "stem.1",
+        "stages.0.1",
+        "stages.1.1",
+    }
+    quoted = re.search(r"^First parting BatchNorm: (.*)$", text, re.M)
+    assert quoted and quoted.group(1).startswith("stem.1 in onnx-torchscript-ort") and "module.stem.1.training" in quoted.group(1)
+    assert {expectation.fields[0] for expectation in bundled.expectations} >= {"module.stem.1.training"}
+
+
 # ---- links -------------------------------------------------------------------------------------
 
 FENCE = re.compile(r"^```.*?^```[^\n]*$", re.S | re.M)

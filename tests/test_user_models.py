@@ -245,6 +245,7 @@ def test_bn_is_required_for_a_model_of_the_table_only(tmp_path):
 pytest.importorskip("torch")
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_every_kind_of_batchnorm_is_found_and_instance_norm_is_not(project):
     case = load_case(write(project, case_text("{file: ../models.py, factory: EveryKind}")))
     assert case.model == "models.py:EveryKind"
@@ -256,6 +257,7 @@ def test_every_kind_of_batchnorm_is_found_and_instance_norm_is_not(project):
     assert case.structure.output_shape == (2, 3, 4, 4)
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_a_factory_from_a_package_of_the_repository(project):
     package = project / "mypkg"
     package.mkdir()
@@ -266,6 +268,7 @@ def test_a_factory_from_a_package_of_the_repository(project):
     assert case.user_model.kwargs == {"channels": 3}
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
     case = load_case(write(project, case_text("{file: ../models.py, factory: Chain}", mode="mode: {'': train, '**.bn': eval}")))
     assert case.mode.assignments == (("", True), ("a.bn", False), ("b.bn", False), ("c.bn", False))
@@ -273,6 +276,7 @@ def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
     assert frozen.mode.assignments == (("", True), ("a.bn", False), ("b.bn", False), ("c.bn", False))
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
@@ -283,17 +287,20 @@ def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
         ("{file: ../models.py, factory: NoBatchNorm}", "no BatchNorm in the model (its modules: NoBatchNorm, Conv2d)"),
     ],
 )
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_a_factory_that_fails_is_the_cases_error_at_its_model_line(project, model, expected):
     (problem,) = problems(write(project, case_text(model)))
     assert problem.startswith("case.yaml:2: model: ") and expected in problem, problem
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_a_forward_that_fails_on_the_input_is_refused(project):
     text = case_text("{file: ../models.py, factory: Chain}").replace("[2, 3, 4, 4]", "[2, 5, 4, 4]")
     (problem,) = problems(write(project, text))
     assert "a forward of a 2x5x4x4 float32 input failed" in problem and "RuntimeError" in problem
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_paths_of_a_user_model_are_checked_against_what_the_probe_found(project):
     text = case_text(
         "{file: ../models.py, factory: Chain}",
@@ -309,6 +316,7 @@ def test_paths_of_a_user_model_are_checked_against_what_the_probe_found(project)
 # ---- the Keras port's table -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_the_keras_port_names_the_first_module_it_cannot_map(project):
     from harness.core.keras_port_table import first_unportable
 
@@ -338,6 +346,7 @@ def test_every_entry_of_the_port_table_has_a_counterpart_in_the_port():
 # ---- the first parting BatchNorm, on a deviation of known cause --------------------------------
 
 
+@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
 def test_the_first_parting_batchnorm_is_the_one_a_deviation_was_injected_into(project):
     """One BatchNorm (b.bn, the second of three a forward runs) returns its output scaled by 1.5 in
     the injected runner: that BatchNorm is named where the runner first parts, at the first step;
@@ -364,3 +373,21 @@ def test_the_first_parting_batchnorm_is_the_one_a_deviation_was_injected_into(pr
     assert "First parting BatchNorm: b.bn in inject-scaled-b-bn, after step 0 (train_step): b.bn.output" in result.explain()
     b_output = next(verdict for verdict in result.verdicts if verdict.field == "b.bn.output" and verdict.step == 0)
     assert b_output.attribution == "implementation deviates"
+
+
+def test_the_first_parting_batchnorm_is_recorded_and_reported():
+    """results.json keeps it (written and read back) and the report's case section leads with it."""
+    from harness.core.records import CaseRecord, PartingRecord, ResultsDocument
+    from harness.report.render import render_report
+
+    parting = (
+        PartingRecord("keras-tensorflow", "layer1.bn1", 3, "step 3 (forward)", "layer1.bn1.output"),
+        PartingRecord("keras-torch", "layer1.bn1", 3, "step 3 (forward)", "layer1.bn1.output"),
+    )
+    record = CaseRecord("net", "cases/net.yaml", "failed", "a user model", ("step 0 (forward)",), judged=True, first_parting=parting)
+    assert CaseRecord.from_json(record.to_json()).first_parting == parting
+    html = render_report(ResultsDocument((record,)))
+    assert (
+        '<p class="parting"><b>First parting BatchNorm:</b> layer1.bn1 in keras-tensorflow, keras-torch, '
+        "after step 3 (forward): layer1.bn1.output</p>"
+    ) in html

@@ -21,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from harness.core.records import CaseRecord, ComparisonRecord, ResultsDocument
+from harness.core.records import CaseRecord, ComparisonRecord, ResultsDocument, parting_summary
 from harness.core.results import Verdict
 from harness.core.runner_table import SPEC_RUNNER, repro_runner_names
 from harness.judge.engine import case_location, expect_snippet
@@ -153,6 +153,7 @@ def _case_view(case: CaseRecord, runners: list[str]) -> dict[str, Any]:
         "anchor": "case-" + re.sub(r"[^A-Za-z0-9_.-]", "_", case.case_id),
         "file": case.file,
         "description": case.description,
+        "first_parting": parting_summary(case.first_parting),
         "outcome": case.outcome,
         "error": case.error,
         "steps": case.steps,
