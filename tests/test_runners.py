@@ -229,3 +229,23 @@ def test_torch_functional_runs_the_op_the_module_refuses_and_otherwise_is_the_mo
     functional, eager = run(tmp_path, "torch-functional", two)[1], run(tmp_path, "torch-eager", two)[1]
     for field in ("output", "running_mean", "running_var", "module.num_batches_tracked"):
         assert np.array_equal(value(functional, 0, field), value(eager, 0, field)), field
+
+
+@pytest.mark.parametrize("runner", ["onnx-torchscript-ort", "onnx-reference"])
+def test_a_batchnorm_inside_an_exported_graph_is_read_from_an_analysis_copy(tmp_path, runner):
+    """A BatchNorm fed by a convolution, not by the graph input: its input and output come from a
+    copy of the graph that exposes them, so it has its oracle call and its output field, equal to
+    eager's; the deployed graph keeps its one output."""
+    pytest.importorskip("onnxruntime")
+    text = (
+        "description: d\nmodel: nested_two_bn\nbn: {num_features: 2}\nmode: eval\ninput: {shape: [2, 3, 4, 4]}\n"
+        "steps: [forward, {export: {constant_folding: false}}, forward]\n"
+    )
+    _, eager = run(tmp_path, "torch-eager", text)
+    _, onnx = run(tmp_path, runner, text)
+    assert onnx.status == "ok"
+    for path in ("stem.bn", "head.block.bn"):
+        assert (2, path) in onnx.bn_calls and onnx.bn_calls[(2, path)].semantics == "onnx"
+        np.testing.assert_allclose(value(onnx, 2, f"{path}.output"), value(eager, 2, f"{path}.output"), rtol=1.3e-6, atol=1e-5)
+    np.testing.assert_allclose(onnx.bn_calls[(2, "head.block.bn")].input, eager.bn_calls[(2, "head.block.bn")].input, rtol=1e-5, atol=1e-5)
+    assert onnx.details["exports"][0]["graph_outputs"] == ["output"], "the deployed graph is not changed"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import Case, Step
-from harness.core.fields import deployed_field
+from harness.core.fields import OUTPUT, deployed_field
 from harness.core.results import BNCall, RunResult
 from harness.core.runner_table import RunnerRecord, runner_record
 from harness.run.runners.base import (
@@ -246,6 +246,32 @@ class GraphDeployed:
             for path, node in nodes.items()
         }
         self.session, self.input_name, self.output_names = open_executor(graph, executor)
+        # What each BatchNorm node inside the graph is given and returns is read from an analysis
+        # copy that exposes those tensors as outputs, never from the deployed session: exposing
+        # a tensor changes what onnxruntime may fuse, so the deployed output stays the session's.
+        self.inside = {path: node for path, node in nodes.items() if path}  # a bare BatchNorm's output is the graph's
+        self.analysis = self._analysis_copy(graph, executor) if self.inside else None
+        self.last_outputs: dict[str, np.ndarray] = {}
+
+    def _analysis_copy(self, graph, executor: str):
+        """(session, names of the tensors it exposes) of a copy of the graph whose every inside
+        BatchNorm's input and output are graph outputs; None where the runtime refuses the copy."""
+        from onnx import helper
+
+        copy = type(graph)()
+        copy.CopyFrom(graph)
+        exposed = {value.name for value in copy.graph.output}
+        elem_type = next(value.type.tensor_type.elem_type for value in copy.graph.input if value.name == self.input_name)
+        for node in self.inside.values():
+            for name in (node.data_input, node.output_names[0]):
+                if name and name not in exposed:
+                    copy.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+                    exposed.add(name)
+        try:
+            session, _, names = open_executor(copy, executor)
+        except Exception:  # the runtime refusing the copy leaves the BatchNorms inside without oracles
+            return None
+        return session, names
 
     def forward(self, batch) -> np.ndarray:
         from harness.run.runners.torch_steps import StepFailed
@@ -261,9 +287,26 @@ class GraphDeployed:
             values = dict(zip(self.output_names, self.session.run(None, feeds)))
         except Exception as error:  # the runtime's own error types
             raise StepFailed("run_failed", error) from None
+        self._read_inside(feeds)
         for path, wiring in self.state_wiring.items():
             self.state[path] = {"running_mean": values[wiring.mean_output], "running_var": values[wiring.var_output]}
         return np.asarray(values[self.output_names[0]]).astype(np.float64)
+
+    def _read_inside(self, feeds: dict[str, Any]) -> None:
+        """Each inside BatchNorm's call and output, from the analysis copy run on the same feeds
+        (with the state as it was before this forward)."""
+        self.last_outputs = {}
+        if self.analysis is None:
+            return
+        session, names = self.analysis
+        try:
+            values = dict(zip(names, session.run(None, feeds)))
+        except Exception:  # the copy failing where the deployed graph ran: no oracles inside, the output stands
+            return
+        for path, node in self.inside.items():
+            if node.data_input in values and node.output_names[0] in values:
+                self.last_calls[path] = self._call(node, values[node.data_input])
+                self.last_outputs[path] = np.asarray(values[node.output_names[0]]).astype(np.float64)
 
     def _call(self, node, data: np.ndarray) -> BNCall:
         """The node's call in ONNX terms (only for nodes fed by the graph input: exposing an internal
@@ -286,7 +329,9 @@ class GraphDeployed:
 
     def record_state(self, step: int, log: ObservationLog) -> None:
         log.bn_calls.update({(step, path): call for path, call in self.last_calls.items()})
-        self.last_calls = {}
+        for path, values in self.last_outputs.items():
+            log.array(step, deployed_field(path, OUTPUT), values, self.case.input.dtype)
+        self.last_calls, self.last_outputs = {}, {}
         for path in self.folded:
             # Folded into constants: only an inference BatchNorm can be (its statistics are fixed).
             log.value(step, deployed_field(path, "uses_batch_stats"), False)
