@@ -391,3 +391,29 @@ def test_the_first_parting_batchnorm_is_recorded_and_reported():
         '<p class="parting"><b>First parting BatchNorm:</b> layer1.bn1 in keras-tensorflow, keras-torch, '
         "after step 3 (forward): layer1.bn1.output</p>"
     ) in html
+
+
+@pytest.mark.slow  # the probe, the frameworks in worker pools, and the script in a subprocess
+def test_a_repro_bundle_of_a_user_model_imports_the_users_file_and_shows_the_divergence(project):
+    """The script builds the user's model from its file, as the runners do, and shows the
+    TorchScript exporter putting the frozen BatchNorms back in train mode; a Keras bundle is
+    refused with the reason."""
+    import subprocess
+    import sys
+
+    from harness.core.errors import HarnessError
+    from harness.frontends.session import run_case
+    from harness.report.repro import write_bundle
+
+    pytest.importorskip("onnxruntime")
+    text = case_text("{file: ../models.py, factory: Chain}", mode="freeze_batchnorm: true", steps="steps: [forward, export, forward]")
+    case = load_case(write(project, text))
+    result = run_case(case, only=["torch-eager", "onnx-torchscript-ort"])
+    bundle = write_bundle(case, result, "onnx-torchscript-ort", project / "repro")
+    assert not any(line.startswith(("import harness", "from harness")) for line in (bundle / "repro.py").read_text().splitlines())
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert "DIVERGES: module.a.bn.training after step 1 (export(training=eval)): torch-eager False, here True" in run.stdout, (
+        run.stdout + run.stderr
+    )
+    with pytest.raises(HarnessError, match="no Keras repro bundle for a user model"):
+        write_bundle(case, result, "keras-tensorflow", project / "repro")

@@ -52,8 +52,8 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     """
     if case.bn.dtype not in NUMPY_DTYPES:
         raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
-    if case.user_model is not None:  # the scripts carry the model table's builder and port, not the user's code
-        raise HarnessError(f"{case.path}: no repro bundle for a user model ({case.model}) yet; rerun the case with pytest")
+    if runner in repro_runner_names("keras") and case.user_model is not None:  # the script carries the table's port
+        raise HarnessError(f"{case.path}: no Keras repro bundle for a user model ({case.model}) yet; the ONNX runners have one")
     if runner in repro_runner_names("keras"):
         return _write_keras_bundle(case, runner, bundle_folder(directory, case.case_id) / runner)
     runs = {run.runner: run for run in result.runs}
@@ -167,18 +167,20 @@ def _render(template: str, case: Case, **values: Any) -> str:
     _torch_model.py.j2) and `values`."""
     import jinja2
 
-    from harness.run.runners import torch_models
+    from harness.run.runners import torch_models, torch_user_model
 
-    sources = [
-        inspect.getsource(item)
-        for item in (
-            torch_models.make_batchnorm,
-            torch_models.Block,
-            torch_models.build_layer,
-            torch_models.set_batchnorm_state,
-            layer_output_shape,
-        )
-    ]
+    carried = [torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, torch_models.set_batchnorm_state]
+    carried.append(layer_output_shape)
+    if case.user_model is not None:  # the user's factory, imported as the runners import it
+        carried += [
+            torch_models.set_batchnorm_values,
+            torch_user_model.UserModelError,
+            torch_user_model.load_factory,
+            torch_user_model.build_user_model,
+            torch_user_model.materialize,
+            torch_user_model._user_traceback,
+        ]
+    sources = [inspect.getsource(item) for item in carried]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"), keep_trailing_newline=True)
     steps = [
         {
@@ -209,6 +211,8 @@ def _render(template: str, case: Case, **values: Any) -> str:
         steps=repr(steps),
         mode=repr([list(item) for item in case.mode.assignments]),
         bn_paths=repr(list(case.model_spec.batchnorm_paths)),
+        user_model=repr(None if case.user_model is None else case.user_model.to_json()),
+        bn_by_path=repr([(path, [list(item) for item in values]) for path, values in case.bn_by_path]),
         layers=repr(case.model_spec.root),
         shape=repr(list(case.input.shape)),
         tolerance=tolerance_for([case.dtype], case.tolerance),

@@ -107,15 +107,21 @@ def _build_user_model(case: Case) -> nn.Module:
     found = tuple(path for path, _ in model.named_modules())
     if found != tuple(path for path, _ in case.structure.modules):
         raise RuntimeError(f"{case.model} built other submodules than when the case was loaded (does the factory depend on chance?)")
+    set_batchnorm_values(model, [(path, list(values)) for path, values in case.bn_by_path])
+    return model
+
+
+def set_batchnorm_values(model, bn_by_path) -> None:
+    """Give each BatchNorm of (path, [(name, value)]) its own values, as `model.bn.eps = ...` and
+    `model.bn.running_var.copy_(...)` would. Plain data in: the repro scripts carry it as it is."""
     with torch.no_grad():
-        for path, values in case.bn_by_path:
+        for path, values in bn_by_path:
             bn = model.get_submodule(path)
             for name, value in values:
                 if name in ("eps", "momentum"):
                     setattr(bn, name, value)
                 else:
                     getattr(bn, name).copy_(torch.tensor(value, dtype=getattr(bn, name).dtype))
-    return model
 
 
 def uses_batch_stats(bn: nn.Module) -> bool:
