@@ -66,7 +66,8 @@ def test_every_schema_problem_is_reported_at_once_with_line_and_allowed_values(t
         "steps, expect, tolerance, runners, timeout, torch_memory_format, keras",
         "cases/case.yaml:13: steps[1]: 'explode' is not allowed; allowed: forward, export, train_step, reset_running_stats, "
         "or a mapping with one key of: forward, train_step, export, set_mode, set_state, reset_running_stats",
-        "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state, keep_initializers_as_inputs",
+        "cases/case.yaml:14: steps[2].export.opsett: unknown field (did you mean 'opset'?); allowed: training, opset, dynamic_batch, constant_folding, graph_state, keep_initializers_as_inputs, "
+        "input_names, output_names, export_params, external_data",
     ]
 
 
@@ -94,6 +95,38 @@ def test_unknown_model_lists_the_registry(tmp_path):
 )
 def test_single_field_problems(tmp_path, old, new, expected):
     assert [problem.split(": ", 1)[1] for problem in problems(tmp_path, EVAL_BN2D.replace(old, new))] == [expected]
+
+
+@pytest.mark.parametrize(
+    "export, expected",
+    [
+        ("{input_names: [a, b]}", "steps[1].export.input_names: got 2 items; allowed: at most 1 items"),
+        ("{output_names: []}", "steps[1].export.output_names: got 0 items; allowed: at least 1 items"),
+        ("{export_params: maybe}", "steps[1].export.export_params: got a string 'maybe'; allowed: true or false"),
+        ("{external_data: 1}", "steps[1].export.external_data: got an integer 1; allowed: true or false"),
+    ],
+)
+def test_export_options_are_checked(tmp_path, export, expected):
+    assert [problem.split(": ", 1)[1] for problem in problems(tmp_path, EVAL_BN2D.replace("  - export\n", f"  - export: {export}\n"))] == [
+        expected
+    ]
+
+
+def test_export_options_build_the_steps_label_and_names(tmp_path):
+    path = tmp_path / "case.yaml"
+    path.write_text(
+        EVAL_BN2D.replace(
+            "  - export\n", "  - export: {input_names: [images], output_names: [logits], export_params: false, external_data: true}\n"
+        )
+    )
+    step = load_case(path).steps[1]
+    assert (step.export.input_name, step.export.output_name, step.export.export_params, step.export.external_data) == (
+        "images",
+        "logits",
+        False,
+        True,
+    )
+    assert step.label() == "export(training=eval, export_params=False, external_data=True)"
 
 
 def test_shape_must_match_num_features_for_a_bare_batchnorm(tmp_path):

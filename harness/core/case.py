@@ -81,6 +81,12 @@ class ExportOptions:
     # torch.onnx.export's own: the initializers (weights, running statistics) also graph inputs,
     # which a runtime then may not fold (a caller could feed other values).
     keep_initializers_as_inputs: bool = False
+    input_name: str = "input"  # input_names=[...]: the graph's data input
+    output_name: str = "output"  # output_names=[...]: the graph's output
+    # export_params=False: no weights in the graph; a runtime is fed each graph input without a
+    # value that names a tensor of the module (its state_dict at the export), as a user feeds them.
+    export_params: bool = True
+    external_data: bool | None = None  # weights in a file beside the model; None: the exporter's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,10 @@ class Step:
                 options.append(f"graph_state={self.export.graph_state}")
             if self.export.keep_initializers_as_inputs:
                 options.append("keep_initializers_as_inputs")
+            if not self.export.export_params:
+                options.append("export_params=False")
+            if self.export.external_data is not None:
+                options.append(f"external_data={self.export.external_data}")
             return f"export({', '.join(options)})"
         if self.kind == "set_mode" and self.mode is not None:
             return f"set_mode({self.mode.describe()})"

@@ -148,7 +148,13 @@ def expand_steps(
         elif kind == "train_step":
             steps = [Step("train_step", seed=input_seed + index + offset + 1, **own) for offset in range(options.get("repeat", 1))]
         elif kind == "export":
-            steps = [Step("export", export=ExportOptions(**options))]
+            names = {"input_names": "input_name", "output_names": "output_name"}  # torch's lists of one name
+            steps = [
+                Step(
+                    "export",
+                    export=ExportOptions(**{names.get(key, key): value[0] if key in names else value for key, value in options.items()}),
+                )
+            ]
         elif kind == "set_state":
             state = tuple(
                 StateAssignment(path, name, tuple(float(v) for v in values))

@@ -28,11 +28,12 @@ from harness.load.loader import LoadedDocument, PathKey, quoted
 
 MAX_GRID_POINTS = 256  # a file is a readable unit; a larger sweep belongs in several files
 _GRID_KEY = re.compile(
-    r"^(?:(?:bn|input|keras|onnx_graph|model_options)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding|graph_state|keep_initializers_as_inputs)|model|mode|model_seed)$"
+    r"^(?:(?:bn|input|keras|onnx_graph|model_options)\.[a-z_]+|export\.(?:opset|training|dynamic_batch|constant_folding|graph_state|keep_initializers_as_inputs|export_params|external_data)|model|mode|model_seed)$"
 )
 ALLOWED_KEYS = (
     "bn.<field>, input.<field>, keras.<field>, onnx_graph.<field>, model_options.<field>, export.opset, export.training, "
-    "export.dynamic_batch, export.constant_folding, export.graph_state, export.keep_initializers_as_inputs, model, mode, model_seed"
+    "export.dynamic_batch, export.constant_folding, export.graph_state, export.keep_initializers_as_inputs, export.export_params, "
+    "export.external_data, model, mode, model_seed"
 )
 
 

@@ -98,7 +98,7 @@ class _GraphExporter:
         import onnx
 
         from harness.run.runners.onnx_graph import find_batchnorms, opset_of, stored_values
-        from harness.run.runners.torch_models import module_buffers
+        from harness.run.runners.torch_models import module_buffers, to_numpy
         from harness.run.runners.torch_steps import StepFailed
 
         self.exports += 1
@@ -110,10 +110,14 @@ class _GraphExporter:
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)
+        module_tensors = {name: to_numpy(tensor) for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
         bn_paths = self.case.model_spec.batchnorm_paths
         nodes = find_batchnorms(graph, bn_paths)
         initializers = stored_values(graph)
         graph_outputs = [output.name for output in graph.graph.output]
+        stored_names = {initializer.name for initializer in graph.graph.initializer}
+        data_input = step.export.input_name
+        without_values = [value.name for value in graph.graph.input if value.name != data_input and value.name not in stored_names]
         facts = {
             "step": step.label(),
             "opset": opset_of(graph),
@@ -121,6 +125,11 @@ class _GraphExporter:
             "graph_outputs": graph_outputs,
             # The exporter's own form: what a caller feeds (initializers kept as inputs show here).
             "graph_inputs": [graph_input.name for graph_input in graph.graph.input],
+            # What a caller must feed besides the data (export_params=False), and what the harness
+            # feeds from the module's tensors of the same name; files the weights went to.
+            "inputs_without_values": without_values,
+            "inputs_fed_from_module": [name for name in without_values if name in module_tensors],
+            "external_data_files": sorted(item.name for item in self.workdir.iterdir() if item.name.startswith(path.name + ".")),
             "graph_state": step.export.graph_state,
             "batchnorm": {
                 path: _graph_facts(nodes.get(path), initializers, buffers_before.get(path, {}), buffers_after.get(path, {}), graph_outputs)
@@ -129,7 +138,10 @@ class _GraphExporter:
             "warnings": export_warnings,
             "printed": printed,  # progress, and tracebacks the exporter logged and survived
         }
-        return ExportedGraph(graph, nodes, initializers, self.case, facts, feed_back=step.export.graph_state == "fed_back")
+        fed = {name: module_tensors[name] for name in without_values if name in module_tensors}
+        exported = ExportedGraph(graph, nodes, initializers, self.case, facts, feed_back=step.export.graph_state == "fed_back")
+        exported.module_feeds, exported.data_input = fed, data_input
+        return exported
 
     def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
         """Run torch.onnx.export; return its warnings and what it printed."""
@@ -146,10 +158,14 @@ class _GraphExporter:
             "dynamo": self.dynamo,
             "training": training,
             "opset_version": options.opset,
-            "input_names": ["input"],
-            "output_names": ["output"],
+            "input_names": [options.input_name],
+            "output_names": [options.output_name],
             "keep_initializers_as_inputs": options.keep_initializers_as_inputs,
         }
+        if not options.export_params:
+            kwargs["export_params"] = False
+        if options.external_data is not None:
+            kwargs["external_data"] = options.external_data
         if not options.constant_folding:
             kwargs["optimize" if self.dynamo else "do_constant_folding"] = False
         if options.dynamic_batch:
@@ -212,6 +228,8 @@ class ExportedGraph:
         self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
         self.feed_back = feed_back
         self.serialized = graph.SerializeToString()
+        self.data_input = "input"  # the export's input_names[0]
+        self.module_feeds: dict[str, np.ndarray] = {}  # graph inputs without a value, fed from the module's tensors
 
     def record(self, log: ObservationLog) -> None:
         log.artifacts.setdefault("model.onnx", self.serialized)  # the first export, as exported
@@ -223,7 +241,17 @@ class ExportedGraph:
         from harness.run.runners.torch_steps import StepFailed
 
         try:  # each executor gets its own copy: deploying rewires a training graph's state in place
-            return GraphDeployed(onnx.load_from_string(self.serialized), self.nodes, self.initializers, self.case, executor, self.feed_back)
+            deployed = GraphDeployed(
+                onnx.load_from_string(self.serialized),
+                self.nodes,
+                self.initializers,
+                self.case,
+                executor,
+                self.feed_back,
+                self.data_input,
+                self.module_feeds,
+            )
+            return deployed
         except Exception as error:  # the runtime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
@@ -232,7 +260,19 @@ class GraphDeployed:
     """The exported graph in its executor: as exported (its running statistics are the stored
     ones at every forward), or with each training BN's state fed back (`feed_back`)."""
 
-    def __init__(self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, executor: str, feed_back: bool = False) -> None:
+    def __init__(
+        self,
+        graph,
+        nodes,
+        initializers: dict[str, np.ndarray],
+        case: Case,
+        executor: str,
+        feed_back: bool = False,
+        data_input: str = "input",
+        module_feeds: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        from onnx import helper
+
         from harness.run.runners.onnx_graph import expose_running_stats
 
         self.nodes, self.case = nodes, case
@@ -241,11 +281,14 @@ class GraphDeployed:
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
         self.state_wiring = expose_running_stats(graph, list(nodes.values())) if feed_back else {}
         # The running stats as the graph holds them: initializers, then whatever training updates.
+        # export_params=False: the module's tensors a caller feeds by name, in the inputs' dtypes.
+        dtypes = {value.name: helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) for value in graph.graph.input}
+        self.fixed_feeds = {name: values.astype(dtypes[name]) for name, values in (module_feeds or {}).items()}
+        held = {**self.fixed_feeds, **initializers}  # what the graph normalises with: stored, else fed
         self.state = {
-            path: {"running_mean": initializers.get(node.mean_input), "running_var": initializers.get(node.var_input)}
-            for path, node in nodes.items()
+            path: {"running_mean": held.get(node.mean_input), "running_var": held.get(node.var_input)} for path, node in nodes.items()
         }
-        self.session, self.input_name, self.output_names = open_executor(graph, executor)
+        self.session, self.input_name, self.output_names = open_executor(graph, executor, data_input)
         # What each BatchNorm node inside the graph is given and returns is read from an analysis
         # copy that exposes those tensors as outputs, never from the deployed session: exposing
         # a tensor changes what onnxruntime may fuse, so the deployed output stays the session's.
@@ -268,7 +311,7 @@ class GraphDeployed:
                     copy.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
                     exposed.add(name)
         try:
-            session, _, names = open_executor(copy, executor)
+            session, _, names = open_executor(copy, executor, self.input_name)
         except Exception:  # the runtime refusing the copy leaves the BatchNorms inside without oracles
             return None
         return session, names
@@ -276,7 +319,7 @@ class GraphDeployed:
     def forward(self, batch) -> np.ndarray:
         from harness.run.runners.torch_steps import StepFailed
 
-        feeds = {self.input_name: _feed_array(batch)}
+        feeds = {self.input_name: _feed_array(batch), **self.fixed_feeds}
         self.last_calls = {
             path: self._call(node, feeds[self.input_name]) for path, node in self.nodes.items() if node.data_input == self.input_name
         }
@@ -342,13 +385,15 @@ class GraphDeployed:
                     log.array(step, deployed_field(path, name), np.asarray(values).astype(np.float64), self.case.bn.dtype)
 
 
-def open_executor(graph, executor: str):
-    """(something with .run(None, feeds), the data input's name, the output names)."""
+def open_executor(graph, executor: str, data_input: str | None = None):
+    """(something with .run(None, feeds), the data input's name, the output names): `data_input`
+    where the graph has it, else its first input."""
     if executor == "reference":
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(graph)
-        return evaluator, evaluator.input_names[0], list(evaluator.output_names)
+        names = list(evaluator.input_names)
+        return evaluator, data_input if data_input in names else names[0], list(evaluator.output_names)
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -357,7 +402,8 @@ def open_executor(graph, executor: str):
     if executor == "ort-noopt":
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=PROVIDERS)
-    return session, session.get_inputs()[0].name, [output.name for output in session.get_outputs()]
+    names = [value.name for value in session.get_inputs()]
+    return session, data_input if data_input in names else names[0], [output.name for output in session.get_outputs()]
 
 
 def _feed_array(batch) -> np.ndarray:

@@ -76,7 +76,9 @@ def find_batchnorms(model: onnx.ModelProto, module_paths: Sequence[str]) -> dict
     A module path with no node was folded away (into a Conv, or into constants).
     """
     opset = opset_of(model)
-    stored = stored_sources(model)
+    # A statistic is stored where the graph holds it, or fed where a caller supplies it (a graph
+    # input without a value, as export_params=False leaves it): either way not computed from the batch.
+    stored = {value.name: f"graph input {value.name}" for value in model.graph.input} | stored_sources(model)
     nodes = [node for node in model.graph.node if node.op_type == "BatchNormalization"]
     stat_names = {(f"{path}.running_mean" if path else "running_mean"): path for path in module_paths}
     by_name = {stat_names[node.input[3]]: node for node in nodes if node.input[3] in stat_names}
