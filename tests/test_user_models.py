@@ -4,6 +4,8 @@ parting BatchNorm proved on a deviation injected into one BatchNorm of a user mo
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,60 @@ class NoBatchNorm(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+class SharedNorm(nn.Module):
+    # one BatchNorm applied twice in a forward
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.bn(x))
+
+
+class SelfMadeNorm(nn.Module):
+    # a normalisation of its own that updates running statistics in train mode: no torch BatchNorm
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(3))
+        self.register_buffer("running_var", torch.ones(3))
+
+    def forward(self, x):
+        if self.training:
+            self.running_mean.mul_(0.9).add_(0.1 * x.mean((0, 2, 3)))
+        return x - self.running_mean.reshape(1, -1, 1, 1)
+
+
+class UsesSelfMade(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = SelfMadeNorm()
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+class AuxHeadInTraining(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.bn(x)
+        return (y, y.mean()) if self.training else y
+
+
+class FrozenStem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = FrozenBatchNorm2d(3)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.stem(x)))
 
 
 def broken(**kwargs):
@@ -242,10 +298,15 @@ def test_bn_is_required_for_a_model_of_the_table_only(tmp_path):
 
 # ---- the probe: it builds the model, in a child process ---------------------------------------
 
-pytest.importorskip("torch")
+requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+def probe(test):
+    """A test that builds a user model: the probe is a child process that imports torch."""
+    return pytest.mark.slow(requires_torch(test))
+
+
+@probe
 def test_every_kind_of_batchnorm_is_found_and_instance_norm_is_not(project):
     case = load_case(write(project, case_text("{file: ../models.py, factory: EveryKind}")))
     assert case.model == "models.py:EveryKind"
@@ -257,7 +318,7 @@ def test_every_kind_of_batchnorm_is_found_and_instance_norm_is_not(project):
     assert case.structure.output_shape == (2, 3, 4, 4)
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_a_factory_from_a_package_of_the_repository(project):
     package = project / "mypkg"
     package.mkdir()
@@ -268,7 +329,7 @@ def test_a_factory_from_a_package_of_the_repository(project):
     assert case.user_model.kwargs == {"channels": 3}
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
     case = load_case(write(project, case_text("{file: ../models.py, factory: Chain}", mode="mode: {'': train, '**.bn': eval}")))
     assert case.mode.assignments == (("", True), ("a.bn", False), ("b.bn", False), ("c.bn", False))
@@ -276,7 +337,7 @@ def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
     assert frozen.mode.assignments == (("", True), ("a.bn", False), ("b.bn", False), ("c.bn", False))
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
@@ -287,20 +348,98 @@ def test_mode_patterns_and_freeze_batchnorm_on_a_user_model(project):
         ("{file: ../models.py, factory: NoBatchNorm}", "no BatchNorm in the model (its modules: NoBatchNorm, Conv2d)"),
     ],
 )
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_a_factory_that_fails_is_the_cases_error_at_its_model_line(project, model, expected):
     (problem,) = problems(write(project, case_text(model)))
     assert problem.startswith("case.yaml:2: model: ") and expected in problem, problem
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
+@probe
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        ("SharedNorm", "a BatchNorm runs more than once in one forward: bn (2 calls)"),
+        ("UsesSelfMade", "norm: no torch BatchNorm, yet its forward in train mode updates running_mean"),
+        ("AuxHeadInTraining", "in train mode the model returns tuple"),
+    ],
+)
+def test_what_the_harness_cannot_judge_is_refused_at_the_model_line(project, factory, expected):
+    (problem,) = problems(write(project, case_text(f"{{file: ../models.py, factory: {factory}}}")))
+    assert problem.startswith("case.yaml:2: model: ") and expected in problem, problem
+
+
+def test_kwargs_that_json_cannot_carry_are_refused_with_their_field(project):
+    (problem,) = problems(write(project, case_text("{file: ../models.py, factory: Chain, kwargs: {when: 2020-01-01}}")))
+    assert problem.startswith("case.yaml:2: model.kwargs.when: a date JSON cannot carry; allowed: numbers, strings"), problem
+    found = problems(write(project, case_text("{file: ../models.py, factory: Chain, kwargs: {sizes: [1, !!binary aGk=]}}"), "b.yaml"))
+    assert found == [
+        "case.yaml:2: model.kwargs.sizes[1]: a bytes JSON cannot carry; allowed: numbers, strings, booleans, null, lists and "
+        "mappings with text keys (the factory's keyword arguments)"
+    ]
+
+
+@probe
+def test_a_frozen_batchnorm_has_no_reset_and_is_never_reset(project):
+    """Naming one in reset_running_stats is refused; a reset of every BatchNorm leaves it alone,
+    in torch and in the Keras graph port, which agree."""
+    (problem,) = problems(
+        write(project, case_text("{file: ../models.py, factory: FrozenStem}", steps="steps: [{reset_running_stats: [stem]}]"))
+    )
+    assert "steps[0].reset_running_stats[0]: 'stem' is a frozen BatchNorm: it has no reset_running_stats()" in problem
+    from harness.frontends.session import run_case
+
+    pytest.importorskip("keras")
+    text = case_text(
+        "{file: ../models.py, factory: FrozenStem}",
+        extra="keras: {running_var: unbiased}\n",
+        steps="steps: [train_step, reset_running_stats, train_step]",
+    )
+    case = load_case(write(project, text, "reset.yaml"))
+    result = run_case(case, only=["torch-eager", "keras-tensorflow"])
+    assert [run.status for run in result.runs] == ["ok", "ok"], [run.reason for run in result.runs]
+    assert not [verdict.text for verdict in result.verdicts if not verdict]
+    assert any(verdict.field == "bn.running_var" and verdict.step == 2 for verdict in result.verdicts)
+
+
+def test_the_port_table_refuses_what_keras_cannot_build():
+    from harness.core.keras_port_table import first_unportable
+    from harness.core.user_models import BatchNormFacts, ModelStructure
+
+    def structure(conv: dict, called: bool = True) -> ModelStructure:
+        graph = [{"name": "x", "op": "placeholder", "target": "x", "args": [], "kwargs": {}}]
+        graph += [{"name": "conv", "op": "call_module", "target": "conv", "args": [{"node": "x"}], "kwargs": {}}]
+        if called:
+            graph += [{"name": "bn", "op": "call_module", "target": "bn", "args": [{"node": "conv"}], "kwargs": {}}]
+        graph += [{"name": "output", "op": "output", "target": "output", "args": [{"node": "bn" if called else "conv"}], "kwargs": {}}]
+        facts = {"in_channels": 3, "out_channels": 3, "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
+        facts |= {"groups": 1, "padding_mode": "zeros", "bias": True} | conv
+        return ModelStructure.from_json(
+            {
+                "modules": [["", "Net"], ["conv", "Conv3d" if len(facts["kernel_size"]) == 3 else "Conv2d"], ["bn", "BatchNorm2d"]],
+                "batchnorms": [dataclasses.asdict(BatchNormFacts("bn", "BatchNorm2d", 3, 1e-5, 0.1, True, True))],
+                "output_shape": [2, 3, 4, 4],
+                "graph": graph,
+                "leaf_modules": [["conv", facts]],
+            }
+        )
+
+    assert first_unportable(structure({})) is None
+    assert (
+        first_unportable(structure({"groups": 3, "kernel_size": [3, 3, 3]}))
+        == "module 'conv' (Conv3d): a depthwise Conv3d (Keras has no DepthwiseConv3D)"
+    )
+    assert "stride=[2, 2] with dilation=[2, 2]" in first_unportable(structure({"stride": [2, 2], "dilation": [2, 2]}))
+    assert first_unportable(structure({}, called=False)) == "the BatchNorm 'bn' is never called in the traced forward"
+
+
 def test_a_forward_that_fails_on_the_input_is_refused(project):
     text = case_text("{file: ../models.py, factory: Chain}").replace("[2, 3, 4, 4]", "[2, 5, 4, 4]")
     (problem,) = problems(write(project, text))
     assert "a forward of a 2x5x4x4 float32 input failed" in problem and "RuntimeError" in problem
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_paths_of_a_user_model_are_checked_against_what_the_probe_found(project):
     text = case_text(
         "{file: ../models.py, factory: Chain}",
@@ -316,7 +455,7 @@ def test_paths_of_a_user_model_are_checked_against_what_the_probe_found(project)
 # ---- the Keras port's table -------------------------------------------------------------------
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_the_keras_port_names_the_first_module_it_cannot_map(project):
     from harness.core.keras_port_table import first_unportable
 
@@ -346,7 +485,7 @@ def test_every_entry_of_the_port_table_has_a_counterpart_in_the_port():
 # ---- the first parting BatchNorm, on a deviation of known cause --------------------------------
 
 
-@pytest.mark.slow  # the probe: a child process that imports torch and builds the model
+@probe
 def test_the_first_parting_batchnorm_is_the_one_a_deviation_was_injected_into(project):
     """One BatchNorm (b.bn, the second of three a forward runs) returns its output scaled by 1.5 in
     the injected runner: that BatchNorm is named where the runner first parts, at the first step;
@@ -393,7 +532,7 @@ def test_the_first_parting_batchnorm_is_recorded_and_reported():
     ) in html
 
 
-@pytest.mark.slow  # the probe, the frameworks in worker pools, and the script in a subprocess
+@probe  # ... and the frameworks in worker pools, and the script in a subprocess
 def test_a_repro_bundle_of_a_user_model_imports_the_users_file_and_shows_the_divergence(project):
     """The script builds the user's model from its file, as the runners do, and shows the
     TorchScript exporter putting the frozen BatchNorms back in train mode; a Keras bundle is

@@ -22,6 +22,10 @@ def _conv(facts: Mapping[str, Any]) -> str | None:
     groups, channels = facts["groups"], facts["in_channels"]
     if groups != 1 and not (groups == channels == facts["out_channels"]):
         return f"groups={groups} (the port maps groups=1 and depthwise convolutions)"
+    if groups != 1 and len(_tuple(facts["kernel_size"])) == 3:
+        return "a depthwise Conv3d (Keras has no DepthwiseConv3D)"
+    if any(size != 1 for size in _tuple(facts["stride"])) and any(size != 1 for size in _tuple(facts["dilation"])):
+        return f"stride={facts['stride']} with dilation={facts['dilation']} (Keras's convolutions take one or the other)"
     return None
 
 
@@ -105,6 +109,10 @@ def first_unportable(structure: ModelStructure) -> str | None:
     classes = dict(structure.modules)
     frozen = {facts.path for facts in structure.batchnorms if facts.frozen}
     facts = structure.leaf_modules
+    called = {node["target"] for node in graph if node["op"] == "call_module"}
+    unused = [entry.path for entry in structure.batchnorms if entry.path not in called]
+    if unused:  # the port builds a layer where the traced forward calls it; this one would have none
+        return f"the BatchNorm {unused[0]!r} is never called in the traced forward"
     for node in graph:
         op, target = node["op"], node["target"]
         if op == "call_module":

@@ -234,6 +234,11 @@ class _CrossFieldChecks:
         self.document, self.spec, self.data = document, spec, document.data
         self.structure = structure  # a user model's, as the probe found it
 
+    def needs(self, option: str) -> str:
+        """What a rule asks for: `bn.affine: true` in a model of the table, where the case sets it;
+        a BatchNorm built so, in a user model, whose code does."""
+        return f"a BatchNorm built with {option}=True" if self.structure is not None else f"bn.{option}: true"
+
     def bn_of(self, path: str) -> tuple[int, bool, bool]:
         """(num_features, affine, track_running_stats) of the BatchNorm at `path`: the case's
         `bn:` for a model of the table, the module's own for a user model."""
@@ -337,9 +342,9 @@ class _CrossFieldChecks:
             num_features, affine, tracks = self.bn_of(path)
             for name, value in values.items():
                 if name in ("weight", "bias") and not affine:
-                    yield self.problem((*where, name), "the BatchNorms have no weight or bias", "bn.affine: true")
+                    yield self.problem((*where, name), "the BatchNorms have no weight or bias", self.needs("affine"))
                 elif name in ("running_mean", "running_var") and not tracks:
-                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", "a BatchNorm with track_running_stats")
+                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", self.needs("track_running_stats"))
                 elif isinstance(value, list) and len(value) != num_features:
                     yield self.problem((*where, name), f"{len(value)} values for num_features={num_features}", f"{num_features} values")
                 elif name == "running_var" and any(item < 0 for item in value):
@@ -351,8 +356,14 @@ class _CrossFieldChecks:
         paths = self.spec.batchnorm_paths
         known = ", ".join(repr(name) for name in paths)
         if kind == "reset_running_stats":
+            frozen = {facts.path for facts in self.structure.batchnorms if facts.frozen} if self.structure is not None else set()
+            for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
+                if path in frozen:
+                    yield self.problem(
+                        ("steps", index, kind, position), f"{quoted(path)} is a frozen BatchNorm: it has no reset_running_stats()", known
+                    )
             if not any(self.bn_of(path)[2] for path in paths):
-                yield self.problem(("steps", index), "there are no running statistics to reset", "bn.track_running_stats: true")
+                yield self.problem(("steps", index), "there are no running statistics to reset", self.needs("track_running_stats"))
             for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
                 if path not in paths:
                     yield self.problem(("steps", index, kind, position), f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
@@ -367,9 +378,9 @@ class _CrossFieldChecks:
             num_features, affine, tracks = self.bn_of(path)
             for name, values in tensors.items():
                 if name in ("running_mean", "running_var") and not tracks:
-                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", "bn.track_running_stats: true")
+                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", self.needs("track_running_stats"))
                 elif name in ("weight", "bias") and not affine:
-                    yield self.problem((*where, name), "this BatchNorm has no weight or bias", "bn.affine: true")
+                    yield self.problem((*where, name), "this BatchNorm has no weight or bias", self.needs("affine"))
                 elif len(values) != num_features:
                     yield self.problem((*where, name), f"{len(values)} values for num_features={num_features}", f"{num_features} values")
                 elif name == "running_var" and any(value < 0 for value in values):

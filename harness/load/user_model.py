@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.core.errors import CaseProblem
 from harness.core.user_models import ModelStructure, UserModelRef
-from harness.load.loader import LoadedDocument, quoted
+from harness.load.loader import LoadedDocument, format_path, quoted
 
 # How long the probe may take to import the user's code, build the model and run one forward.
 PROBE_TIMEOUT_S = 300.0
@@ -54,7 +54,15 @@ def reference_problems(document: LoadedDocument, directory: Path | None) -> list
     """What is wrong with a (schema-valid) user model reference: a file that is missing, outside
     the case's repository or not a file, a factory of the wrong form for it."""
     raw = document.data["model"]
-    problems = []
+    problems = [
+        CaseProblem(
+            document.line_of(("model", "kwargs", *where)),
+            format_path(("model", "kwargs", *where)),
+            f"{what} JSON cannot carry",
+            JSON_VALUES,
+        )
+        for where, what in _not_json(raw.get("kwargs", {}), ())
+    ]
     if "file" in raw:
         at = ("model", "file")
         if directory is None:
@@ -91,6 +99,20 @@ def reference_problems(document: LoadedDocument, directory: Path | None) -> list
             )
         )
     return problems
+
+
+JSON_VALUES = "numbers, strings, booleans, null, lists and mappings with text keys (the factory's keyword arguments)"
+
+
+def _not_json(value: Any, where: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, what) of every value under `value` that is no JSON value (a YAML date, set or binary)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return []
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _not_json(item, (*where, index))]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _not_json(item, (*where, str(key)))]
+    return [(where, f"a {type(value).__name__}")]
 
 
 def user_model_ref(raw: dict[str, Any], directory: Path | None) -> UserModelRef:

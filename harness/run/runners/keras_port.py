@@ -22,6 +22,8 @@ class KerasPort:
     ("unbiased": re-expressed in torch's convention; "as_stored": biased, as Keras stores it).
     """
 
+    frozen: frozenset[str] | set[str] = frozenset()  # frozen BatchNorms (a user model's): never reset, always in inference
+
     def __init__(
         self,
         keras: Any,
@@ -76,8 +78,9 @@ class KerasPort:
         writes = [(path, name, np.asarray(values, dtype=np.float64)) for path, name, values in assignments]
         if reset:
             for path in self.unbiased_var:
-                if not reset_paths or path in reset_paths:
-                    writes += [(path, "running_mean", np.zeros(self.num_features)), (path, "running_var", np.ones(self.num_features))]
+                if (not reset_paths or path in reset_paths) and path not in self.frozen:  # as in torch: a frozen one has none
+                    shape = tuple(self.layers[path].moving_mean.shape)
+                    writes += [(path, "running_mean", np.zeros(shape)), (path, "running_var", np.ones(shape))]
         for path, name, values in writes:
             variable = getattr(self.layers[path], names[name])
             variable.assign(values.astype(self._numpy_dtype(self.dtype)))

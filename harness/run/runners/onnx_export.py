@@ -111,7 +111,7 @@ class _GraphExporter:
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)
         module_tensors = {name: to_numpy(tensor) for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
-        bn_paths = self.case.model_spec.batchnorm_paths
+        bn_paths = self.case.batchnorm_order  # a graph's nodes run in the forward's order
         nodes = find_batchnorms(graph, bn_paths)
         initializers = stored_values(graph)
         graph_outputs = [output.name for output in graph.graph.output]

@@ -171,8 +171,9 @@ def set_batchnorm_state(model, state, reset, bn_paths) -> None:
             tensor.copy_(torch.tensor(values, dtype=tensor.dtype))
     if reset is not None:
         for path in bn_paths:
-            if not reset or path in reset:
-                model.get_submodule(path).reset_running_stats()
+            module = model.get_submodule(path)
+            if (not reset or path in reset) and hasattr(module, "reset_running_stats"):  # a frozen BatchNorm has none
+                module.reset_running_stats()
 
 
 def to_tensor(batch: np.ndarray, dtype: str) -> torch.Tensor:

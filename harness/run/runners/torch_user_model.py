@@ -10,6 +10,7 @@ in their own worker, from the same reference.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -37,7 +38,8 @@ def load_factory(ref: dict[str, Any]) -> Callable[..., Any]:
     own sibling imports), or `package.module:attribute` imported from the case's repository."""
     if ref.get("file"):
         path = Path(ref["file"])
-        sys.path.insert(0, str(path.parent))
+        if str(path.parent) not in sys.path:  # its own sibling imports, as pytest puts a test's folder first
+            sys.path.insert(0, str(path.parent))
         name = f"bn_harness_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         module = sys.modules.get(name)
         if module is None:
@@ -205,17 +207,37 @@ def _plain(value: Any) -> Any:
 
 
 def describe(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
-    """The structure of a built model (ModelStructure's JSON), after one forward in eval mode."""
+    """The structure of a built model (ModelStructure's JSON), after one forward in eval mode
+    (counting each BatchNorm's calls) and one in train mode on a copy.
+
+    Raises:
+        UserModelError: a forward returns no single tensor, a BatchNorm runs more than once per
+            forward, or a module that is no torch BatchNorm updates running statistics.
+    """
     materialize(model, example)
     model.eval()
+    found = find_batchnorms(model)
+    calls = dict.fromkeys(found, 0)
+    hooks = [
+        module.register_forward_pre_hook(lambda *_, path=path: calls.__setitem__(path, calls[path] + 1)) for path, module in found.items()
+    ]
     with torch.no_grad():
         output = model(example)
+    for hook in hooks:
+        hook.remove()
     if not isinstance(output, torch.Tensor):
         raise UserModelError(f"the model returns {type(output).__name__}; the harness compares models that return one tensor")
+    twice = [f"{path} ({count} calls)" for path, count in calls.items() if count > 1]
+    if twice:
+        raise UserModelError(
+            f"a BatchNorm runs more than once in one forward: {', '.join(twice)}; "
+            "the harness judges each BatchNorm by its one call per step"
+        )
+    _check_train_forward(model, example, {path for path, module in found.items() if is_frozen_batchnorm(module)})
     graph, untraceable = traced_graph(model)
     return {
         "modules": [[path, type(module).__name__] for path, module in model.named_modules()],
-        "batchnorms": [batchnorm_facts(path, module) for path, module in find_batchnorms(model).items()],
+        "batchnorms": [batchnorm_facts(path, module) for path, module in found.items()],
         "output_shape": list(output.shape),
         "graph": graph,
         "untraceable": untraceable,
@@ -223,9 +245,32 @@ def describe(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _check_train_forward(model: nn.Module, example: torch.Tensor, frozen: set[str]) -> None:
+    """A train-mode forward on a copy: it must return one tensor too, and a module taken for a
+    frozen BatchNorm must leave its statistics alone. A copy that cannot run in train mode (one
+    value per channel) says nothing: the case may be about exactly that."""
+    twin = copy.deepcopy(model).train()
+    before = {path: twin.get_submodule(path).running_mean.clone() for path in frozen}
+    try:
+        with torch.no_grad():
+            output = twin(example)
+    except Exception:  # the runners meet the same error as a result
+        return
+    if not isinstance(output, torch.Tensor):
+        raise UserModelError(f"in train mode the model returns {type(output).__name__}; the harness compares models that return one tensor")
+    moved = [path for path in frozen if not torch.equal(before[path], twin.get_submodule(path).running_mean)]
+    if moved:
+        raise UserModelError(
+            f"{', '.join(moved)}: no torch BatchNorm, yet its forward in train mode updates running_mean; the harness knows "
+            "the semantics of torch's BatchNorms and of frozen ones (statistics never updated), not this module's"
+        )
+
+
 def _user_traceback(error: BaseException) -> str:
-    """The error with the user's frames only (the harness's own are noise to them)."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "/harness/" not in frame.filename]
+    """The error with the user's frames only: a traceback caught here starts in this folder's
+    code (the builder; a repro script's own), whose frames are noise to the user."""
+    here = str(Path(__file__).resolve().parent) + "/"
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith(here)]
     lines = traceback.format_list(frames[-6:])
     return "".join(lines) + f"{type(error).__name__}: {error}"
 
