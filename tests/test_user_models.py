@@ -556,3 +556,15 @@ def test_a_repro_bundle_of_a_user_model_imports_the_users_file_and_shows_the_div
     )
     with pytest.raises(HarnessError, match="no Keras repro bundle for a user model"):
         write_bundle(case, result, "keras-tensorflow", project / "repro")
+
+
+@probe
+def test_the_batchnorms_run_in_the_traced_forwards_order():
+    """TinyResNet registers layer2's downsample BatchNorm after layer2.bn2 but runs it first: the
+    first parting and the attribution read the BatchNorms in the order the forward runs them."""
+    from harness.load.schema import load_case as load
+
+    case = load(Path(__file__).resolve().parents[1] / "cases" / "20_user_models" / "resnet_exported_in_eval.yaml")
+    registered, run = case.model_spec.batchnorm_paths, case.batchnorm_order
+    assert registered.index("layer2.downsample.1") > registered.index("layer2.bn1")
+    assert run.index("layer2.downsample.1") < run.index("layer2.bn1") and set(run) == set(registered)

@@ -130,11 +130,18 @@ def first_unportable(structure: ModelStructure) -> str | None:
             return f"tensor method .{target}() (at node {node['name']!r}) has no Keras counterpart in the port's table"
         elif op == "get_attr":
             return f"the forward reads the tensor {target!r} directly (node {node['name']!r}); the port maps modules and functions"
-        elif op == "call_function" and node["target"] in ("torch.flatten",) and _flatten_start(node) != 1:
-            return f"torch.flatten from dimension {_flatten_start(node)} (node {node['name']!r}); the port flattens from 1"
+        elif target in ("torch.flatten", "flatten") and (_flatten_start(node), _flatten_end(node)) != (1, -1):
+            return f"a flatten other than from dimension 1 to the end (node {node['name']!r}); the port flattens from 1"
+        elif target in ("torch.add", "add") and node["kwargs"].get("alpha", 1) != 1:
+            return f"an addition with alpha={node['kwargs']['alpha']} (node {node['name']!r}); the port adds plainly"
     return None
 
 
 def _flatten_start(node: Mapping[str, Any]) -> Any:
     args = node["args"]
     return args[1] if len(args) > 1 else node["kwargs"].get("start_dim", 0)
+
+
+def _flatten_end(node: Mapping[str, Any]) -> Any:
+    args = node["args"]
+    return args[2] if len(args) > 2 else node["kwargs"].get("end_dim", -1)

@@ -9,6 +9,7 @@ is the case's error, named at its `model:` line.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -130,12 +131,25 @@ def probe_structure(ref: UserModelRef, shape: tuple[int, ...], dtype: str, seed:
     Raises:
         ProbeFailed: the model could not be imported, built or run, or the probe timed out.
     """
-    mtime = os.stat(ref.file).st_mtime_ns if ref.file else 0  # an edited file is probed again
-    return _probe(json.dumps({"model": ref.to_json(), "shape": list(shape), "dtype": dtype, "seed": seed}, sort_keys=True), mtime)
+    # An edited file is probed again (a dotted factory's module is not watched: a new process sees it).
+    content = hashlib.sha256(Path(ref.file).read_bytes()).hexdigest() if ref.file else ""
+    found = _probe(json.dumps({"model": ref.to_json(), "shape": list(shape), "dtype": dtype, "seed": seed}, sort_keys=True), content)
+    if isinstance(found, str):
+        raise ProbeFailed(found)
+    return found
 
 
 @functools.lru_cache(maxsize=64)
-def _probe(request: str, mtime: int) -> ModelStructure:
+def _probe(request: str, content: str) -> ModelStructure | str:
+    """The structure, or why there is none: a failure is remembered too, so that a factory that
+    hangs costs its timeout once per run, not once per case that names it."""
+    try:
+        return _run_probe(request)
+    except ProbeFailed as failure:
+        return str(failure)
+
+
+def _run_probe(request: str) -> ModelStructure:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         done = subprocess.run(

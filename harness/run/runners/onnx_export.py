@@ -293,6 +293,7 @@ class GraphDeployed:
         # copy that exposes those tensors as outputs, never from the deployed session: exposing
         # a tensor changes what onnxruntime may fuse, so the deployed output stays the session's.
         self.inside = {path: node for path, node in nodes.items() if path}  # a bare BatchNorm's output is the graph's
+        self.unread: str | None = None  # why the BatchNorms inside could not be read, if they could not
         self.analysis = self._analysis_copy(graph, executor) if self.inside else None
         self.last_outputs: dict[str, np.ndarray] = {}
 
@@ -312,7 +313,8 @@ class GraphDeployed:
                     exposed.add(name)
         try:
             session, _, names = open_executor(copy, executor, self.input_name)
-        except Exception:  # the runtime refusing the copy leaves the BatchNorms inside without oracles
+        except Exception as error:  # the runtime refusing the copy leaves the BatchNorms inside without oracles
+            self.unread = f"the analysis copy was refused: {type(error).__name__}: {str(error)[:300]}"
             return None
         return session, names
 
@@ -344,7 +346,8 @@ class GraphDeployed:
         session, names = self.analysis
         try:
             values = dict(zip(names, session.run(None, feeds)))
-        except Exception:  # the copy failing where the deployed graph ran: no oracles inside, the output stands
+        except Exception as error:  # the copy failing where the deployed graph ran: no oracles inside, the output stands
+            self.unread = f"the analysis copy failed: {type(error).__name__}: {str(error)[:300]}"
             return
         for path, node in self.inside.items():
             if node.data_input in values and node.output_names[0] in values:
@@ -374,6 +377,8 @@ class GraphDeployed:
         log.bn_calls.update({(step, path): call for path, call in self.last_calls.items()})
         for path, values in self.last_outputs.items():
             log.array(step, deployed_field(path, OUTPUT), values, self.case.input.dtype)
+        if self.unread is not None:  # said, not silently dropped: these BatchNorms have no output field and no oracle
+            log.details.setdefault("inside_batchnorms_unread", self.unread)
         self.last_calls, self.last_outputs = {}, {}
         for path in self.folded:
             # Folded into constants: only an inference BatchNorm can be (its statistics are fixed).
