@@ -386,3 +386,26 @@ def test_graph_options_are_checked_against_each_other(tmp_path):
         ("onnx_graph.mean", "2 values for one per activation (2x3x3 with spatial false)", "18 values"),
         ("onnx_graph.spatial", "spatial false exists up to opset 8", "opset 6, 7 or 8, or spatial true"),
     ]
+
+
+def test_graph_torch_is_the_torch_batchnorm_the_node_stands_for(tmp_path):
+    """Opt-in (not in a default run); on a training node Y and the running mean agree with the
+    spec, and the running variance is torch's own update, judged a convention of torch, not a
+    runtime deviating from the ONNX spec."""
+    pytest.importorskip("torch")
+    case = load_case(write_case(tmp_path, "case", NODE))
+    assert "graph-torch" not in [run.runner for run in run_case(case, only=None).runs]
+    result = run_case(case, only=["onnx-spec", "graph-torch"])
+    spec, torch_run = result.runs
+    assert torch_run.status == "ok" and torch_run.details["mapping"] == {
+        "eps": pytest.approx(1e-5),
+        "momentum": pytest.approx(0.1),
+        "train": True,
+    }
+    x = np.asarray(torch_run.bn_calls[(0, "")].input)
+    n = x.size // x.shape[1]
+    unbiased = x.var(axis=(0, 2)) * n / (n - 1)
+    np.testing.assert_allclose(torch_run.observations[(0, "running_var")].value, 0.9 * np.array([2.0, 0.5]) + 0.1 * unbiased, rtol=1e-5)
+    divergent = {(verdict.field, verdict.attribution) for verdict in result.verdicts if not verdict}
+    assert divergent == {("running_var", "conventions differ")}, result.explain()
+    assert all(verdict for verdict in result.verdicts if verdict.field in ("output", "running_mean") and verdict.step == 0)

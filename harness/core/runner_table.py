@@ -101,6 +101,8 @@ RUNNERS: dict[str, RunnerRecord] = {
         _graph("graph-ort", "ort"),
         _graph("graph-ort-noopt", "ort-noopt"),
         _graph("graph-reference", "reference"),
+        # The torch BatchNorm a node stands for, run on the node's inputs: where a case asks for it.
+        RunnerRecord("graph-torch", f"{RUNNERS_PACKAGE}.graph_torch:TorchNodeRunner", "torch-onnx", "graph", "graph", opt_in=True),
     )
 }
 

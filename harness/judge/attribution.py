@@ -125,7 +125,7 @@ def attribute_all(
             attributed[position] = verdict
             continue
         if isinstance(case, GraphCase):
-            found = _attribute_on_graph(case, reference, other, verdict, spec_run)
+            found = _attribute_on_graph(case, reference, other, verdict, spec_run, made)
         else:
             found = attribute(case, reference, other, verdict, divergent, made)
         if found.floor is not None:  # an agreement, not a divergence: nothing later follows from it
@@ -341,14 +341,23 @@ def _judge_on_model(reference: RunResult, other: RunResult, verdict: Verdict, ex
 
 
 def _attribute_on_graph(
-    case: GraphCase, reference: RunResult, other: RunResult, verdict: Verdict, spec_run: RunResult | None
+    case: GraphCase,
+    reference: RunResult,
+    other: RunResult,
+    verdict: Verdict,
+    spec_run: RunResult | None,
+    earlier: Sequence[tuple[Verdict, Attribution]] = (),
 ) -> Attribution:
-    """On one graph, both sides are measured against the ONNX spec on the same inputs."""
+    """On one graph, both sides are measured against the ONNX spec on the same inputs; a side of
+    another semantics (graph-torch) against its own, as two frameworks are."""
     if spec_run is not None and spec_run.status == "run_failed":
         return Attribution("unattributed", f"the ONNX spec oracle refuses this graph: {spec_run.reason}")
     call = spec_run.bn_calls.get((verdict.step, "")) if spec_run is not None and spec_run.status == "ok" else None
     if call is None:
         return Attribution("unattributed", "no ONNX spec oracle for this graph (not a single BatchNormalization node)")
+    own = other.bn_calls.get((verdict.step, ""))
+    if own is not None and own.semantics != "onnx":  # graph-torch: a side of another documented semantics
+        return _judge(case, reference, other, verdict, call, own, earlier)
     tolerance = verdict_tolerance(verdict)
     sides = tuple(_side(case, call, run, verdict, verdict.field, tolerance) for run in (reference, other))
     deviating = [side for side in sides if not side.within_spec]
