@@ -568,3 +568,16 @@ def test_the_batchnorms_run_in_the_traced_forwards_order():
     registered, run = case.model_spec.batchnorm_paths, case.batchnorm_order
     assert registered.index("layer2.downsample.1") > registered.index("layer2.bn1")
     assert run.index("layer2.downsample.1") < run.index("layer2.bn1") and set(run) == set(registered)
+
+
+def test_without_torch_a_user_model_case_says_how_to_install_it(project, monkeypatch):
+    from harness.load import user_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(user_model.importlib.util, "find_spec", lambda name, *rest: None if name == "torch" else real(name, *rest))
+    user_model._probe.cache_clear()
+    (problem,) = problems(write(project, case_text("{file: ../models.py, factory: Chain}", extra="model_seed: 99\n")))
+    assert (
+        problem.startswith("case.yaml:2: model: the model could not be built and run:\ntorch is not installed")
+        and "pip install torch==2.13.0" in problem
+    )

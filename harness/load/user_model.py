@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -150,6 +151,8 @@ def _probe(request: str, content: str) -> ModelStructure | str:
 
 
 def _run_probe(request: str) -> ModelStructure:
+    if importlib.util.find_spec("torch") is None:  # said plainly, not as the probe's import traceback
+        raise ProbeFailed("torch is not installed, and a user model is built with it; install it with: pip install torch==2.13.0")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         done = subprocess.run(
