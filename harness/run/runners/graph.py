@@ -184,6 +184,17 @@ def load_source(case: GraphCase) -> GraphSource:
     return build_node_graph(case) if case.node is not None else load_backend_test(case)
 
 
+def single_batchnorm(source: GraphSource):
+    """(the graph node, its description) of a graph that is one BatchNormalization node; None
+    for any other graph (what a per-node oracle or mapping cannot stand for)."""
+    from harness.run.runners.onnx_graph import find_batchnorms
+
+    nodes = list(source.model.graph.node)
+    if [node.op_type for node in nodes] != ["BatchNormalization"]:
+        return None
+    return nodes[0], next(iter(find_batchnorms(source.model, [""]).values()))  # one node, one path: mapped by order
+
+
 def _log_outputs(log: ObservationLog, step: int, outputs: list[np.ndarray], names: list[str] | None = None) -> None:
     """Each output under its field (by position); an output the node leaves unnamed is not one."""
     for position, (output_field, values) in enumerate(zip(OUTPUT_FIELDS, outputs)):
@@ -248,20 +259,19 @@ class OnnxSpecRunner(Runner):
             return skipped(self.name, str(missing))
         from onnx import numpy_helper
 
-        from harness.run.runners.onnx_graph import data_inputs, find_batchnorms, opset_of, spec_refusal, stored_values
+        from harness.run.runners.onnx_graph import data_inputs, opset_of, spec_refusal, stored_values
 
         source = load_source(case)
-        nodes = list(source.model.graph.node)
-        if [node.op_type for node in nodes] != ["BatchNormalization"]:
+        single = single_batchnorm(source)
+        if single is None:
             return skipped(self.name, "the graph is not a single BatchNormalization node: no oracle for it")
-        node = next(iter(find_batchnorms(source.model, [""]).values()))  # one node, one path: mapped by order
+        graph_node, node = single
         log = ObservationLog(self.name)
         log.details["opset"] = opset_of(source.model)
         log.details["mode"] = "training" if node.training else "inference"
         log.artifacts["model.onnx"] = source.model.SerializeToString()
         input_names = data_inputs(source.model)
         stored = stored_values(source.model)
-        graph_node = nodes[0]
         state = dict(source.initial_state)
         for step, feeds in enumerate(source.feeds(case, state)):
             values = {**stored, **feeds}

@@ -17,7 +17,7 @@ import numpy as np
 from harness.core.case import GraphCase
 from harness.core.results import BNCall, RunResult
 from harness.run.runners.base import FrameworkMissing, ObservationLog, Runner, import_frameworks, skipped
-from harness.run.runners.graph import ONNX_HINT, OUTPUT_FIELDS, load_source
+from harness.run.runners.graph import ONNX_HINT, OUTPUT_FIELDS, load_source, single_batchnorm
 
 
 class TorchNodeRunner(Runner):
@@ -31,20 +31,19 @@ class TorchNodeRunner(Runner):
             return skipped(self.name, str(missing))
         import torch
 
-        from harness.run.runners.onnx_graph import find_batchnorms, stored_values
+        from harness.run.runners.onnx_graph import stored_values
 
         source = load_source(case)
-        nodes = list(source.model.graph.node)
-        if [node.op_type for node in nodes] != ["BatchNormalization"]:
+        single = single_batchnorm(source)
+        if single is None:
             return skipped(self.name, "the graph is not a single BatchNormalization node: no torch BatchNorm stands for it")
-        node = next(iter(find_batchnorms(source.model, [""]).values()))
+        graph_node, node = single
         if node.per_activation:
             return skipped(self.name, "spatial=0 (statistics per activation) has no torch BatchNorm")
         log = ObservationLog(self.name)
         log.details["versions"] = versions
         log.details["mapping"] = {"eps": node.epsilon, "momentum": 1.0 - node.momentum, "train": node.training}
         stored = stored_values(source.model)
-        graph_node = nodes[0]
         named = [bool(name) for name in graph_node.output]
         state = dict(source.initial_state)
         torch.set_num_threads(1)
