@@ -151,6 +151,17 @@ class FrozenStem(nn.Module):
         return torch.relu(self.bn(self.stem(x)))
 
 
+class LinearOnImages(nn.Module):
+    # a Linear on the last axis of a 4-d tensor (torch's layout), then a BatchNorm2d over its channels
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.mix(x))
+
+
 def broken(**kwargs):
     raise ValueError("the checkpoint path is not set")
 
@@ -581,3 +592,22 @@ def test_without_torch_a_user_model_case_says_how_to_install_it(project, monkeyp
         problem.startswith("case.yaml:2: model: the model could not be built and run:\ntorch is not installed")
         and "pip install torch==2.13.0" in problem
     )
+
+
+@probe
+def test_the_keras_port_takes_channels_last_again_after_a_layer_in_torchs_layout(project):
+    """A Linear on a 4-d tensor runs in torch's layout; the BatchNorm2d after it must see the
+    channels again, so the port agrees with torch in train and in eval."""
+    from harness.frontends.session import run_case
+
+    pytest.importorskip("keras")
+    text = case_text(
+        "{file: ../models.py, factory: LinearOnImages}",
+        extra="keras: {running_var: unbiased}\n",
+        steps="steps: [train_step, {set_mode: eval}, forward]",
+    )
+    result = run_case(load_case(write(project, text)), only=["torch-eager", "keras-tensorflow"])
+    assert [run.status for run in result.runs] == ["ok", "ok"], [run.reason for run in result.runs]
+    compared = {verdict.field for verdict in result.verdicts}
+    assert {"output", "bn.running_mean", "bn.running_var"} <= compared
+    assert not [verdict.text for verdict in result.verdicts if not verdict and verdict.step == 0]

@@ -119,6 +119,10 @@ class KerasGraphPort(KerasPort):
 
     def _module(self, path: str, h: Any, last: bool) -> tuple[Any, bool]:
         ops, kind = self.keras.ops, self.classes[path]
+        if not last and len(h.shape) > 2 and kind != "Linear" and kind not in ("Flatten", "Identity"):
+            # A layer that follows one in torch's layout (a Linear on a 3-d tensor, an addition of
+            # mixed layouts): the BatchNorms, convolutions and pools here take channels-last data.
+            h, last = ops.transpose(h, self._to_last_of(len(h.shape))), True
         if path in self.frozen or kind in _BATCHNORMS:
             if self._building and path not in self.layers:
                 self._add_bn(path, tuple(h.shape), self._weights)
@@ -193,6 +197,10 @@ class KerasGraphPort(KerasPort):
     @staticmethod
     def _to_first_of(rank: int) -> tuple[int, ...]:
         return (0, rank - 1, *range(1, rank - 1))
+
+    @staticmethod
+    def _to_last_of(rank: int) -> tuple[int, ...]:
+        return (0, *range(2, rank), 1)
 
     def _training_passed(self, path: str) -> bool:
         return False if path in self.frozen or self._building else super()._training_passed(path)
