@@ -152,3 +152,19 @@ def test_a_bundle_folder_stays_under_the_output_folder(tmp_path, case_id):
     """A file stem of `..` wrote its bundles one level above -o."""
     folder = bundle_folder(tmp_path / "out", case_id)
     assert folder.parent == tmp_path / "out" and folder.name not in ("", ".", "..") and "/" not in folder.name
+
+
+def test_a_scripts_tolerance_has_the_cases_magnitude_part(tmp_path):
+    """A case's magnitude_rtol reaches the script: it allows the same differences the harness does."""
+    from harness.report.repro import _script
+    from tests.tiny_cases import EVAL_BN2D
+
+    text = EVAL_BN2D + "tolerance:\n  reason: outputs of large magnitude\n  float32: {rtol: 1.3e-6, atol: 1e-5, magnitude_rtol: 1e-6}\n"
+    case = load_case(write_case(tmp_path / "cases", "magnitude", text))
+    script = _script(case, "onnx-torchscript-ort")
+    assert "MAGNITUDE_RTOL = 1e-06" in script
+    namespace: dict = {"__file__": str(tmp_path / "repro.py")}
+    exec(compile(script.split("\ndef main():")[0], "repro.py", "exec"), namespace)  # the constants and helpers
+    big = [1.0e5, 0.0]
+    assert not namespace["differs"](big, [1.0e5 + 0.05, 0.05]), "0.05 is within 1e-6 of the greatest |value| 1e5"
+    assert namespace["differs"](big, [1.0e5 + 0.2, 0.2])
