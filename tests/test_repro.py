@@ -48,7 +48,7 @@ def test_the_generated_script_shows_the_divergence_on_its_own(forum):
     assert run.returncode == 1, run.stderr
     assert "DIVERGES: module.bn.training after step 1 (export(training=eval)): torch-eager False, here True" in run.stdout
     assert "DIVERGES: module.bn.num_batches_tracked after step 2 (forward): torch-eager 0, here 1" in run.stdout
-    assert "the exported graph's output in onnxruntime agrees with torch-eager's" in run.stdout
+    assert "the exported graph's output after step 2 (forward) in onnxruntime agrees with torch-eager's" in run.stdout
 
 
 def test_what_cannot_be_bundled_says_why(forum, tmp_path):
@@ -168,3 +168,20 @@ def test_a_scripts_tolerance_has_the_cases_magnitude_part(tmp_path):
     big = [1.0e5, 0.0]
     assert not namespace["differs"](big, [1.0e5 + 0.05, 0.05]), "0.05 is within 1e-6 of the greatest |value| 1e5"
     assert namespace["differs"](big, [1.0e5 + 0.2, 0.2])
+
+
+def test_a_bundle_checks_every_forward_the_graph_served(tmp_path):
+    """Statistics set on the module after the export: the graph keeps its copies, so the forward
+    after the set differs; the bundle's script runs every forward after the export and shows it."""
+    from pathlib import Path
+
+    from harness.load.schema import load_cases
+
+    root = Path(__file__).resolve().parents[1]
+    case = load_cases(root / "cases" / "16_setting_state" / "statistics_set_after_export.yaml")[0]
+    result = run_case(case, only=["torch-eager", "onnx-torchscript-ort"])
+    bundle = write_bundle(case, result, "onnx-torchscript-ort", tmp_path)
+    assert (bundle / "data_sets.json").read_text().count("test_data_set_") == 3
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert "the exported graph's output after step 1 (forward) in onnxruntime agrees" in run.stdout, run.stdout + run.stderr
+    assert "DIVERGES: the exported graph's output after step 3 (forward) in onnxruntime differs" in run.stdout

@@ -70,15 +70,23 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     dtype = NUMPY_DTYPES[case.input.dtype]
     np.save(bundle / "inputs" / "example.npy", make_batch(case.input, case.input.seed).astype(dtype))  # the export's example
     export_index = next(i for i, step in enumerate(case.steps) if step.kind == "export")
-    forward_after = next((i for i, step in enumerate(case.steps) if i > export_index and step.seed is not None), None)
+    next_export = next((i for i, step in enumerate(case.steps) if i > export_index and step.kind == "export"), len(case.steps))
     reference = runs[result.runs[0].runner]
-    if forward_after is not None and (forward_after, "output") in reference.observations:
-        data = bundle / "test_data_set_0"
+    # Every forward the bundled graph served (up to the next export), each a data set with what the
+    # reference computed there: a divergence a later step makes (a state set after the export) shows.
+    forwards = [
+        i
+        for i, step in enumerate(case.steps)
+        if export_index < i < next_export and step.seed is not None and (i, "output") in reference.observations
+    ]
+    for position, index in enumerate(forwards):
+        data = bundle / f"test_data_set_{position}"
         data.mkdir(exist_ok=True)
-        batch = step_batch(case.input, case.steps[forward_after]).astype(dtype)
-        expected = np.asarray(reference.observations[(forward_after, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
+        batch = step_batch(case.input, case.steps[index]).astype(dtype)
+        expected = np.asarray(reference.observations[(index, "output")].value).astype(NUMPY_DTYPES[case.bn.dtype])
         (data / "input_0.pb").write_bytes(numpy_helper.from_array(batch).SerializeToString())
         (data / "output_0.pb").write_bytes(numpy_helper.from_array(expected).SerializeToString())
+    (bundle / "data_sets.json").write_text(json.dumps({f"test_data_set_{n}": case.step_label(i) for n, i in enumerate(forwards)}, indent=1))
     observed = {
         f"{field}@{step}": _plain(value.value) for (step, field), value in reference.observations.items() if field.startswith("module.")
     }
