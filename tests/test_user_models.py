@@ -611,3 +611,12 @@ def test_the_keras_port_takes_channels_last_again_after_a_layer_in_torchs_layout
     compared = {verdict.field for verdict in result.verdicts}
     assert {"output", "bn.running_mean", "bn.running_var"} <= compared
     assert not [verdict.text for verdict in result.verdicts if not verdict and verdict.step == 0]
+
+
+@probe
+def test_a_grid_over_user_models_names_each_point_by_its_factory(project):
+    text = case_text("{file: ../models.py, factory: Chain}", mode="mode: eval")
+    text += "grid:\n  model: [{file: ../models.py, factory: Chain}, {file: ../models.py, factory: Chain, kwargs: {channels: 3}}]\n"
+    cases = load_cases(write(project, text, "grid.yaml"))
+    assert [case.case_id for case in cases] == ["grid[model_Chain]", "grid[model_Chain+channels_3]"]
+    assert [case.user_model.kwargs for case in cases] == [{}, {"channels": 3}]

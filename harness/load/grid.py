@@ -64,7 +64,8 @@ def expand_grid(document: LoadedDocument, stem: str, source: str) -> list[tuple[
                 joint = len(fields) > 1
                 values[field] = values_of_key[index][position] if joint else values_of_key[index]
                 origins[field] = ("grid", key, index, position) if joint else ("grid", key, index)
-        case_id = f"{stem}[{'-'.join(f'{names[field]}_{_label(values[field])}' for field in columns)}]"
+        labels = [_model_label(values[field]) if field == "model" else _label(values[field]) for field in columns]
+        case_id = f"{stem}[{'-'.join(f'{names[field]}_{label}' for field, label in zip(columns, labels))}]"
         if case_id in first_index:  # values that differ only in what an id cannot show
             where = [", ".join(f"grid.{key}[{index}]" for key, index in zip(grid, at)) for at in (first_index[case_id], indices)]
             raise CaseError(
@@ -277,6 +278,16 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 
 
 _NOT_IN_AN_ID = re.compile(r"[^A-Za-z0-9_.+\-]")  # what pytest -k reads as part of a name
+
+
+def _model_label(value: Any) -> str:
+    """A user model as its id shows it: its factory's name and its kwargs (`TinyResNet+width_4`),
+    not the file's path."""
+    if not isinstance(value, dict) or "factory" not in value:
+        return _label(value)
+    name = str(value["factory"]).rsplit(":", 1)[-1]
+    kwargs = value.get("kwargs")
+    return _label(name) + ("+" + _label(kwargs) if isinstance(kwargs, dict) and kwargs else "")
 
 
 def _label(value: Any) -> str:
