@@ -177,7 +177,7 @@ def _render(template: str, case: Case, **values: Any) -> str:
 
     from harness.run.runners import torch_models, torch_user_model
 
-    carried = [torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, torch_models.set_batchnorm_state]
+    carried: list[Any] = [torch_models.make_batchnorm, torch_models.Block, torch_models.build_layer, torch_models.set_batchnorm_state]
     carried.append(layer_output_shape)
     if case.user_model is not None:  # the user's factory, imported as the runners import it
         carried += [
