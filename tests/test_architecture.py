@@ -53,6 +53,15 @@ def test_ruff_formats_and_lints_clean():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # about 20 s: mypy reads every stage
+def test_the_whole_package_type_checks():
+    """The later stages under pyproject.toml's own settings (run is not checked yet): a wrong type
+    passed between modules fails here, not in a user's run."""
+    api = pytest.importorskip("mypy.api")
+    stdout, stderr, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(ROOT / "harness")])
+    assert status == 0, stdout + stderr
+
+
 def test_the_core_type_checks_strictly():
     api = pytest.importorskip("mypy.api")
     stdout, stderr, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(ROOT / "harness" / "core")])
