@@ -546,8 +546,8 @@ def test_the_first_parting_batchnorm_is_recorded_and_reported():
 @probe  # ... and the frameworks in worker pools, and the script in a subprocess
 def test_a_repro_bundle_of_a_user_model_imports_the_users_file_and_shows_the_divergence(project):
     """The script builds the user's model from its file, as the runners do, and shows the
-    TorchScript exporter putting the frozen BatchNorms back in train mode; a Keras bundle is
-    refused with the reason."""
+    TorchScript exporter putting the frozen BatchNorms back in train mode; a Keras bundle carries
+    the graph port and agrees, as the runner does."""
     import subprocess
     import sys
 
@@ -565,8 +565,13 @@ def test_a_repro_bundle_of_a_user_model_imports_the_users_file_and_shows_the_div
     assert "DIVERGES: module.a.bn.training after step 1 (export(training=eval)): torch-eager False, here True" in run.stdout, (
         run.stdout + run.stderr
     )
-    with pytest.raises(HarnessError, match="no Keras repro bundle for a user model"):
-        write_bundle(case, result, "keras-tensorflow", project / "repro")
+    pytest.importorskip("keras")
+    keras_bundle = write_bundle(case, result, "keras-tensorflow", project / "repro")
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=keras_bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "0 divergence(s) shown" in run.stdout, run.stdout + run.stderr
+    unportable = load_case(write(project, case_text("{file: ../models.py, factory: WithGelu}"), "gelu.yaml"))
+    with pytest.raises(HarnessError, match="no repro bundle for keras-tensorflow: no Keras port: module 'act' \\(GELU\\)"):
+        write_bundle(unportable, result, "keras-tensorflow", project / "repro")
 
 
 @probe

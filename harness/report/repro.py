@@ -22,11 +22,12 @@ from harness.core.case import Case, GraphCase
 from harness.core.errors import HarnessError
 from harness.core.inputs import make_batch, step_batch
 from harness.core.keras_mapping import Unmappable, keras_mapping
+from harness.core.keras_port_table import first_unportable
 from harness.core.models import layer_output_shape
 from harness.core.runner_table import REFERENCE_RUNNER, SPEC_RUNNER, repro_runner_names, runner_record
 from harness.judge.engine import CaseResult
 from harness.judge.tolerance import tolerance_for
-from harness.run.runners import keras_port
+from harness.run.runners import keras_graph_port, keras_port
 from harness.run.runners.keras_worker import port_settings
 
 NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
@@ -52,8 +53,6 @@ def write_bundle(case: Case, result: CaseResult, runner: str, directory: Path) -
     """
     if case.bn.dtype not in NUMPY_DTYPES:
         raise HarnessError(f"{case.path}: no repro bundle for dtype {case.bn.dtype} (NumPy has no bfloat16)")
-    if runner in repro_runner_names("keras") and case.user_model is not None:  # the script carries the table's port
-        raise HarnessError(f"{case.path}: no Keras repro bundle for a user model ({case.model}) yet; the ONNX runners have one")
     if runner in repro_runner_names("keras"):
         return _write_keras_bundle(case, runner, bundle_folder(directory, case.case_id) / runner)
     runs = {run.runner: run for run in result.runs}
@@ -105,14 +104,31 @@ def _write_batches(case: Case, bundle: Path) -> None:
 
 
 def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
-
+    """A Keras runner's bundle: the step batches and a repro.py that carries the port the runner
+    used (the table's, or for a user model the graph port with the traced graph) verbatim."""
     try:
         mapping = keras_mapping(case)
+        unportable = first_unportable(case.structure) if case.structure is not None else None
     except Unmappable as reason:
-        raise HarnessError(f"{case.path}: no repro bundle for {runner}: no Keras port: {reason}") from None
+        unportable = str(reason)
+    if unportable is not None:
+        raise HarnessError(f"{case.path}: no repro bundle for {runner}: no Keras port: {unportable}")
     _write_batches(case, bundle)
     spec = case.model_spec
     port_source = f"BN_WEIGHT_ORDER = {keras_port.BN_WEIGHT_ORDER!r}\n\n\n{inspect.getsource(keras_port.KerasPort)}"
+    graph_port: dict[str, str] = {"graph": "None", "classes": "None", "facts": "None", "frozen": "None"}
+    if case.structure is not None:  # the graph port and its helpers, after the port it extends
+        helpers = (keras_graph_port._Chain, keras_graph_port._per_axis, keras_graph_port._activation, keras_graph_port.KerasGraphPort)
+        port_source += f"\n\n_BATCHNORMS = {keras_graph_port._BATCHNORMS!r}\n\n\n" + "\n\n".join(
+            inspect.getsource(item) for item in helpers
+        )
+        graph_port = {
+            "graph": repr(case.structure.graph),
+            "classes": repr(dict(case.structure.modules)),
+            "facts": repr(case.structure.leaf_modules),
+            "frozen": repr({facts.path for facts in case.structure.batchnorms if facts.frozen}),
+        }
+        np.save(bundle / "inputs" / "example.npy", make_batch(case.input, case.input.seed).astype(NUMPY_DTYPES[case.input.dtype]))
     (bundle / "repro.py").write_text(
         _render(
             "keras_repro.py.j2",
@@ -124,6 +140,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
             mapping=mapping.summary(),
             submodule_paths=repr(spec.submodule_paths),
             channels_last=repr(case.keras.channels_last(spec.is_bare_batchnorm)),
+            **{f"graph_port_{name}": value for name, value in graph_port.items()},
         )
     )
     return bundle
