@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -232,11 +233,9 @@ class Case:
     @property
     def model_spec(self) -> ModelSpec:
         """The model table's entry for this case (a user model's structure as one), its
-        model_options and bn_by_path applied."""
-        by_path = {path: dict(values) for path, values in self.bn_by_path}
-        if self.structure is not None:
-            return with_case_values(self.structure.spec(self.model, len(self.input.shape)), None, by_path)
-        return model_spec(self.model, dict(self.model_options), by_path)
+        model_options and bn_by_path applied. Made once per model and values: the runners read it
+        at every step, attribution at every verdict."""
+        return _case_spec(self.model, self.model_options, self.bn_by_path, self.structure, len(self.input.shape))
 
     @property
     def batchnorm_order(self) -> tuple[str, ...]:
@@ -258,6 +257,21 @@ class Case:
     def step_label(self, index: int) -> str:
         """`step 2 (forward)`."""
         return f"step {index} ({self.steps[index].label()})"
+
+
+@functools.lru_cache(maxsize=256)
+def _case_spec(
+    model: str,
+    options: tuple[tuple[str, Any], ...],
+    bn_by_path: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
+    structure: ModelStructure | None,
+    input_rank: int,
+) -> ModelSpec:
+    """A case's model spec (shared, read-only), from the hashable parts of the case that make it."""
+    by_path = {path: dict(values) for path, values in bn_by_path}
+    if structure is not None:
+        return with_case_values(structure.spec(model, input_rank), None, by_path)
+    return model_spec(model, dict(options), by_path)
 
 
 @dataclass(frozen=True, slots=True)

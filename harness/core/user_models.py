@@ -11,6 +11,7 @@ they do on the table's. This module imports no framework.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -98,7 +99,7 @@ class ModelStructure:
     @property
     def graph(self) -> list[dict[str, Any]] | None:
         """The forward as torch.fx traced it: nodes {name, op, target, args, kwargs}; None: untraceable."""
-        graph: list[dict[str, Any]] | None = json.loads(self.graph_json)
+        graph: list[dict[str, Any]] | None = _parsed(self.graph_json)  # shared: read-only
         return graph
 
     @property
@@ -128,6 +129,13 @@ class ModelStructure:
                 nodes[parent]["layers"].append(layer)
         root: Layer = nodes[""]
         return ModelSpec(display, f"{display}, a user model", root, (input_rank,), user=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> Any:
+    """JSON text parsed once (a traced graph is read at every export and by the order of the
+    BatchNorms); callers only read the result."""
+    return json.loads(text)
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -339,16 +339,21 @@ class _CrossFieldChecks:
             if path not in paths:
                 yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
                 continue
-            num_features, affine, tracks = self.bn_of(path)
-            for name, value in values.items():
-                if name in ("weight", "bias") and not affine:
-                    yield self.problem((*where, name), "the BatchNorms have no weight or bias", self.needs("affine"))
-                elif name in ("running_mean", "running_var") and not tracks:
-                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", self.needs("track_running_stats"))
-                elif isinstance(value, list) and len(value) != num_features:
-                    yield self.problem((*where, name), f"{len(value)} values for num_features={num_features}", f"{num_features} values")
-                elif name == "running_var" and any(item < 0 for item in value):
-                    yield self.problem((*where, name), "a variance is negative", "values >= 0")
+            yield from self._batchnorm_tensors(where, path, values)
+
+    def _batchnorm_tensors(self, where: PathKey, path: str, values: dict[str, Any]) -> Iterator[CaseProblem]:
+        """Tensors given to the BatchNorm at `path` (bn_by_path, set_state): ones it holds, of its
+        num_features, no negative variance; scalars (eps, momentum) pass."""
+        num_features, affine, tracks = self.bn_of(path)
+        for name, value in values.items():
+            if name in ("weight", "bias") and not affine:
+                yield self.problem((*where, name), "this BatchNorm has no weight or bias", self.needs("affine"))
+            elif name in ("running_mean", "running_var") and not tracks:
+                yield self.problem((*where, name), "this BatchNorm keeps no running statistics", self.needs("track_running_stats"))
+            elif isinstance(value, list) and len(value) != num_features:
+                yield self.problem((*where, name), f"{len(value)} values for num_features={num_features}", f"{num_features} values")
+            elif name == "running_var" and any(item < 0 for item in value):
+                yield self.problem((*where, name), "a variance is negative", "values >= 0")
 
     def state_steps(self, index: int, raw: Any) -> Iterator[CaseProblem]:
         """A set_state's or reset_running_stats's BatchNorm paths and tensors, against the model and bn."""
@@ -356,17 +361,16 @@ class _CrossFieldChecks:
         paths = self.spec.batchnorm_paths
         known = ", ".join(repr(name) for name in paths)
         if kind == "reset_running_stats":
-            frozen = {facts.path for facts in self.structure.batchnorms if facts.frozen} if self.structure is not None else set()
-            for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
-                if path in frozen:
-                    yield self.problem(
-                        ("steps", index, kind, position), f"{quoted(path)} is a frozen BatchNorm: it has no reset_running_stats()", known
-                    )
             if not any(self.bn_of(path)[2] for path in paths):
                 yield self.problem(("steps", index), "there are no running statistics to reset", self.needs("track_running_stats"))
+            frozen = {facts.path for facts in self.structure.batchnorms if facts.frozen} if self.structure is not None else set()
             for position, path in enumerate(raw.get(kind) or [] if isinstance(raw, dict) else []):
                 if path not in paths:
                     yield self.problem(("steps", index, kind, position), f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
+                elif path in frozen:
+                    yield self.problem(
+                        ("steps", index, kind, position), f"{quoted(path)} is a frozen BatchNorm: it has no reset_running_stats()", known
+                    )
             return
         if kind != "set_state" or not isinstance(raw, dict):
             return
@@ -375,16 +379,7 @@ class _CrossFieldChecks:
             if path not in paths:
                 yield self.problem(where, f"no BatchNorm {quoted(path)} in model {self.spec.name!r}", known)
                 continue
-            num_features, affine, tracks = self.bn_of(path)
-            for name, values in tensors.items():
-                if name in ("running_mean", "running_var") and not tracks:
-                    yield self.problem((*where, name), "this BatchNorm keeps no running statistics", self.needs("track_running_stats"))
-                elif name in ("weight", "bias") and not affine:
-                    yield self.problem((*where, name), "this BatchNorm has no weight or bias", self.needs("affine"))
-                elif len(values) != num_features:
-                    yield self.problem((*where, name), f"{len(values)} values for num_features={num_features}", f"{num_features} values")
-                elif name == "running_var" and any(value < 0 for value in values):
-                    yield self.problem((*where, name), "a variance is negative", "values >= 0")
+            yield from self._batchnorm_tensors(where, path, tensors)
 
     def mode_paths(self, path: PathKey, mode: Any) -> Iterator[CaseProblem]:
         if isinstance(mode, str):

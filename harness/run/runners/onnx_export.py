@@ -110,7 +110,6 @@ class _GraphExporter:
         except Exception as error:  # any exporter failure is a result, whatever its type
             raise StepFailed("export_failed", error) from None
         buffers_after = module_buffers(model, self.case)
-        module_tensors = {name: to_numpy(tensor) for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
         bn_paths = self.case.batchnorm_order  # a graph's nodes run in the forward's order
         nodes = find_batchnorms(graph, bn_paths)
         initializers = stored_values(graph)
@@ -118,6 +117,8 @@ class _GraphExporter:
         stored_names = {initializer.name for initializer in graph.graph.initializer}
         data_input = step.export.input_name
         without_values = [value.name for value in graph.graph.input if value.name != data_input and value.name not in stored_names]
+        state = model.state_dict() if without_values else {}  # export_params=False: what a caller would feed by name
+        fed = {name: to_numpy(state[name]) for name in without_values if name in state and state[name].is_floating_point()}
         facts = {
             "step": step.label(),
             "opset": opset_of(graph),
@@ -128,7 +129,7 @@ class _GraphExporter:
             # What a caller must feed besides the data (export_params=False), and what the harness
             # feeds from the module's tensors of the same name; files the weights went to.
             "inputs_without_values": without_values,
-            "inputs_fed_from_module": [name for name in without_values if name in module_tensors],
+            "inputs_fed_from_module": list(fed),
             "external_data_files": sorted(item.name for item in self.workdir.iterdir() if item.name.startswith(path.name + ".")),
             "graph_state": step.export.graph_state,
             "batchnorm": {
@@ -138,10 +139,16 @@ class _GraphExporter:
             "warnings": export_warnings,
             "printed": printed,  # progress, and tracebacks the exporter logged and survived
         }
-        fed = {name: module_tensors[name] for name in without_values if name in module_tensors}
-        exported = ExportedGraph(graph, nodes, initializers, self.case, facts, feed_back=step.export.graph_state == "fed_back")
-        exported.module_feeds, exported.data_input = fed, data_input
-        return exported
+        return ExportedGraph(
+            graph,
+            nodes,
+            initializers,
+            self.case,
+            facts,
+            feed_back=step.export.graph_state == "fed_back",
+            data_input=data_input,
+            module_feeds=fed,
+        )
 
     def _export(self, model, example, step: Step, path: Path) -> tuple[list[str], str]:
         """Run torch.onnx.export; return its warnings and what it printed."""
@@ -222,14 +229,22 @@ class ExportedGraph:
     export deploys it in its own executor."""
 
     def __init__(
-        self, graph, nodes, initializers: dict[str, np.ndarray], case: Case, facts: dict[str, Any], feed_back: bool = False
+        self,
+        graph,
+        nodes,
+        initializers: dict[str, np.ndarray],
+        case: Case,
+        facts: dict[str, Any],
+        feed_back: bool = False,
+        data_input: str = "input",
+        module_feeds: dict[str, np.ndarray] | None = None,
     ) -> None:
         # initializers: every stored tensor by the name nodes read it under (Identity copies included)
         self.graph, self.nodes, self.initializers, self.case, self.facts = graph, nodes, initializers, case, facts
         self.feed_back = feed_back
         self.serialized = graph.SerializeToString()
-        self.data_input = "input"  # the export's input_names[0]
-        self.module_feeds: dict[str, np.ndarray] = {}  # graph inputs without a value, fed from the module's tensors
+        self.data_input = data_input  # the export's input_names[0]
+        self.module_feeds = module_feeds or {}  # graph inputs without a value, fed from the module's tensors
 
     def record(self, log: ObservationLog) -> None:
         log.artifacts.setdefault("model.onnx", self.serialized)  # the first export, as exported

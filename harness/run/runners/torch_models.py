@@ -10,8 +10,10 @@ from torch import nn
 
 from harness.core.case import BNConfig, Case, ModeSetting, Step
 from harness.core.fields import MODULE_BN_ATTRIBUTES, MODULE_BN_BUFFERS, module_field
+from harness.core.inputs import make_batch
 from harness.core.models import layer_output_shape
 from harness.run.runners.base import ObservationLog
+from harness.run.runners.torch_user_model import build_user_model, materialize
 
 TORCH_DTYPES = {
     "float16": torch.float16,
@@ -98,9 +100,6 @@ def build_model(case: Case) -> nn.Module:
 def _build_user_model(case: Case) -> nn.Module:
     """A user's model from its factory, as the loader's probe built it, with the case's
     `bn_by_path` values written into its BatchNorms (as `model.bn.eps = ...` would)."""
-    from harness.core.inputs import make_batch
-    from harness.run.runners.torch_user_model import build_user_model, materialize
-
     assert case.user_model is not None and case.structure is not None
     model = build_user_model(case.user_model.to_json(), case.model_seed)
     materialize(model, torch.from_numpy(make_batch(case.input, case.input.seed)).to(torch.float32))
