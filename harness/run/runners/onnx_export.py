@@ -256,17 +256,7 @@ class ExportedGraph:
         from harness.run.runners.torch_steps import StepFailed
 
         try:  # each executor gets its own copy: deploying rewires a training graph's state in place
-            deployed = GraphDeployed(
-                onnx.load_from_string(self.serialized),
-                self.nodes,
-                self.initializers,
-                self.case,
-                executor,
-                self.feed_back,
-                self.data_input,
-                self.module_feeds,
-            )
-            return deployed
+            return GraphDeployed(onnx.load_from_string(self.serialized), self, executor)
         except Exception as error:  # the runtime refusing the graph is a result too
             raise StepFailed("run_failed", error) from None
 
@@ -275,35 +265,27 @@ class GraphDeployed:
     """The exported graph in its executor: as exported (its running statistics are the stored
     ones at every forward), or with each training BN's state fed back (`feed_back`)."""
 
-    def __init__(
-        self,
-        graph,
-        nodes,
-        initializers: dict[str, np.ndarray],
-        case: Case,
-        executor: str,
-        feed_back: bool = False,
-        data_input: str = "input",
-        module_feeds: dict[str, np.ndarray] | None = None,
-    ) -> None:
+    def __init__(self, graph, exported: ExportedGraph, executor: str) -> None:
+        """`graph`: this executor's own copy of `exported`'s graph."""
         from onnx import helper
 
         from harness.run.runners.onnx_graph import expose_running_stats
 
-        self.nodes, self.case = nodes, case
-        self.folded = [path for path in case.model_spec.batchnorm_paths if path not in nodes]
+        nodes, initializers = exported.nodes, exported.initializers
+        self.nodes, self.case = nodes, exported.case
+        self.folded = [path for path in self.case.model_spec.batchnorm_paths if path not in nodes]
         self.initializers = initializers
         self.last_calls: dict[str, BNCall] = {}  # what each BN node was given at the last forward
-        self.state_wiring = expose_running_stats(graph, list(nodes.values())) if feed_back else {}
+        self.state_wiring = expose_running_stats(graph, list(nodes.values())) if exported.feed_back else {}
         # The running stats as the graph holds them: initializers, then whatever training updates.
         # export_params=False: the module's tensors a caller feeds by name, in the inputs' dtypes.
         dtypes = {value.name: helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) for value in graph.graph.input}
-        self.fixed_feeds = {name: values.astype(dtypes[name]) for name, values in (module_feeds or {}).items()}
+        self.fixed_feeds = {name: values.astype(dtypes[name]) for name, values in exported.module_feeds.items()}
         held = {**self.fixed_feeds, **initializers}  # what the graph normalises with: stored, else fed
         self.state = {
             path: {"running_mean": held.get(node.mean_input), "running_var": held.get(node.var_input)} for path, node in nodes.items()
         }
-        self.session, self.input_name, self.output_names = open_executor(graph, executor, data_input)
+        self.session, self.input_name, self.output_names = open_executor(graph, executor, exported.data_input)
         # What each BatchNorm node inside the graph is given and returns is read from an analysis
         # copy that exposes those tensors as outputs, never from the deployed session: exposing
         # a tensor changes what onnxruntime may fuse, so the deployed output stays the session's.
