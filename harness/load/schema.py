@@ -35,7 +35,7 @@ from harness.load.graph_schema import graph_case_from_document, is_graph_case
 from harness.load.grid import expand_grid, step_kind
 from harness.load.loader import LoadedDocument, PathKey, format_path, load_yaml, quoted
 from harness.load.schemas import case_schema
-from harness.load.user_model import ProbeFailed, display_name, is_user_model, probe_structure, reference_problems, user_model_ref
+from harness.load.user_model import ProbeFailed, is_user_model, probe_structure, reference_problems, user_model_ref
 
 
 def load_cases(path: Path, display_path: str | None = None) -> tuple[Case | GraphCase, ...]:
@@ -151,10 +151,9 @@ def _user_model_problems(document: LoadedDocument, refused: frozenset[str], dire
     if problems or refused:
         return problems  # the user's code runs only for a file without any other problem
     dtype = data.get("bn", {}).get("dtype", "float32")
+    ref = user_model_ref(data["model"], directory)
     try:
-        structure = probe_structure(
-            user_model_ref(data["model"], directory), tuple(data["input"]["shape"]), dtype, data.get("model_seed", 0)
-        )
+        structure = probe_structure(ref, tuple(data["input"]["shape"]), dtype, data.get("model_seed", 0))
     except ProbeFailed as failure:
         return [problem(("model",), f"the model could not be built and run:\n{failure}", "a factory that returns a torch.nn.Module")]
     if not structure.batchnorms:
@@ -166,7 +165,7 @@ def _user_model_problems(document: LoadedDocument, refused: frozenset[str], dire
                 "a model with torch BatchNorms, or modules holding running_mean and running_var buffers",
             )
         ]
-    spec = structure.spec(display_name(data["model"]), len(data["input"]["shape"]))
+    spec = structure.spec(ref.display, len(data["input"]["shape"]))
     return list(_cross_field_rules(document, _CrossFieldChecks(document, spec, structure), refused))
 
 
@@ -451,7 +450,7 @@ def build_case(document: LoadedDocument, case_id: str, source: str, directory: P
         )
         # The case-wide configuration a user model's BatchNorms do not share: its first one's, for what reads one.
         bn = BNConfig(num_features=structure.batchnorms[0].num_features, dtype=data.get("bn", {}).get("dtype", "float32"))
-        spec = structure.spec(display_name(data["model"]), len(data["input"]["shape"]))
+        spec = structure.spec(user_model.display, len(data["input"]["shape"]))
     else:
         bn_fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in data["bn"].items()}
         bn = BNConfig(**bn_fields)

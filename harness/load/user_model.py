@@ -38,11 +38,6 @@ def is_user_model(raw_model: Any) -> bool:
     return isinstance(raw_model, dict)
 
 
-def display_name(raw: dict[str, Any]) -> str:
-    """How reports name a user model: `my_net.py:MyNet`, `mypkg.models:build_backbone`."""
-    return f"{Path(raw['file']).name}:{raw['factory']}" if "file" in raw else raw["factory"]
-
-
 def repository_root(directory: Path) -> Path:
     """The case's repository: the nearest folder at or above `directory` with a .git or a Python
     project file; `directory` itself when there is none."""
