@@ -107,3 +107,70 @@ def test_the_port_computes_on_the_data_torch_gets_when_the_input_dtype_differs(t
     x = make_batch(case.input, case.input.seed).astype(ml_dtypes.bfloat16).astype(np.float64)
     np.testing.assert_array_equal(result.bn_calls[(0, "")].input, x)
     assert result.observations[(0, "output")].dtype == "float32", "Keras returns its layer's dtype"
+
+
+# ---- Model.fit (keras.train_with: fit) ------------------------------------------------------
+
+FIT_64 = TRAIN_BN2D.replace("shape: [2, 2, 3, 3]", "shape: [64, 2, 3, 3]").replace("  - forward\n", "  - train_step\n")
+
+
+def test_a_fit_at_its_default_batch_size_updates_once_per_mini_batch(tmp_path):
+    case, result = run(tmp_path, FIT_64 + "keras: {train_with: fit}\n")
+    assert result.status == "ok", result.reason
+    x = make_batch(case.input, case.steps[0].seed).astype(np.float32).astype(np.float64)
+    first, second = x[:32].mean(axis=(0, 2, 3)), x[32:].mean(axis=(0, 2, 3))
+    expected = 0.9 * (0.9 * np.array([0.5, -0.5]) + 0.1 * first) + 0.1 * second
+    np.testing.assert_allclose(value(result, 0, "running_mean"), expected, rtol=1e-5, atol=1e-7)
+    call = result.bn_calls[(0, "")]
+    assert call.mini_batch == 32 and call.uses_batch_stats
+    np.testing.assert_array_equal(call.input, x, err_msg="every mini-batch's input, in order")
+    assert (0, "output") not in result.observations, "a fit returns a loss, not the model's output"
+
+
+def test_a_fit_in_one_mini_batch_moves_the_statistics_as_a_training_call_does(tmp_path):
+    _, fitted = run(tmp_path, FIT_64 + "keras: {train_with: fit, fit_batch_size: 64, running_var: unbiased}\n")
+    _, called = run(tmp_path, FIT_64 + "keras: {running_var: unbiased}\n")
+    for field in ("running_mean", "running_var"):
+        np.testing.assert_allclose(value(fitted, 0, field), value(called, 0, field), rtol=1e-6, atol=1e-7)
+
+
+def test_keras_numpy_cannot_fit_and_is_skipped_with_the_reason(tmp_path):
+    _, result = run(tmp_path, FIT_64 + "keras: {train_with: fit}\n", "keras-numpy")
+    assert result.status == "skipped"
+    assert result.reason == "Keras's numpy backend cannot train: its Model.fit raises NotImplementedError (keras.train_with: fit)"
+
+
+def test_a_fit_that_takes_other_mini_batches_than_it_records_is_named_deviating(tmp_path, monkeypatch):
+    """Known cause: the fit runs in mini-batches of 16 while its record says 32. The judgement must
+    call that side's statistics an implementation deviation; the faithful fit's, a convention."""
+    import keras
+
+    from harness.core.keras_mapping import keras_mapping
+    from harness.judge.engine import judge
+    from harness.run.runners.keras_port import KerasPort
+    from harness.run.runners.keras_worker import run_case_in_worker
+    from harness.run.runners.torch_eager import TorchEagerRunner
+
+    backend = keras.backend.backend()
+    if backend == "numpy":
+        pytest.skip("this process's Keras runs on the numpy backend, which cannot fit")
+    case = load_case(write_case(tmp_path, "case", FIT_64 + "keras: {train_with: fit}\n"))
+    weights = keras_runners.build_torch_weights(case)
+    eager = TorchEagerRunner().run(case)
+
+    def attributions(result) -> set:
+        judged = judge(case, (eager, result))
+        return {(verdict.field, verdict.attribution) for verdict in judged.verdicts if not verdict}
+
+    faithful = run_case_in_worker(f"keras-{backend}", backend, case, keras_mapping(case), weights)
+    assert attributions(faithful) == {("running_mean", "conventions differ"), ("running_var", "conventions differ")}
+
+    real_fit_step = KerasPort.fit_step
+
+    def fit_in_halves(self, batch, batch_size):
+        real_fit_step(self, batch, batch_size // 2)
+        self.calls = {path: {**call, "mini_batch": batch_size} for path, call in self.calls.items()}
+
+    monkeypatch.setattr(KerasPort, "fit_step", fit_in_halves)
+    deviating = run_case_in_worker(f"keras-{backend}", backend, case, keras_mapping(case), weights)
+    assert attributions(deviating) == {("running_mean", "implementation deviates"), ("running_var", "implementation deviates")}

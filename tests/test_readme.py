@@ -60,6 +60,7 @@ def test_the_full_example_in_the_case_format_loads(tmp_path):
     assert case.bn_by_path == (("bn", (("eps", 0.001),)),) and case.model_spec.root["layers"][1]["bn"] == {"eps": 0.001}
     assert case.timeout_s == 600 and case.runners == ("torch-eager", "onnx-torchscript-ort")
     assert case.keras.running_var == "unbiased" and case.keras.training_argument == "explicit" and case.keras.layout == "channels_last"
+    assert (case.keras.train_with, case.keras.fit_batch_size) == ("fit", 32)
     assert case.tolerance.by_dtype == (("float32", 1e-5, 1e-5),) and case.tolerance.magnitude_rtol == (("float32", 1e-7),)
 
 

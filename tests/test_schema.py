@@ -410,3 +410,46 @@ def test_a_steps_own_input_keeps_the_cases_rank(tmp_path):
     assert [(p.field, p.message) for p in refused(tmp_path, text)] == [
         ("steps[1].forward.input.shape", "rank 3 where the case's input has rank 2")
     ]
+
+
+TRAIN_64 = EVAL_BN2D.replace("mode: eval", "mode: train").replace("shape: [2, 2, 3, 3]", "shape: [64, 2, 3, 3]")
+
+
+@pytest.mark.parametrize(
+    "keras, steps, expected",
+    [
+        (
+            "{fit_batch_size: 8}",
+            None,
+            ("keras.fit_batch_size", "a Model.fit's batch_size, but train_with is not fit", "train_with: fit"),
+        ),
+        (
+            "{train_with: fit}",
+            None,
+            ("keras.train_with", "Model.fit trains at train_step steps, and this case has none", "call, or a train_step"),
+        ),
+        ("{train_with: fit, fit_batch_size: 0}", "  - train_step\n", ("keras.fit_batch_size", "got 0", ">= 1")),
+        ("{train_with: epochs}", "  - train_step\n", ("keras.train_with", "'epochs' is not allowed", "call, fit")),
+        (
+            "{train_with: fit, running_var: unbiased}",
+            "  - train_step\n  - train_step: {input: {shape: [100, 2, 3, 3]}}\n",
+            (
+                "keras.running_var",
+                "the fit at step 0 takes its batch of 64 in 2 mini-batches of up to 32, one update each, and the unbiased "
+                "re-expression of the moving variance reads one update per step",
+                "as_stored, or fit_batch_size >= 100",
+            ),
+        ),
+    ],
+)
+def test_keras_fit_options_are_refused_at_their_line_with_what_is_allowed(tmp_path, keras, steps, expected):
+    text = TRAIN_64 if steps is None else TRAIN_64.replace("  - forward\n  - export\n  - forward\n", steps)
+    found = [(p.line, p.field, p.message, p.allowed) for p in refused(tmp_path, text + f"keras: {keras}\n")]
+    assert found == [(text.count("\n") + 1, *expected)], "at the keras: line, the file's last"
+
+
+def test_a_fit_in_one_mini_batch_per_step_may_read_the_variance_unbiased(tmp_path):
+    text = TRAIN_64.replace("  - forward\n  - export\n  - forward\n", "  - train_step\n")
+    case = load_text(tmp_path, text + "keras: {train_with: fit, fit_batch_size: 64, running_var: unbiased}\n")
+    assert (case.keras.train_with, case.keras.fit_batch_size, case.keras.running_var) == ("fit", 64, "unbiased")
+    assert load_text(tmp_path, text + "keras: {train_with: fit}\n").keras.fit_batch_size == 32, "Model.fit's own default"

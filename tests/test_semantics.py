@@ -109,3 +109,28 @@ def test_affine_and_channel_axis():
 def test_every_spec_cites_a_page_and_its_sentences():
     for spec in SPECS.values():
         assert spec.citation.startswith("https://") and spec.sentences
+
+
+def test_a_fit_step_in_mini_batches_updates_once_per_mini_batch_in_order():
+    # Model.fit with batch_size 2 on [1, 2, 3, 4]: [1, 2] (mean 1.5, var 0.25) then [3, 4] (3.5, 0.25).
+    result = oracle(call(semantics="keras", momentum=0.9, mini_batch=2))
+    assert result.running_mean[0] == pytest.approx(0.9 * (0.9 * 0.0 + 0.1 * 1.5) + 0.1 * 3.5)
+    assert result.running_var[0] == pytest.approx(0.9 * (0.9 * 1.0 + 0.1 * 0.25) + 0.1 * 0.25)
+    # Each mini-batch normalised with its own statistics: -1, 1, -1, 1.
+    np.testing.assert_allclose(result.output[:, 0], [-1.0, 1.0, -1.0, 1.0], rtol=1e-12)
+
+
+def test_a_last_smaller_mini_batch_is_its_own_update_and_a_mini_batch_of_the_whole_input_is_one():
+    three = oracle(call(semantics="keras", momentum=0.9, mini_batch=3, eps=1e-3))  # [1, 2, 3] then [4]
+    assert three.running_mean[0] == pytest.approx(0.9 * (0.1 * 2.0) + 0.1 * 4.0)
+    assert three.running_var[0] == pytest.approx(0.9 * (0.9 + 0.1 * 2.0 / 3.0) + 0.1 * 0.0)
+    whole = oracle(call(semantics="keras", momentum=0.9, mini_batch=4))
+    plain = oracle(call(semantics="keras", momentum=0.9))
+    np.testing.assert_array_equal(whole.running_mean, plain.running_mean)
+    np.testing.assert_array_equal(whole.output, plain.output)
+
+
+def test_mini_batches_leave_inference_alone():
+    inference = oracle(call(semantics="keras", momentum=0.9, mini_batch=2, uses_batch_stats=False, updates_running_stats=False))
+    np.testing.assert_allclose(inference.output[:, 0], X[:, 0], rtol=1e-12)  # mean 0, var 1, eps 0
+    assert inference.running_mean[0] == 0.0

@@ -193,6 +193,10 @@ class KerasOptions:
     # BatchNorm's default, axis mapped to 1); channels_last, Keras's own N...C (axis -1, a
     # convolutional model's only layout). None: the port's default.
     layout: str | None = None
+    # How a train_step trains the port: call (model(x, training=...), one update per step) or fit
+    # (Model.fit on the step's batch, fit_batch_size samples per mini-batch, one update each).
+    train_with: str = "call"
+    fit_batch_size: int = 32  # Model.fit's own default
 
     def channels_last(self, bare_batchnorm: bool) -> bool:
         """Whether the port feeds Keras channels-last data."""

@@ -47,6 +47,9 @@ class BNCall:
     num_batches_tracked_before: int | None = None
     running_var_reported: str = "as_stored"  # Keras: as_stored | unbiased
     per_activation: bool = False  # ONNX opset 6-7 spatial=0: statistics per activation, not per channel
+    # Keras Model.fit: `input` taken in mini-batches of this many samples, in order, one update each
+    # (None: the whole input at once).
+    mini_batch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

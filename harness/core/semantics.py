@@ -7,6 +7,7 @@ it computes: the output and the running statistics after the step. Pure NumPy, f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,6 +74,8 @@ KERAS = Spec(
         "setting trainable = False on the layer means that the layer will be subsequently run in "
         "inference mode (keras/src/layers/normalization/batch_normalization.py)",
         "var(batch) is keras.ops.moments' variance, the biased one",
+        "(Model.fit) batch_size: Number of samples per gradient update. If unspecified, batch_size "
+        "will default to 32 (keras/src/trainers/trainer.py): each mini-batch is a training call, one update",
     ),
     "biased batch variance, momentum weighting the old value",
 )
@@ -150,12 +153,27 @@ def _batchnorm(call: BNCall, update: Update) -> OracleResult:
         assert call.running_mean_before is not None and variance is not None, "inference reads running statistics"
         y = _normalise(x, call.running_mean_before, variance, call.eps, call.weight, call.bias, call.channel_axis)
         return OracleResult(y, call.running_mean_before, call.running_var_before)
+    if call.mini_batch is not None and call.mini_batch < x.shape[0]:
+        return _in_mini_batches(call, update)
     mean, var, count = _batch_moments(x, call.channel_axis, call.per_activation)
     y = _normalise(x, mean, var, call.eps, call.weight, call.bias, call.channel_axis)
     if not call.updates_running_stats or call.running_mean_before is None:
         return OracleResult(y, call.running_mean_before, call.running_var_before, mean, var)
     running_mean, running_var = update(call, mean, var, count)
     return OracleResult(y, running_mean, running_var, mean, var)
+
+
+def _in_mini_batches(call: BNCall, update: Update) -> OracleResult:
+    """A training loop's step (Keras Model.fit): each mini-batch normalised with its own statistics
+    and one update of the running ones, from the state the previous mini-batch left."""
+    assert call.mini_batch is not None
+    outputs, state = [], call
+    for start in range(0, call.input.shape[0], call.mini_batch):
+        chunk = dataclasses.replace(state, input=call.input[start : start + call.mini_batch], mini_batch=None)
+        found = _batchnorm(chunk, update)
+        outputs.append(found.output)
+        state = dataclasses.replace(chunk, running_mean_before=found.running_mean, running_var_before=found.running_var)
+    return OracleResult(np.concatenate(outputs), state.running_mean_before, state.running_var_before)
 
 
 def _unbiased(var: np.ndarray, count: int) -> np.ndarray:

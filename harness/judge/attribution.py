@@ -433,6 +433,7 @@ def _crossed(reference_call: BNCall, other_call: BNCall) -> BNCall:
         uses_batch_stats=other_call.uses_batch_stats,
         updates_running_stats=other_call.updates_running_stats,
         running_var_reported=other_call.running_var_reported,
+        mini_batch=other_call.mini_batch,  # a training loop's mini-batches: how the other side is fed the batch
         # A Keras side normalises with the variance it stores; on the reference's state that is the reference's own.
         stored_var_before=None,
     )
@@ -465,13 +466,16 @@ def _parted_attribution(
     statistics = {"running_var" if name == "normalising_variance" else name for name in parted}
     related = [(v, found) for v, found in causes if v.field.rpartition(".")[0] == bn_prefix and v.field.rpartition(".")[2] in statistics]
     if "input" in parted:  # what an upstream BatchNorm returned at this step is this one's input
-        related += [
+        same_step_elsewhere = [
             (v, found)
             for v, found in earlier
-            if v.step == verdict.step
-            and v.field.endswith("." + OUTPUT)
-            and v.field.removeprefix(MODULE + ".").rpartition(".")[0] != bn_prefix
+            if v.step == verdict.step and v.field.removeprefix(MODULE + ".").rpartition(".")[0] != bn_prefix
         ]
+        related += [(v, found) for v, found in same_step_elsewhere if v.field.endswith("." + OUTPUT)]
+        if not related and other_call.mini_batch is not None:
+            # A fit step returns no outputs: an upstream BatchNorm that took the step in mini-batches
+            # (each normalised with its own statistics) is seen in its statistics at this step.
+            related += [(v, found) for v, found in same_step_elsewhere if found.kind != "unattributed"]
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if related or (causes and not stored):
         return _following(*(related or causes)[-1], prefix=f"{what}; ")  # the nearest: it names the first cause
@@ -613,6 +617,9 @@ def _conventions_text(reference: str, reference_call: BNCall, other: str, other_
         reported = ", variance read back in PyTorch's unbiased convention" if call.running_var_reported == "unbiased" else ""
         if call.uses_batch_stats and not call.updates_running_stats and call.running_mean_before is not None:
             mode += " whose updated running statistics are not kept"
+        if call.mini_batch is not None and call.uses_batch_stats and call.mini_batch < call.input.shape[0]:
+            updates = -(-call.input.shape[0] // call.mini_batch)
+            mode += f" of {updates} mini-batches of up to {call.mini_batch} samples in turn (Model.fit's batch_size), one update each"
         return f"{runner} follows {spec.name} ({spec.running_var_convention}{reported}; {mode}, eps={call.eps:g}, {momentum}{axis})"
 
     return f"{follows(reference, reference_call)}; {follows(other, other_call)}"

@@ -221,6 +221,8 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             f"model {checks.spec.name!r} has convolutions, which the port runs channels-last (TensorFlow's CPU Conv2D takes NHWC only)",
             "channels_last, or a bare BatchNorm model",
         )
+    if _readable(data, refused, "keras"):
+        yield from checks.keras_training_loop(data["keras"], readable_steps)
     axis = data["keras"].get("axis") if _readable(data, refused, "keras") else None
     if axis is not None and _readable(data, refused, "input"):
         rank = len(data["input"]["shape"])
@@ -232,6 +234,36 @@ class _CrossFieldChecks:
     def __init__(self, document: LoadedDocument, spec: ModelSpec, structure: ModelStructure | None = None) -> None:
         self.document, self.spec, self.data = document, spec, document.data
         self.structure = structure  # a user model's, as the probe found it
+
+    def keras_training_loop(self, keras: dict[str, Any], steps_readable: bool) -> Iterator[CaseProblem]:
+        """`keras.train_with: fit` needs train steps to fit; `fit_batch_size` a fit; the unbiased
+        re-expression of the moving variance one update per step."""
+        if "fit_batch_size" in keras and keras.get("train_with") != "fit":
+            yield self.problem(("keras", "fit_batch_size"), "a Model.fit's batch_size, but train_with is not fit", "train_with: fit")
+        if keras.get("train_with") != "fit" or not steps_readable:
+            return
+        steps = list(expand_steps(self.data["steps"], self.data["input"], "float32"))
+        train_sizes = [
+            (index, (step.input.shape if step.input else self.data["input"]["shape"])[0])
+            for index, step in enumerate(steps)
+            if step.kind == "train_step"
+        ]
+        if not train_sizes:
+            yield self.problem(
+                ("keras", "train_with"), "Model.fit trains at train_step steps, and this case has none", "call, or a train_step"
+            )
+            return
+        batch_size = keras.get("fit_batch_size", 32)
+        several = [(index, size) for index, size in train_sizes if size > batch_size]
+        if keras.get("running_var") == "unbiased" and several:
+            index, size = several[0]
+            updates = -(-size // batch_size)
+            yield self.problem(
+                ("keras", "running_var"),
+                f"the fit at step {index} takes its batch of {size} in {updates} mini-batches of up to {batch_size}, one update each, "
+                "and the unbiased re-expression of the moving variance reads one update per step",
+                f"as_stored, or fit_batch_size >= {max(size for _, size in several)}",
+            )
 
     def needs(self, option: str) -> str:
         """What a rule asks for: `bn.affine: true` in a model of the table, where the case sets it;

@@ -64,15 +64,13 @@ class KerasGraphPort(KerasPort):
         self._building = False
         self.calls, self.outputs, self.updated, self.elements_per_channel = {}, {}, set(), {}
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, x: Any) -> Any:
         ops = self.keras.ops
-        self.updated = set()
         values: dict[str, tuple[Any, bool]] = {}  # node name -> (tensor, channels-last)
         result = None
         for node in self.graph:
             op, name = node["op"], node["name"]
             if op == "placeholder":
-                x = ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype)))
                 values[name] = (ops.transpose(x, self._to_last), True) if self.channels_last else (x, False)
             elif op == "output":
                 result = self._argument(node["args"][0], values)
@@ -81,10 +79,7 @@ class KerasGraphPort(KerasPort):
                 values[name] = self._node(node, args)
         assert result is not None, "a traced graph ends with its output node"
         y, last = result
-        if last:
-            y = ops.transpose(y, self._to_first_of(len(y.shape)))
-        self.output_dtype = self.keras.backend.standardize_dtype(y.dtype)
-        return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
+        return ops.transpose(y, self._to_first_of(len(y.shape))) if last else y
 
     @staticmethod
     def _argument(arg: Any, values: dict[str, tuple[Any, bool]]) -> Any:
@@ -187,7 +182,7 @@ class KerasGraphPort(KerasPort):
 
     def _flatten(self, h: Any, last: bool) -> tuple[Any, bool]:
         h, _ = self._torch_layout(h, last)  # torch flattens channels first
-        return self.keras.ops.reshape(h, (h.shape[0], -1)), False
+        return self.keras.ops.reshape(h, (-1, int(np.prod(h.shape[1:])))), False  # -1: a fit traces an unknown batch size
 
     def _torch_layout(self, h: Any, last: bool) -> tuple[Any, bool]:
         if last and len(h.shape) > 2:

@@ -23,6 +23,8 @@ class KerasPort:
     """
 
     frozen: frozenset[str] | set[str] = frozenset()  # frozen BatchNorms (a user model's): never reset, always in inference
+    recording = True  # False inside a fit's call, whose tensors may be traced: no value can be read there
+    fit_training: bool | None = None  # the training= a fit hands the model (None: not in a fit)
 
     def __init__(
         self,
@@ -153,13 +155,73 @@ class KerasPort:
         """The port's output, as float64, for a batch in torch's layout."""
         ops = self.keras.ops
         self.updated = set()
-        x = ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype)))
-        self._nhwc = self.channels_last
-        y = self._run(self.root, "", ops.transpose(x, self._to_last) if self.channels_last else x)
-        if self._nhwc:
-            y = ops.transpose(y, self._to_first)
+        y = self.forward(ops.convert_to_tensor(batch.astype(self._numpy_dtype(self.input_dtype))))
         self.output_dtype = self.keras.backend.standardize_dtype(y.dtype)
         return np.asarray(ops.convert_to_numpy(y)).astype(np.float64)
+
+    def forward(self, x):
+        """The port on a tensor in torch's layout, the result in torch's layout: what `__call__`
+        and the fit's model run."""
+        ops = self.keras.ops
+        self._nhwc = self.channels_last
+        y = self._run(self.root, "", ops.transpose(x, self._to_last) if self.channels_last else x)
+        return ops.transpose(y, self._to_first) if self._nhwc else y
+
+    def fit_step(self, batch: np.ndarray, batch_size: int) -> None:
+        """`model.fit(batch, zeros, batch_size=batch_size, epochs=1, shuffle=False)` on a keras.Model
+        that holds the port's layers, compiled with SGD(learning_rate=0) and an MSE loss: the weights
+        stay, only the moving statistics move, once per mini-batch, as a user's training loop moves them.
+
+        A compiled fit gives no values to read, so what each BatchNorm is given comes from an eager
+        replay of the same mini-batches before the fit, whose variables are then restored. The
+        replay sees what the fit sees: the weights do not move, a BatchNorm in training normalises
+        with its mini-batch's statistics and one in inference with statistics no mini-batch moves.
+        `calls` then holds one call per BatchNorm with every mini-batch's input, in order, and
+        `mini_batch`; `outputs` stays empty: the fit returns a loss, not the model's output."""
+        chunks = [batch[start : start + batch_size] for start in range(0, len(batch), batch_size)]
+        names = ("moving_mean", "moving_variance")
+        before = {path: [self.stored(path, name) for name in names] for path in self.unbiased_var}
+        replayed, targets, updated = [], [], set()
+        for chunk in chunks:
+            targets.append(np.zeros_like(self(chunk)))
+            replayed.append(self.calls)
+            updated |= self.updated
+            self.calls, self.outputs = {}, {}
+        for path, values in before.items():
+            for name, value in zip(names, values):
+                getattr(self.layers[path], name).assign(value.astype(self._numpy_dtype(self.dtype)))
+        x = batch.astype(self._numpy_dtype(self.input_dtype))
+        self._fit_model().fit(x, np.concatenate(targets), batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        self.calls = {
+            path: {**call, "input": np.concatenate([calls[path]["input"] for calls in replayed]), "mini_batch": batch_size}
+            for path, call in replayed[0].items()
+        }
+        self.updated = updated
+
+    def _fit_model(self):
+        """The keras.Model a fit trains: the port's layers tracked, its call the port's forward."""
+        if getattr(self, "_model", None) is None:
+            port, keras = self, self.keras
+
+            class PortModel(keras.Model):  # type: ignore[name-defined, misc]
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.port_layers = port.keras_layers()
+
+                def call(self, x, training=None):
+                    port.recording, port.fit_training = False, training
+                    try:
+                        return port.forward(x)
+                    finally:
+                        port.recording, port.fit_training = True, None
+
+            self._model = PortModel()
+            self._model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mean_squared_error")
+        return self._model
+
+    def keras_layers(self) -> list[Any]:
+        """Every Keras layer of the port (a chain's too), for a model that tracks their variables."""
+        return [inner for layer in self.layers.values() for inner in getattr(layer, "layers", [layer])]
 
     def _run(self, layer: dict[str, Any], path: str, h):
         """`layer` of the model table applied to `h`, as the torch module runs it."""
@@ -176,11 +238,15 @@ class KerasPort:
         if kind == "flatten":
             if self._nhwc:  # torch flattens channels first
                 h, self._nhwc = ops.transpose(h, (0, 3, 1, 2)), False
-            return ops.reshape(h, (h.shape[0], -1))
+            return ops.reshape(h, (-1, int(np.prod(h.shape[1:]))))  # -1: a fit traces an unknown batch size
         return self.layers[path](h)
 
     def _bn(self, path: str, h):
         layer = self.layers[path]
+        if not self.recording:  # inside a fit's traced call: nothing can be read
+            if self.settings["training_argument"] == "omitted":
+                return layer(h)
+            return layer(h, training=self._training_passed(path))
         self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
         self.calls[path] = self._call(path, layer, h)
         if self.settings["training_argument"] == "omitted":
@@ -197,7 +263,9 @@ class KerasPort:
     def _training_passed(self, path: str) -> bool:
         """The training= the BN's call gets: its own torch module's flag (explicit), or the model's,
         as `model(x, training=True)` hands it to every layer (model); `omitted` passes none."""
-        return self.training["" if self.settings["training_argument"] == "model" else path]
+        if self.settings["training_argument"] == "model":
+            return self.training[""] if self.fit_training is None else bool(self.fit_training)
+        return self.training[path]
 
     def _nchw(self, values: np.ndarray) -> np.ndarray:
         """A BN's output in torch's layout, where the port runs channels-last."""

@@ -34,7 +34,13 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
         return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
     log.details["batchnorm_weights_copied"] = port.bn_copied
     for index, step in enumerate(case.steps):
-        if step.kind in ("forward", "train_step"):
+        if step.kind == "train_step" and case.keras.train_with == "fit":
+            try:  # the moving statistics a fit leaves; it returns a loss, not the model's output
+                port.fit_step(step_batch(case.input, step), case.keras.fit_batch_size)
+            except Exception as error:  # the backend's own error types
+                log.details["failed_step"] = index
+                return log.result("run_failed", clean_reason(f"Model.fit: {type(error).__name__}: {error}"))
+        elif step.kind in ("forward", "train_step"):
             try:
                 output = port(step_batch(case.input, step))
             except Exception as error:  # the backend's own error types
