@@ -16,7 +16,7 @@ from harness.core.runner_table import REFERENCE_RUNNER, runner_names
 from harness.frontends.session import run_case
 from harness.load.loader import LoadedDocument
 from harness.load.schema import case_from_document
-from harness.load.sweep import FAMILIES, sweep_case
+from harness.load.sweep import FAMILIES, keras_fit_draw, sweep_case
 
 pytest.importorskip("torch")
 
@@ -66,6 +66,7 @@ def user_sweep_case(group: str, index: int, seed: int = 0):
             data["freeze_batchnorm"] = True
         else:
             data["mode"] = "train" if train else "eval"
+        keras_fit_draw(rng, data)  # the last draw: the cases drawn before it stay as they were
     else:
         steps = ["forward", {"train_step": {"repeat": 1}}, {"set_mode": "eval"}, "forward"] if train else ["forward", "forward"]
         data.update(mode="train" if train else "eval", steps=steps)

@@ -16,8 +16,9 @@ Every fourth configuration or so keeps a fresh module's statistics and affine pa
 Some cases give steps their own batches: an export with a dynamic batch axis then fed another
 batch size (onnx), train steps on a drifted distribution (keras, compile); some Keras ports of a
 bare BatchNorm feed Keras channels-last data; some torch sides run in the channels_last memory
-format (onnx, compile); some models configure a BatchNorm apart (bn_by_path), and some cases set
-statistics on the module first (set_state).
+format (onnx, compile); some models configure a BatchNorm apart (bn_by_path), some cases set
+statistics on the module first (set_state), and some Keras ports are trained by Model.fit in one
+mini-batch per step.
 """
 
 from __future__ import annotations
@@ -122,7 +123,18 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family != "keras" and len(shape) in (4, 5) and rng.random() < 0.3:
         data["torch_memory_format"] = "channels_last"  # the torch side's other kernels
     _own_batchnorm_values(rng, data)
+    if family == "keras":  # drawn after the rest: the earlier draws, and so the cases, stay as they were
+        keras_fit_draw(rng, data)
     return data
+
+
+def keras_fit_draw(rng: np.random.Generator, data: dict[str, Any]) -> None:
+    """Some Keras cases with train steps trained by Model.fit, in one mini-batch per step (the
+    agreement regime: several would be several updates, cases/22_keras_model_fit)."""
+    trains = any(isinstance(step, dict) and "train_step" in step for step in data["steps"])
+    if trains and rng.random() < 0.35:
+        batch_size = data["input"]["shape"][0] + int(rng.integers(0, 8))
+        data["keras"].update(train_with="fit", fit_batch_size=batch_size)
 
 
 def _own_batchnorm_values(rng: np.random.Generator, data: dict[str, Any]) -> None:
