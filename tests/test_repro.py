@@ -185,3 +185,26 @@ def test_a_bundle_checks_every_forward_the_graph_served(tmp_path):
     run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert "the exported graph's output after step 1 (forward) in onnxruntime agrees" in run.stdout, run.stdout + run.stderr
     assert "DIVERGES: the exported graph's output after step 3 (forward) in onnxruntime differs" in run.stdout
+
+
+def test_a_keras_bundle_of_a_fit_fits_as_the_runner_does(tmp_path):
+    """keras.train_with: fit: the script's train steps call the port's own Model.fit, and it shows
+    the harness's divergences (two updates per step at batch_size 32 on batches of 64)."""
+    text = """\
+description: Model.fit in mini-batches of 32
+runners: [torch-eager, keras-torch]
+model: conv_bn
+bn: {num_features: 3}
+mode: train
+input: {shape: [64, 3, 5, 5], seed: 5}
+keras: {train_with: fit}
+steps: [train_step, train_step]
+"""
+    case, result = _keras_case(tmp_path, text)
+    assert bundle_runners(result) == ["keras-torch"]
+    bundle = write_bundle(case, result, "keras-torch", tmp_path / "out")
+    run = subprocess.run([sys.executable, "-I", "repro.py"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    harness_found = {(verdict.field, verdict.step) for verdict in result.verdicts if not verdict}
+    assert ("bn.running_mean", 0) in harness_found
+    assert _shown(run) == harness_found

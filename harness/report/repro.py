@@ -140,6 +140,7 @@ def _write_keras_bundle(case: Case, runner: str, bundle: Path) -> Path:
             mapping=mapping.summary(),
             submodule_paths=repr(spec.submodule_paths),
             channels_last=repr(case.keras.channels_last(spec.is_bare_batchnorm)),
+            fit_batch_size=repr(case.keras.fit_batch_size if case.keras.train_with == "fit" else None),
             **{f"graph_port_{name}": value for name, value in graph_port.items()},
         )
     )
