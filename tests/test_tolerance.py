@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from harness.core.case import ToleranceOverride
-from harness.judge.tolerance import DEFAULT_TOLERANCES, tolerance_for
+from harness.core.tolerances import DEFAULT_TOLERANCES
+from harness.judge.tolerance import tolerance_for
 
 
 def test_defaults_are_torch_testing_values():

@@ -1,4 +1,4 @@
-"""The one per-dtype (rtol, atol) table, and the tolerance a comparison uses."""
+"""The tolerance a comparison uses: the per-dtype defaults (harness.core.tolerances) or a case's override."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ from typing import Any
 import numpy as np
 
 from harness.core.case import ToleranceOverride
+from harness.core.tolerances import DEFAULT_TOLERANCES
 
-# torch.testing.assert_close's defaults; a value passes when |a - b| <= atol + rtol * |reference|.
-DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float32": (1.3e-6, 1e-5),
-    "float64": (1e-7, 1e-7),
-}
 NAN_POLICY = "NaN equals NaN at the same index; infinities equal only with the same sign"
 
 

@@ -17,8 +17,8 @@ Some cases give steps their own batches: an export with a dynamic batch axis the
 batch size (onnx), train steps on a drifted distribution (keras, compile); some Keras ports of a
 bare BatchNorm feed Keras channels-last data; some torch sides run in the channels_last memory
 format (onnx, compile); some models configure a BatchNorm apart (bn_by_path), some cases set
-statistics on the module first (set_state), and some Keras ports are trained by Model.fit in one
-mini-batch per step.
+statistics on the module first (set_state), some Keras ports are trained by Model.fit in one
+mini-batch per step, and some onnx cases take inputs of large magnitude with magnitude_rtol.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from harness.core.case import Case
 from harness.core.models import MODEL_SPECS, ModelSpec, layer_output_shape
 from harness.core.runner_table import REFERENCE_RUNNER, runner_names
+from harness.core.tolerances import DEFAULT_TOLERANCES
 from harness.load.loader import LoadedDocument
 from harness.load.schema import case_from_document
 
@@ -125,7 +126,23 @@ def _random_case(rng: np.random.Generator, family: str) -> dict[str, Any]:
     _own_batchnorm_values(rng, data)
     if family == "keras":  # drawn after the rest: the earlier draws, and so the cases, stay as they were
         keras_fit_draw(rng, data)
+    if family == "onnx" and rng.random() < 0.2:
+        _large_magnitude(rng, data)
     return data
+
+
+def _large_magnitude(rng: np.random.Generator, data: dict[str, Any]) -> None:
+    """Inputs scaled to 1e3..1e5, judged with a magnitude-relative tolerance of one part in 1e6:
+    the runtimes' convolutions and folding round at the outputs' scale, which that allows, while
+    any real divergence is far larger (cases/12_conv_bn_folding/outputs_of_large_magnitude)."""
+    scale = float(10 ** rng.uniform(3, 5))
+    data["input"]["channel_scale"] = [value * scale for value in data["input"]["channel_scale"]]
+    dtype = data["bn"]["dtype"]
+    rtol, atol = DEFAULT_TOLERANCES[dtype]
+    data["tolerance"] = {
+        "reason": "inputs of large magnitude: rounding at the outputs' scale",
+        dtype: {"rtol": rtol, "atol": atol, "magnitude_rtol": 1e-6},
+    }
 
 
 def keras_fit_draw(rng: np.random.Generator, data: dict[str, Any]) -> None:
