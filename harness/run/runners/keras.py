@@ -44,14 +44,15 @@ class KerasRunner(Runner):
         return self.record.keras_backend
 
     def run(self, case: Case, torch_weights: dict[str, Any] | None = None) -> RunResult:
-        for module in ("keras", *BACKEND_MODULES[self.backend]):
-            if importlib.util.find_spec(module) is None:
-                needed_by = "" if module in ("keras", self.backend) else f" (Keras's {self.backend} backend imports it)"
-                return skipped(self.name, f"{module} is not installed{needed_by}; install it with: {INSTALL_HINTS[module]}")
+        # First: no install makes this backend fit.
         if case.keras.train_with == "fit" and self.backend == "numpy":
             return skipped(
                 self.name, "Keras's numpy backend cannot train: its Model.fit raises NotImplementedError (keras.train_with: fit)"
             )
+        for module in ("keras", *BACKEND_MODULES[self.backend]):
+            if importlib.util.find_spec(module) is None:
+                needed_by = "" if module in ("keras", self.backend) else f" (Keras's {self.backend} backend imports it)"
+                return skipped(self.name, f"{module} is not installed{needed_by}; install it with: {INSTALL_HINTS[module]}")
         if case.structure is not None:
             unportable = first_unportable(case.structure)
             if unportable is not None:
