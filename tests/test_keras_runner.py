@@ -178,3 +178,28 @@ def test_a_fit_that_takes_other_mini_batches_than_it_records_is_named_deviating(
     monkeypatch.setattr(KerasPort, "fit_step", fit_in_halves)
     deviating = run_case_in_worker(f"keras-{backend}", backend, case, keras_mapping(case), weights)
     assert attributions(deviating) == {("running_mean", "implementation deviates"), ("running_var", "implementation deviates")}
+
+
+def test_a_mode_set_between_two_fits_reaches_the_second_fit(tmp_path):
+    """Keras compiles a fit's train function once and keeps it; the BatchNorms' training= flags are
+    traced into it, so a set_mode must give the next fit a new one. In eval the fit moves nothing,
+    as torch's train step in eval does; back in train it moves the statistics again."""
+    steps = "  - train_step\n  - set_mode: eval\n  - train_step\n  - set_mode: train\n  - train_step\n"
+    _, result = run(tmp_path, FIT_64.replace("  - train_step\n", steps) + "keras: {train_with: fit}\n")
+    assert result.status == "ok", result.reason
+    np.testing.assert_array_equal(value(result, 2, "running_mean"), value(result, 0, "running_mean"))
+    assert not result.bn_calls[(2, "")].uses_batch_stats
+    assert np.abs(value(result, 4, "running_mean") - value(result, 2, "running_mean")).max() > 1e-3
+
+
+def test_a_fit_hands_training_true_to_the_model_and_the_record_says_so(tmp_path):
+    """training_argument: model in an eval-mode case: Model.fit calls the model with training=True,
+    so its BatchNorm trains, and the replayed call the oracle gets must say so and predict it."""
+    from harness.core.semantics import oracle
+
+    text = FIT_64.replace("mode: train", "mode: eval") + "keras: {train_with: fit, training_argument: model}\n"
+    _, result = run(tmp_path, text)
+    assert result.status == "ok", result.reason
+    call = result.bn_calls[(0, "")]
+    assert call.uses_batch_stats and call.updates_running_stats
+    np.testing.assert_allclose(value(result, 0, "running_mean"), oracle(call).running_mean, rtol=1e-5, atol=1e-7)

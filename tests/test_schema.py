@@ -429,6 +429,15 @@ TRAIN_64 = EVAL_BN2D.replace("mode: eval", "mode: train").replace("shape: [2, 2,
             ("keras.train_with", "Model.fit trains at train_step steps, and this case has none", "call, or a train_step"),
         ),
         ("{train_with: fit, fit_batch_size: 0}", "  - train_step\n", ("keras.fit_batch_size", "got 0", ">= 1")),
+        (
+            "{train_with: fit, training_argument: omitted}",
+            "  - train_step\n",
+            (
+                "keras.training_argument",
+                "omitted reproduces a call without training=, which Model.fit never makes: it hands training=True to every layer",
+                "explicit or model, or train_with: call",
+            ),
+        ),
         ("{train_with: epochs}", "  - train_step\n", ("keras.train_with", "'epochs' is not allowed", "call, fit")),
         (
             "{train_with: fit, running_var: unbiased}",

@@ -14,6 +14,7 @@ from harness.core.case import (
     Case,
     GraphCase,
     KerasOptions,
+    Step,
 )
 from harness.core.errors import CaseError, CaseProblem
 from harness.core.fields import field_matches, known_fields
@@ -204,8 +205,8 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
                 "forward steps, a seeded distribution under input, or the train_step's own input",
             )
     # The step count is known while every step is well formed (train_step repeats count one each).
-    readable_steps = _readable(data, refused, "steps", "input")
-    step_count = len(list(expand_steps(data["steps"], data["input"], "float32"))) if readable_steps else None
+    steps = list(expand_steps(data["steps"], data["input"], "float32")) if _readable(data, refused, "steps", "input") else None
+    step_count = None if steps is None else len(steps)
     for index, raw in enumerate(data["expect"] if isinstance(data.get("expect"), list) else []):
         if isinstance(raw, dict) and f"expect[{index}]" not in refused:  # its own malformed parts are left out below
             yield from checks.expectation(("expect", index), raw, step_count, refused)
@@ -222,7 +223,7 @@ def _cross_field_rules(document: LoadedDocument, checks: _CrossFieldChecks, refu
             "channels_last, or a bare BatchNorm model",
         )
     if _readable(data, refused, "keras"):
-        yield from checks.keras_training_loop(data["keras"], readable_steps)
+        yield from checks.keras_training_loop(data["keras"], steps)
     axis = data["keras"].get("axis") if _readable(data, refused, "keras") else None
     if axis is not None and _readable(data, refused, "input"):
         rank = len(data["input"]["shape"])
@@ -235,14 +236,20 @@ class _CrossFieldChecks:
         self.document, self.spec, self.data = document, spec, document.data
         self.structure = structure  # a user model's, as the probe found it
 
-    def keras_training_loop(self, keras: dict[str, Any], steps_readable: bool) -> Iterator[CaseProblem]:
-        """`keras.train_with: fit` needs train steps to fit; `fit_batch_size` a fit; the unbiased
-        re-expression of the moving variance one update per step."""
+    def keras_training_loop(self, keras: dict[str, Any], steps: list[Step] | None) -> Iterator[CaseProblem]:
+        """`keras.train_with: fit` needs train steps to fit and a training= to pass; `fit_batch_size`
+        a fit; the unbiased re-expression of the moving variance one update per step. `steps`: the
+        case's, expanded (None while they are malformed)."""
         if "fit_batch_size" in keras and keras.get("train_with") != "fit":
             yield self.problem(("keras", "fit_batch_size"), "a Model.fit's batch_size, but train_with is not fit", "train_with: fit")
-        if keras.get("train_with") != "fit" or not steps_readable:
+        if keras.get("train_with") == "fit" and keras.get("training_argument") == "omitted":
+            yield self.problem(
+                ("keras", "training_argument"),
+                "omitted reproduces a call without training=, which Model.fit never makes: it hands training=True to every layer",
+                "explicit or model, or train_with: call",
+            )
+        if keras.get("train_with") != "fit" or steps is None:
             return
-        steps = list(expand_steps(self.data["steps"], self.data["input"], "float32"))
         train_sizes = [
             (index, (step.input.shape if step.input else self.data["input"]["shape"])[0])
             for index, step in enumerate(steps)

@@ -25,6 +25,7 @@ class KerasPort:
     frozen: frozenset[str] | set[str] = frozenset()  # frozen BatchNorms (a user model's): never reset, always in inference
     recording = True  # False inside a fit's call, whose tensors may be traced: no value can be read there
     fit_training: bool | None = None  # the training= a fit hands the model (None: not in a fit)
+    _model: Any = None  # the keras.Model a fit trains, made at the first fit after the modes last changed
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class KerasPort:
             for name in self.training:
                 if path == "" or name == path or name.startswith(path + "."):
                     self.training[name] = training
+        self._model = None  # a fit's compiled train function holds the flags it was traced with
 
     def apply_state(self, assignments, reset: bool = False, reset_paths=()) -> None:
         """What a set_state or reset_running_stats step does to the torch module, done to the port's
@@ -182,11 +184,15 @@ class KerasPort:
         names = ("moving_mean", "moving_variance")
         before = {path: [self.stored(path, name) for name in names] for path in self.unbiased_var}
         replayed, targets, updated = [], [], set()
-        for chunk in chunks:
-            targets.append(np.zeros_like(self(chunk)))
-            replayed.append(self.calls)
-            updated |= self.updated
-            self.calls, self.outputs = {}, {}
+        self.fit_training = True  # what the fit hands the model: the replay must take the same flags
+        try:
+            for chunk in chunks:
+                targets.append(np.zeros_like(self(chunk)))
+                replayed.append(self.calls)
+                updated |= self.updated
+                self.calls, self.outputs = {}, {}
+        finally:
+            self.fit_training = None
         for path, values in before.items():
             for name, value in zip(names, values):
                 getattr(self.layers[path], name).assign(value.astype(self._numpy_dtype(self.dtype)))
@@ -200,7 +206,7 @@ class KerasPort:
 
     def _fit_model(self):
         """The keras.Model a fit trains: the port's layers tracked, its call the port's forward."""
-        if getattr(self, "_model", None) is None:
+        if self._model is None:
             port, keras = self, self.keras
 
             class PortModel(keras.Model):  # type: ignore[name-defined, misc]
@@ -243,12 +249,9 @@ class KerasPort:
 
     def _bn(self, path: str, h):
         layer = self.layers[path]
-        if not self.recording:  # inside a fit's traced call: nothing can be read
-            if self.settings["training_argument"] == "omitted":
-                return layer(h)
-            return layer(h, training=self._training_passed(path))
-        self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
-        self.calls[path] = self._call(path, layer, h)
+        if self.recording:  # not inside a fit's traced call, where no value can be read
+            self.elements_per_channel[path] = int(np.prod(h.shape)) // int(h.shape[layer.axis])
+            self.calls[path] = self._call(path, layer, h)
         if self.settings["training_argument"] == "omitted":
             result = layer(h)  # what a port that forgets training= does: Keras runs in inference
         else:
@@ -256,7 +259,7 @@ class KerasPort:
             if training and layer.trainable:  # Keras's own condition for updating the moving statistics
                 self.updated.add(path)
             result = layer(h, training=training)
-        if path:  # a bare BatchNorm's output is the model's
+        if path and self.recording:  # a bare BatchNorm's output is the model's
             self.outputs[path] = self._nchw(np.asarray(self.keras.ops.convert_to_numpy(result)).astype(np.float64))
         return result
 
