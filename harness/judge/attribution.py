@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from harness.core.case import AnyCase, Case, GraphCase
 from harness.core.fields import MODULE, MODULE_BN_ATTRIBUTES, OUTPUT
 from harness.core.results import BNCall, RunResult, Verdict
 from harness.core.semantics import SPECS, OracleResult, oracle
-from harness.judge.tolerance import Tolerance
+from harness.judge.tolerance import Tolerance, greatest_finite
 
 # A runner is within its spec when its error is within the dtype's tolerance or this many times
 # the rounding floor: how far the same formula, evaluated in that dtype, lands from float64.
@@ -473,9 +472,9 @@ def _parted_attribution(
             if v.step == verdict.step and v.field.removeprefix(MODULE + ".").rpartition(".")[0] != bn_prefix
         ]
         related += [(v, found) for v, found in same_step_elsewhere if v.field.endswith("." + OUTPUT)]
-        if not related and other_call.mini_batch is not None:
-            # A fit step returns no outputs: an upstream BatchNorm that took the step in mini-batches
-            # (each normalised with its own statistics) is seen in its statistics at this step.
+        if not any(step == verdict.step and field.endswith("." + OUTPUT) for step, field in other.observations):
+            # No BatchNorm output to compare at this step (a Model.fit returns none): an upstream
+            # BatchNorm that parted is seen in its statistics at this step.
             related += [(v, found) for v, found in same_step_elsewhere if found.kind != "unattributed"]
     stored = _stored_convention(other, other_call, reference_call, verdict) if set(parted) == {"normalising_variance"} else ""
     if related or (causes and not stored):
@@ -606,12 +605,9 @@ def _within_upstream_rounding(x: np.ndarray, y: np.ndarray, tolerance: Tolerance
     convolution summing in another order at outputs of 3e5): within MODEL_FLOOR_ULPS units of
     roundoff of the input's greatest value, as the whole-model oracle's floor is. An element-wise
     tolerance fails such inputs near zero, where a sum of large terms cancels."""
-    names = re.findall(r"b?float\d+", tolerance.dtype)
-    roundoff = max((UNIT_ROUNDOFF[name] for name in names if name in UNIT_ROUNDOFF), default=UNIT_ROUNDOFF["float32"])
-    finite = np.abs(x[np.isfinite(x)]) if x.size else np.zeros(0)
-    magnitude = float(finite.max()) if finite.size else 0.0
+    chosen = tolerance.dtype.rsplit(" ", 1)[-1]  # `float32`, or of mixed dtypes `float16/float32 -> float16`
     gap = _gap(x, y)
-    return bool(np.isfinite(gap)) and gap <= MODEL_FLOOR_ULPS * roundoff * magnitude
+    return bool(np.isfinite(gap)) and gap <= MODEL_FLOOR_ULPS * UNIT_ROUNDOFF.get(chosen, UNIT_ROUNDOFF["float32"]) * greatest_finite(x)
 
 
 def _gap(a: np.ndarray | None, b: np.ndarray | None) -> float:

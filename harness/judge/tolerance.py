@@ -35,8 +35,13 @@ class Tolerance:
         folding rounds at 3e5 where an element-wise rtol fails the elements near zero)."""
         if not self.magnitude_rtol:
             return self.atol
-        finite = np.abs(reference[np.isfinite(reference)])
-        return self.atol + self.magnitude_rtol * (float(finite.max()) if finite.size else 0.0)
+        return self.atol + self.magnitude_rtol * greatest_finite(reference)
+
+
+def greatest_finite(values: Any) -> float:
+    """The greatest finite |value| of an array (0 when it has none): a tensor's magnitude."""
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
 
 
 def tolerance_for(dtypes: Iterable[str], override: ToleranceOverride | None = None) -> Tolerance:

@@ -22,6 +22,8 @@ class KerasGraphPort(KerasPort):
     class by path, `facts` each mapped module's constructor values, `frozen` the frozen BatchNorms
     (always called in inference)."""
 
+    _FUNCTION_ACTIVATIONS = {"relu": "ReLU", "relu6": "ReLU6", "sigmoid": "Sigmoid", "tanh": "Tanh"}  # torch.relu -> ReLU's
+
     def __init__(
         self,
         keras: Any,
@@ -100,14 +102,8 @@ class KerasGraphPort(KerasPort):
                 h, last = self._torch_layout(h, bool(last))
                 other, _ = self._torch_layout(other, bool(other_last))
             return ops.add(h, other), bool(last)
-        if name == "relu":
-            return ops.relu(h), bool(last)
-        if name == "relu6":
-            return ops.relu6(h), bool(last)
-        if name == "sigmoid":
-            return ops.sigmoid(h), bool(last)
-        if name == "tanh":
-            return ops.tanh(h), bool(last)
+        if name in self._FUNCTION_ACTIVATIONS:
+            return _activation(ops, self._FUNCTION_ACTIVATIONS[name], {}, h), bool(last)
         if name == "flatten":
             return self._flatten(h, bool(last))
         raise NotImplementedError(f"{op} {target}: not in harness.core.keras_port_table")

@@ -34,19 +34,16 @@ def run_case_in_worker(runner: str, backend: str, case: Case, mapping: KerasMapp
         return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
     log.details["batchnorm_weights_copied"] = port.bn_copied
     for index, step in enumerate(case.steps):
-        if step.kind == "train_step" and case.keras.train_with == "fit":
-            try:  # the moving statistics a fit leaves; it returns a loss, not the model's output
-                port.fit_step(step_batch(case.input, step), case.keras.fit_batch_size)
+        if step.kind in ("forward", "train_step"):
+            fits = step.kind == "train_step" and case.keras.train_with == "fit"
+            batch = step_batch(case.input, step)
+            try:  # a fit leaves moving statistics and returns a loss, not the model's output
+                output = port.fit_step(batch, case.keras.fit_batch_size) if fits else port(batch)
             except Exception as error:  # the backend's own error types
                 log.details["failed_step"] = index
-                return log.result("run_failed", clean_reason(f"Model.fit: {type(error).__name__}: {error}"))
-        elif step.kind in ("forward", "train_step"):
-            try:
-                output = port(step_batch(case.input, step))
-            except Exception as error:  # the backend's own error types
-                log.details["failed_step"] = index
-                return log.result("run_failed", clean_reason(f"{type(error).__name__}: {error}"))
-            log.array(index, OUTPUT, output, port.output_dtype)
+                return log.result("run_failed", clean_reason(f"{'Model.fit: ' if fits else ''}{type(error).__name__}: {error}"))
+            if output is not None:
+                log.array(index, OUTPUT, output, port.output_dtype)
         elif step.kind == "set_mode":
             assert step.mode is not None
             port.apply_mode(step.mode.assignments)
